@@ -1,0 +1,43 @@
+# Two commands set up everything on a fresh machine:
+#   make demo   make .venv, install synk, run examples/quickstart.py on every device
+#   make test   make .venv, install synk, run lint, the suite (one process, then
+#               mpiexec -n 2), and every example end to end
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+
+.PHONY: demo test lint test-single test-mpi test-examples bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,mpi]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+test: lint test-single test-mpi test-examples
+
+lint: $(STAMP)
+	$(BIN)/ruff check synk tests examples benchmarks
+	$(BIN)/ruff format --check synk tests examples benchmarks
+
+# One process, 8 simulated CPU devices (set in tests/conftest.py).
+test-single: $(STAMP)
+	$(PYTEST) tests
+
+# Two processes under MPI, 4 simulated CPU devices each: the same suite.
+test-mpi: $(STAMP)
+	SYNK_CPU_DEVICES=4 $(BIN)/mpiexec -n 2 $(PYTEST) -q tests/test_multiprocess.py
+
+test-examples: $(STAMP)
+	$(PYTEST) -q examples/test_examples.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

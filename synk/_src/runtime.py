@@ -1,0 +1,241 @@
+"""Set-up: simulated CPU devices, jax.distributed, the device list and the mesh.
+
+Nothing here touches a JAX backend at import time: the backend starts on the
+first call that needs devices, after `init` has had its chance to configure it.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import threading
+
+import jax
+import numpy as np
+
+AXIS = "synk"
+"""The mesh axis name every synk collective runs over."""
+
+# What `init` set up, so that a second call with the same request is a no-op
+# and one with a different request is an error instead of being ignored.
+_state: dict[str, object] = {}
+_lock = threading.Lock()
+
+_RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+
+
+def _backend_started() -> bool:
+    # JAX has no public "has the backend started" query; this private one has
+    # been stable for years. If it moves, assume not started and let JAX's own
+    # config validator raise when we set the device count.
+    try:
+        from jax._src import xla_bridge
+
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        return False
+
+
+def _launched_ranks() -> int:
+    """How many ranks the launcher (mpiexec, srun) started, from its environment."""
+    for var in _RANK_VARS:
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def _env_cpu_devices() -> int | None:
+    value = os.environ.get("SYNK_CPU_DEVICES")
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"SYNK_CPU_DEVICES={value!r} is not a positive integer. "
+            "Set it to the number of CPU devices to simulate, e.g. SYNK_CPU_DEVICES=8."
+        )
+    return int(value)
+
+
+def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> None:
+    """Configure the devices synk runs on. Optional and idempotent.
+
+    Call it at the top of a script or notebook, before anything else uses JAX.
+    Without it, synk configures itself on first use from the environment
+    (``SYNK_CPU_DEVICES``, and an ``mpiexec``/``srun`` launch).
+
+    Args:
+      cpu_devices: simulate this many CPU devices (for machines without an
+        accelerator, tests and notebooks). Where a GPU backend is present it
+        is the default and this only affects the CPU backend. Defaults to
+        the ``SYNK_CPU_DEVICES`` environment variable, else JAX's default.
+      distributed: start ``jax.distributed`` so that functions span every
+        device of every process. ``None`` (default) starts it when the
+        process was launched by ``mpiexec``/``srun`` with more than one rank.
+
+    Raises:
+      RuntimeError: JAX's backend already started with a different device
+        count (``init`` came too late), or ``init`` was already called with
+        other settings.
+      ValueError: ``cpu_devices`` is not a positive integer.
+
+    Example:
+      >>> import synk
+      >>> synk.init(cpu_devices=8)  # a no-op when called again with the same settings
+      >>> synk.device_count()
+      8
+    """
+    if cpu_devices is not None and (
+        isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 1
+    ):
+        raise ValueError(
+            f"synk.init(cpu_devices={cpu_devices!r}): expected a positive integer, "
+            "the number of CPU devices to simulate."
+        )
+    if cpu_devices is None:
+        cpu_devices = _env_cpu_devices()
+    if distributed is None:
+        distributed = _launched_ranks() > 1
+    request = {"cpu_devices": cpu_devices, "distributed": bool(distributed)}
+    with _lock:
+        if _state:
+            if _state == request:
+                return
+            raise RuntimeError(
+                f"synk.init was already called with {_fmt(_state)}; now asked for "
+                f"{_fmt(request)}. Settings cannot change once JAX has started: restart "
+                "the process (or the notebook kernel) to change them."
+            )
+        if _backend_started():
+            _check_late_request(request)
+        else:
+            if cpu_devices is not None:
+                jax.config.update("jax_num_cpu_devices", cpu_devices)
+            if distributed:
+                _start_distributed()
+        _state.update(request)
+
+
+def _fmt(request: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in request.items())
+
+
+def _check_late_request(request: dict) -> None:
+    """The backend is up: accept the request only if it already holds."""
+    wanted = request["cpu_devices"]
+    if wanted is not None and jax.default_backend() == "cpu":
+        have = jax.local_device_count()
+        if have != wanted:
+            raise RuntimeError(
+                f"synk.init(cpu_devices={wanted}) came too late: JAX's backend has already "
+                f"started with {have} CPU device(s), and the count cannot change now. "
+                "Call synk.init(...) (or set SYNK_CPU_DEVICES) before anything else uses "
+                "JAX: before jax.devices(), before creating any jax array, at the top of "
+                "the script or notebook; or restart the process."
+            )
+    if request["distributed"] and not jax.distributed.is_initialized():
+        raise RuntimeError(
+            "synk.init(distributed=True) came too late: JAX's backend has already started, "
+            "and jax.distributed must start before it. Call synk.init() at the top of the "
+            "script, before anything else uses JAX."
+        )
+
+
+def _start_distributed() -> None:
+    if jax.distributed.is_initialized():
+        return
+    # Open MPI and MPICH expose the rank layout through mpi4py; JAX's mpi4py
+    # cluster detection then finds the coordinator without any env set-up.
+    # local_device_ids defaults to one device per process under MPI/Slurm
+    # detection; we keep that default (one process per GPU) unless the user
+    # sets SYNK_LOCAL_DEVICES=all (one process per node driving all its GPUs).
+    kwargs = {}
+    try:
+        import mpi4py  # noqa: F401
+
+        kwargs["cluster_detection_method"] = "mpi4py"
+    except ImportError:
+        pass
+    if os.environ.get("SYNK_LOCAL_DEVICES") == "all":
+        kwargs["local_device_ids"] = None
+    jax.distributed.initialize(**kwargs)
+
+
+def ensure_init() -> None:
+    """Run `init` with its defaults if the user did not call it."""
+    if not _state:
+        init()
+
+
+def devices() -> list[jax.Device]:
+    """Every device synk runs on, across all processes, in mesh order.
+
+    Example:
+      >>> import synk
+      >>> len(synk.devices()) == synk.device_count()
+      True
+    """
+    ensure_init()
+    return list(jax.devices())
+
+
+def device_count() -> int:
+    """The number of devices synk runs on, across all processes.
+
+    Example:
+      >>> import synk
+      >>> synk.device_count() >= 1
+      True
+    """
+    ensure_init()
+    return jax.device_count()
+
+
+def process_index() -> int:
+    """This process's rank (0 in a single-process run).
+
+    Example:
+      >>> import synk
+      >>> synk.process_index()
+      0
+    """
+    ensure_init()
+    return jax.process_index()
+
+
+def process_count() -> int:
+    """The number of processes (1 unless launched with ``mpiexec``/``srun``).
+
+    Example:
+      >>> import synk
+      >>> synk.process_count()
+      1
+    """
+    ensure_init()
+    return jax.process_count()
+
+
+@functools.cache
+def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
+    """A one-axis mesh over `devs`, cached so every function shares it."""
+    # Mesh (not make_mesh) keeps the Auto axis type: inputs we place ourselves
+    # are never rejected for a sharding that differs from in_specs.
+    return jax.sharding.Mesh(np.array(devs, dtype=object), (AXIS,))
+
+
+# XLA's CPU collectives rendezvous every device of a call; with too many
+# calls queued the rendezvous times out and aborts the process (seen at ~60
+# calls in flight). Blocking on the call from _MAX_IN_FLIGHT calls ago bounds
+# the queue at almost no cost: by then it has almost always finished.
+_MAX_IN_FLIGHT = 16
+_in_flight: collections.deque = collections.deque()
+
+
+def throttle(leaf, platform: str) -> None:
+    """Bound the number of collective calls in flight on the CPU backend."""
+    if platform != "cpu" or leaf is None:
+        return
+    _in_flight.append(leaf)
+    if len(_in_flight) > _MAX_IN_FLIGHT:
+        _in_flight.popleft().block_until_ready()

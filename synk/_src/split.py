@@ -1,0 +1,149 @@
+"""How a batch of B rows is split over n devices and num_slices pieces.
+
+Rows are dealt out so that no padding row ever reaches the user's function.
+With P processes (``groups``) of m devices each, every process holds
+``L = B / P`` rows (its own share of the global batch) and splits them over
+its own devices:
+
+* the first ``m * q`` local rows (``q = L // m``) form the *main block*:
+  local device j gets rows ``[j*q, (j+1)*q)``, processed in ``num_slices``
+  sequential pieces;
+* the ``r = L % m`` remaining rows are the *extra rows*: local device j < r
+  gets row ``m*q + j`` and processes it as one more piece, guarded by
+  ``lax.cond`` so that devices j >= r never call the function on padding.
+
+Gathered outputs are reassembled per process as ``concat(main rows, extra
+rows[:r])``, which is exactly the input order. One process is the case P = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax import lax
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The static split of one call: B rows, n devices in P groups, s slices."""
+
+    rows: int  # B, the global batch
+    devices: int  # n, over all processes
+    slices: int  # s
+    groups: int = 1  # P, processes; each holds rows / groups rows
+
+    @property
+    def local_rows(self) -> int:
+        """Rows each process holds (L)."""
+        return self.rows // self.groups
+
+    @property
+    def local_devices(self) -> int:
+        """Devices in each process (m)."""
+        return self.devices // self.groups
+
+    @property
+    def main(self) -> int:
+        """Rows each device takes from the main block (q)."""
+        return self.local_rows // self.local_devices
+
+    @property
+    def extra(self) -> int:
+        """Devices per process that take one extra row (r)."""
+        return self.local_rows % self.local_devices
+
+    @property
+    def even(self) -> bool:
+        return self.extra == 0
+
+    def pieces(self) -> list[tuple[int, int]]:
+        """The main block as (count, size) runs of equal pieces: sizes differ by <= 1."""
+        q, s = self.main, self.slices
+        if q == 0:
+            return []
+        size, bigger = divmod(q, s)
+        runs = [(bigger, size + 1), (s - bigger, size)]
+        return [(count, sz) for count, sz in runs if count > 0 and sz > 0]
+
+    def piece_sizes(self) -> list[int]:
+        """Every distinct piece size the function is called with."""
+        sizes = [size for _, size in self.pieces()]
+        if self.extra:
+            sizes.append(1)
+        return sorted(set(sizes))
+
+
+def make_split(rows: int, devices: int, slices: int, *, groups: int = 1, where: str) -> Split:
+    """Validate a split and build it. `where` names the function in errors."""
+    if rows < 1:
+        raise ValueError(
+            f"{where}: the batch is empty (0 rows along the sliced axis). "
+            "Pass at least one row, or mark the argument as broadcast with in_axes=None."
+        )
+    split = Split(rows, devices, slices, groups)
+    q, many = split.main, split.main + (1 if split.extra else 0)
+    if q == 0 and slices > 1:
+        raise ValueError(
+            f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
+            f"{rows} rows on {devices} devices gives each device at most 1 row. "
+            "Use num_slices=1 for batches smaller than the device count."
+        )
+    if q and slices > q:
+        raise ValueError(
+            f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
+            f"{rows} rows on {devices} devices gives each device {q} row(s)"
+            + (f" (or {many})" if many != q else "")
+            + f". Use num_slices <= {q}, or a larger batch."
+        )
+    return split
+
+
+def host_parts(x: np.ndarray, axis: int, split: Split) -> list[np.ndarray]:
+    """Split this process's rows into its main block and, if uneven, the padded extra rows.
+
+    The main block is a view (no copy); only the < m remainder rows are copied,
+    padded to one row per local device. The padding rows are never computed on.
+    """
+    m, q, r = split.local_devices, split.main, split.extra
+    index = (slice(None),) * axis
+    main = x[(*index, slice(0, m * q))]
+    if not r:
+        return [main]
+    shape = list(x.shape)
+    shape[axis] = m
+    extra = np.zeros(shape, x.dtype)
+    extra[(*index, slice(0, r))] = x[(*index, slice(m * q, None))]
+    return [main, extra]
+
+
+def device_parts(x: jax.Array, axis: int, split: Split) -> list[jax.Array]:
+    """`host_parts` for a global array already on the devices (traced inside jit)."""
+    g, m, q, r = split.groups, split.local_devices, split.main, split.extra
+    rows = jax.numpy.moveaxis(x, axis, 0)
+    rows = rows.reshape((g, split.local_rows, *rows.shape[1:]))  # one block per process
+    main = rows[:, : m * q].reshape((g * m * q, *rows.shape[2:]))
+    parts = [main]
+    if r:
+        pad = [(0, 0)] * rows.ndim
+        pad[1] = (0, m - r)
+        extra = jax.numpy.pad(rows[:, m * q :], pad).reshape((g * m, *rows.shape[2:]))
+        parts.append(extra)
+    return [jax.numpy.moveaxis(p, 0, axis) for p in parts]
+
+
+def reassemble(main: jax.Array, extra: jax.Array, split: Split) -> jax.Array:
+    """Gathered rows back in input order: per process, its main rows then its extra rows."""
+    g, m, q, r = split.groups, split.local_devices, split.main, split.extra
+    main = main.reshape((g, m * q, *main.shape[1:]))
+    extra = extra.reshape((g, m, *extra.shape[1:]))[:, :r]
+    both = jax.numpy.concatenate([main, extra], axis=1)
+    return both.reshape((split.rows, *both.shape[2:]))
+
+
+def take_pieces(x: jax.Array, axis: int, start: int, count: int, size: int) -> jax.Array:
+    """Rows [start, start + count*size) of x as `count` pieces stacked on a new axis 0."""
+    seg = lax.slice_in_dim(x, start, start + count * size, axis=axis)
+    seg = seg.reshape((*x.shape[:axis], count, size, *x.shape[axis + 1 :]))
+    return jax.numpy.moveaxis(seg, axis, 0)

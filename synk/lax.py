@@ -1,0 +1,10 @@
+"""Collectives inside a `synk.function` (identity under ``f.serial``)."""
+
+from synk._src.lax import all_gather as all_gather
+from synk._src.lax import device_index as device_index
+from synk._src.lax import pmax as pmax
+from synk._src.lax import pmean as pmean
+from synk._src.lax import pmin as pmin
+from synk._src.lax import psum as psum
+
+__all__ = ["all_gather", "device_index", "pmax", "pmean", "pmin", "psum"]

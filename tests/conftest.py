@@ -1,0 +1,19 @@
+"""Simulated devices for the whole suite, chosen once, before JAX starts.
+
+One process: 8 CPU devices. Under ``mpiexec -n 2`` (see the Makefile) each
+process simulates SYNK_CPU_DEVICES=4 and synk.init starts jax.distributed.
+"""
+
+import os
+
+import hypothesis
+
+import synk
+
+synk.init(cpu_devices=int(os.environ.get("SYNK_CPU_DEVICES", "8")))
+
+# Every example compiles a new executable, so examples are few and slow.
+hypothesis.settings.register_profile(
+    "synk", max_examples=25, deadline=None, derandomize=True, print_blob=True
+)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "synk"))

@@ -1,0 +1,107 @@
+"""The call path: one plan per signature, one device_put, no copies, bounded queue."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import synk
+
+N = synk.device_count()
+RNG = np.random.default_rng(1)
+
+
+def counting(fn):
+    """fn, with a counter of how often JAX traced it."""
+    traces = []
+
+    def wrapped(*args):
+        traces.append(1)
+        return fn(*args)
+
+    return wrapped, traces
+
+
+@pytest.mark.parametrize(("rows", "slices"), [(8 * N, 1), (8 * N + 3, 1), (8 * N + 3, 3)])
+def test_a_repeated_call_does_not_retrace_or_recompile(rows, slices):
+    fn, traces = counting(lambda w, x: jax.grad(lambda w: ((x @ w) ** 2).mean())(w))
+    f = synk.function(fn, in_axes=(None, 0), num_slices=slices)
+    w = RNG.normal(size=3).astype(np.float32)
+    x = RNG.normal(size=(rows, 3)).astype(np.float32)
+    f(w, x)
+    first = len(traces)
+    assert first >= 1
+    for _ in range(5):
+        f(w, RNG.normal(size=(rows, 3)).astype(np.float32))
+    assert len(traces) == first  # no new trace for the same shapes
+    (plan,) = f._core.cache.values()
+    assert plan.jitted._cache_size() == 1  # one executable for the signature
+    f(w, RNG.normal(size=(rows + 1, 3)).astype(np.float32))
+    assert len(traces) > first and len(f._core.cache) == 2  # a new shape compiles anew
+
+
+def test_host_inputs_reach_the_devices_in_one_device_put(monkeypatch):
+    calls = []
+    real = jax.device_put
+
+    def spy(x, device=None, **kwargs):
+        calls.append((x, device))
+        return real(x, device, **kwargs)
+
+    f = synk.function(lambda p, x, y: ((x @ p["w"]) * y).mean(), in_axes=(None, 0, 0))
+    p = {"w": RNG.normal(size=(4,)).astype(np.float32)}
+    x, y = RNG.normal(size=(10 * N, 4)), RNG.normal(size=10 * N)
+    f(p, x, y)  # compile outside the spy
+    monkeypatch.setattr(jax, "device_put", spy)
+    f(p, x, y)
+    assert len(calls) == 1
+    values, shardings = calls[0]
+    assert len(values) == 3
+    mesh = f._core.mesh
+    assert shardings == [
+        NamedSharding(mesh, P()),
+        NamedSharding(mesh, P("synk")),
+        NamedSharding(mesh, P("synk")),
+    ]
+
+
+def test_an_uneven_host_batch_is_also_one_device_put(monkeypatch):
+    calls = []
+    real = jax.device_put
+    monkeypatch.setattr(
+        jax, "device_put", lambda x, d=None, **k: calls.append(1) or real(x, d, **k)
+    )
+    f = synk.function(lambda x, y: (x * y).mean())
+    f(np.ones(3 * N + 1), np.ones(3 * N + 1))
+    assert len(calls) == 1
+
+
+def test_device_arrays_with_the_right_sharding_are_not_copied():
+    mesh = jax.sharding.Mesh(np.array(synk.devices()), ("d",))
+    f = synk.function(lambda p, x: (x @ p).sum(), in_axes=(None, 0), reduce="sum")
+    p = jax.device_put(np.ones(3, np.float32), NamedSharding(mesh, P()))
+    x = jax.device_put(np.ones((4 * N, 3), np.float32), NamedSharding(mesh, P("d")))
+    f(p, x)  # compile (and any one-off constants) outside the guard
+    with jax.transfer_guard("disallow_explicit"):
+        out = f(p, x)  # would raise on any host<->device or device<->device transfer
+        with pytest.raises(Exception, match=r"[Dd]isallowed"):
+            f(p, np.ones((4 * N, 3), np.float32))  # the guard is really on
+    assert float(out) == 12 * N
+
+
+def test_device_arrays_with_another_layout_are_resharded():
+    f = synk.function(lambda x: x.sum(), reduce="sum")
+    x = jax.device_put(np.arange(5 * N + 2, dtype=np.float32), synk.devices()[0])
+    assert float(f(x)) == float(np.arange(5 * N + 2).sum())
+
+
+def test_hundreds_of_calls_in_a_row_without_blocking():
+    """XLA's CPU collectives abort when too many calls queue up; synk bounds them."""
+    f = synk.function(lambda w, x: ((x @ w) ** 2).mean() + w.sum(), in_axes=(None, 0))
+    w = np.ones(4, np.float32)
+    x = RNG.normal(size=(2 * N + 1, 4)).astype(np.float32)
+    outs = [f(w, x) for _ in range(300)]
+    want = ((x @ w) ** 2).mean() + 4
+    np.testing.assert_allclose(np.asarray(outs[-1]), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outs[0]), want, rtol=1e-5)

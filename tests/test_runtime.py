@@ -1,0 +1,96 @@
+"""synk.init and the device queries; fresh processes where JAX's start matters."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+import synk
+
+
+def run(code: str, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SYNK_", "PMI_", "OMPI_"))}
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_device_queries():
+    assert synk.device_count() == len(synk.devices()) == jax.device_count()
+    assert synk.devices() == jax.devices()
+    assert 0 <= synk.process_index() < synk.process_count() == jax.process_count()
+
+
+def test_import_starts_neither_a_backend_nor_mpi():
+    res = run("""
+        import sys, synk
+        from jax._src import xla_bridge
+        assert not xla_bridge.backends_are_initialized(), "backend started on import"
+        assert "mpi4py" not in sys.modules, "mpi4py imported on import"
+        print("ok")
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
+
+
+def test_init_simulates_cpu_devices_and_is_idempotent():
+    res = run("""
+        import synk
+        synk.init(cpu_devices=3)
+        synk.init(cpu_devices=3)  # same settings: a no-op
+        print(synk.device_count())
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "3"
+
+
+def test_environment_variable_sets_the_device_count():
+    res = run("import synk; print(synk.device_count())", SYNK_CPU_DEVICES="5")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "5"
+
+
+def test_bad_environment_variable_is_a_clear_error():
+    res = run("import synk; synk.init()", SYNK_CPU_DEVICES="many")
+    assert res.returncode != 0
+    assert "SYNK_CPU_DEVICES='many' is not a positive integer" in res.stderr
+
+
+def test_init_after_the_backend_started_says_so_and_what_to_do():
+    res = run("""
+        import jax, synk
+        jax.devices()
+        synk.init(cpu_devices=3)
+    """)
+    assert res.returncode != 0
+    assert "RuntimeError: synk.init(cpu_devices=3) came too late" in res.stderr
+    assert "before anything else uses JAX" in res.stderr
+
+
+def test_init_again_with_other_settings_is_an_error():
+    res = run("""
+        import synk
+        synk.init(cpu_devices=2)
+        synk.init(cpu_devices=4)
+    """)
+    assert res.returncode != 0
+    assert "synk.init was already called with cpu_devices=2" in res.stderr
+    assert "restart the process" in res.stderr
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "8", True])
+def test_init_refuses_a_bad_device_count(bad):
+    with pytest.raises(ValueError, match=r"cpu_devices=.*expected a positive integer"):
+        synk.init(cpu_devices=bad)
+
+
+def test_init_in_this_process_with_the_same_settings_is_a_no_op():
+    synk.init(cpu_devices=synk.device_count() // synk.process_count())
