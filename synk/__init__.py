@@ -6,6 +6,9 @@ serial function's for any batch size.
 """
 
 from synk import lax as lax
+from synk._src.data import Batch as Batch
+from synk._src.data import Data as Data
+from synk._src.data import data as data
 from synk._src.function import Function as Function
 from synk._src.function import function as function
 from synk._src.runtime import device_count as device_count
@@ -17,7 +20,10 @@ from synk._src.runtime import process_index as process_index
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
+    "Data",
     "Function",
+    "data",
     "device_count",
     "devices",
     "function",

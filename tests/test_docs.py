@@ -8,7 +8,7 @@ import pytest
 
 import synk
 
-MODULES = ["synk._src.runtime", "synk._src.function", "synk._src.lax"]
+MODULES = ["synk._src.runtime", "synk._src.function", "synk._src.lax", "synk._src.data"]
 
 
 def test_every_public_name_is_importable_and_documented():

@@ -30,6 +30,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
 from synk._src import runtime
@@ -403,6 +404,12 @@ def _leaf_key(x):
     t = type(x)
     if t in _SCALARS:
         return t
+    if t is synk_data.Batch:
+        array = x.data._array
+        if array is None:
+            return (t, id(x))  # deleted: the plan refuses it, naming the argument
+        layout = x.data.layout  # sharded rows: the owner of a row depends on the count
+        return (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
     if isinstance(x, jax.Array):
         return (t, x.shape, x.dtype, x.weak_type, x.sharding)
     try:
@@ -419,6 +426,8 @@ class _Leaf:
     aval: jax.ShapeDtypeStruct  # global shape, canonical dtype
     scalar: bool  # a Python scalar: passed to jit as is
     host: bool  # not yet a jax.Array: with several processes, this process's share
+    view: str | None = None  # a synk.Data batch: "global" (X[idx]) or "local" (X.local[idx])
+    data_layout: Any = None  # a view of sharded data: how its rows are dealt (ShardLayout)
 
 
 def _describe_leaves(core: _Core, dyn, leaves, n: int) -> list[_Leaf]:
@@ -449,6 +458,8 @@ def _describe_leaves(core: _Core, dyn, leaves, n: int) -> list[_Leaf]:
 
 def _describe(core: _Core, name: str, leaf, entry, n: int) -> _Leaf:
     where = core.where
+    if type(leaf) is synk_data.Batch:
+        return _describe_view(core, name, leaf, entry)
     if type(leaf) in _SCALARS:
         aval = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(type(leaf)), weak_type=True)
         return _Leaf(name, "broadcast", None, aval, True, True)
@@ -489,6 +500,27 @@ def _describe(core: _Core, name: str, leaf, entry, n: int) -> _Leaf:
     return _Leaf(name, "sliced", axis, aval, False, host)
 
 
+def _describe_view(core: _Core, name: str, view: synk_data.Batch, entry) -> _Leaf:
+    where, data = core.where, view.data
+    data._live(f"{where}: argument `{name}` is a batch of a synk.Data that")
+    if entry is None or entry == PER_DEVICE or entry not in (0, -len(view.shape)):
+        raise ValueError(
+            f"{where}: argument `{name}` is a synk.Data batch (X[idx]), which is sliced "
+            f"along its rows, but its in_axes entry is {entry!r}. Give it in_axes 0, or pass "
+            "np.asarray(X) (the whole data set) to broadcast it."
+        )
+    if data._devices != core.devices:
+        raise ValueError(
+            f"{where}: argument `{name}` is a batch of a synk.Data on {len(data._devices)} "
+            f"devices, but this function runs on {len(core.devices)} devices "
+            f"({[d.id for d in core.devices]}). Use a function on every device "
+            "(devices=None)."
+        )
+    aval = jax.ShapeDtypeStruct(view.shape, data.dtype)
+    kind = "local" if view.local else "global"
+    return _Leaf(name, "sliced", 0, aval, False, False, kind, data.layout)
+
+
 def _batch_split(core: _Core, descs: list[_Leaf], slices: int) -> Split | None:
     sliced = [d for d in descs if d.role == "sliced"]
     if not sliced:
@@ -519,11 +551,40 @@ def _batch_split(core: _Core, descs: list[_Leaf], slices: int) -> Split | None:
 
 
 def _spec(d: _Leaf) -> P:
-    if d.role == "broadcast":
+    if d.role == "broadcast" or (d.view and d.data_layout is None):
         return P()
-    if d.role == PER_DEVICE:
+    if d.role == PER_DEVICE or d.view:
         return P(AXIS)
     return P(*([None] * d.axis), AXIS)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where each leaf's parts sit among the executable's arguments.
+
+    Slots [0, leaves) hold one value per leaf (a view's data array); then the
+    extra rows of sliced arrays when the split is uneven; then views' indices.
+    """
+
+    extra: dict[int, int]  # sliced array leaf -> slot of its padded extra rows
+    index: dict[int, int]  # view leaf -> slot of its indices
+    specs: tuple[P, ...]
+
+    @classmethod
+    def of(cls, descs: list[_Leaf], split: Split | None) -> _Layout:
+        uneven = split is not None and not split.even
+        arrays = [i for i, d in enumerate(descs) if d.role == "sliced" and not d.view]
+        views = [i for i, d in enumerate(descs) if d.view]
+        extra = {i: len(descs) + j for j, i in enumerate(arrays)} if uneven else {}
+        first = len(descs) + len(extra)
+        index = {i: first + j for j, i in enumerate(views)}
+        specs = [_spec(d) for d in descs] + [_spec(descs[i]) for i in extra]
+        specs += [P(AXIS) if descs[i].view == "local" else P() for i in index]
+        return cls(extra, index, tuple(specs))
+
+    @property
+    def size(self) -> int:
+        return len(self.specs)
 
 
 def _varying(x):
@@ -649,9 +710,7 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
     uneven = split is not None and not split.even
     sliced = [i for i, d in enumerate(descs) if d.role == "sliced"]
     n = len(core.devices)
-
-    # jit arguments: each leaf once, plus the extra rows of sliced leaves if uneven.
-    in_specs = [_spec(d) for d in descs] + [_spec(descs[i]) for i in sliced if uneven]
+    layout = _Layout.of(descs, split)
 
     def run(base: list, piece: dict) -> list:
         flat = [piece.get(i, x) for i, x in enumerate(base)]
@@ -678,7 +737,11 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
             elif d.role == PER_DEVICE:
                 x = x[0]
             base.append(x)
-        extras = dict(zip(sliced, flat[len(descs) :])) if uneven else {}
+        extras = {i: flat[slot] for i, slot in layout.extra.items()}
+        for i, slot in layout.index.items():  # rows of synk.Data batches, on the devices
+            base[i], extra = _view_rows(descs[i], base[i], flat[slot], split)
+            if extra is not None:
+                extras[i] = extra
 
         if split is None:  # no batch axis: one call per device, each device weighs 1
             outs = run(base, {})
@@ -705,7 +768,7 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
         [P(AXIS)] * (len(gathered) if uneven else 0),
         [P(AXIS)] * len(per_dev),
     )
-    mapped = jax.shard_map(body, mesh=core.mesh, in_specs=tuple(in_specs), out_specs=out_specs)
+    mapped = jax.shard_map(body, mesh=core.mesh, in_specs=layout.specs, out_specs=out_specs)
 
     def outer(*flat):
         reduced_out, rows_out, extra_rows, per_out = mapped(*flat)
@@ -720,7 +783,21 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
                 result[i] = v
         return result
 
-    return jax.jit(outer, donate_argnums=_donated(core, descs, sliced, uneven))
+    return jax.jit(outer, donate_argnums=_donated(core, descs, layout))
+
+
+def _view_rows(d: _Leaf, data, index, split: Split):
+    """This device's main-block rows (and extra row, if uneven) of a synk.Data batch."""
+    if d.view == "local":  # each device indexes its own shard: no communication
+        return jnp.take(data, index[0], axis=0, mode="clip"), None
+    main, extra = synk_data.device_requests(index, split)
+    if split.main:
+        rows = synk_data.rows_for_device(data, main, d.data_layout)
+    else:
+        rows = jnp.zeros((0, *data.shape[1:]), data.dtype)
+    if extra is None:
+        return rows, None
+    return rows, synk_data.rows_for_device(data, extra, d.data_layout)
 
 
 def _main_block(run, fold, identities, base, descs, sliced, split, out, gathered, per_dev):
@@ -775,18 +852,18 @@ def _extra_row(run, base, extras, acc, fold, identities, split, out, gathered, r
     return [red.accumulate(op, a, e) for op, a, e in zip(ops, acc, extra_acc)], extra_rows
 
 
-def _donated(core, descs, sliced, uneven) -> tuple[int, ...]:
+def _donated(core, descs, layout: _Layout) -> tuple[int, ...]:
     if not core.donate:
         return ()
     names = [core.signature.name(i) for i in core.donate]
     hit = [
         k
         for k, d in enumerate(descs)
-        if not d.scalar and any(d.name == nm or d.name.startswith(nm + "[") for nm in names)
+        if not d.scalar
+        and not d.view  # a view's data outlives the call
+        and any(d.name == nm or d.name.startswith(nm + "[") for nm in names)
     ]
-    if uneven:
-        hit += [len(descs) + j for j, i in enumerate(sliced) if i in hit]
-    return tuple(hit)
+    return tuple(hit + [slot for i, slot in layout.extra.items() if i in hit])
 
 
 # --------------------------------------------------------------------------
@@ -796,11 +873,9 @@ def _donated(core, descs, sliced, uneven) -> tuple[int, ...]:
 def _placer(core: _Core, descs: list[_Leaf], split: Split | None) -> Callable:
     """A function from the call's leaves to the jit arguments, built once per plan."""
     mesh = core.mesh
-    n_leaves = len(descs)
+    layout = _Layout.of(descs, split)
     uneven = split is not None and not split.even
-    sliced = [i for i, d in enumerate(descs) if d.role == "sliced"]
-    extra_slot = {i: n_leaves + j for j, i in enumerate(sliced)} if uneven else {}
-    shardings = [NamedSharding(mesh, _spec(d)) for d in descs]
+    shardings = [NamedSharding(mesh, spec) for spec in layout.specs]
     replicated, device_set = NamedSharding(mesh, P()), set(core.devices)
 
     @functools.cache
@@ -817,21 +892,28 @@ def _placer(core: _Core, descs: list[_Leaf], split: Split | None) -> Callable:
     # What to do with each leaf is decided per call from its type only; the
     # plan is already specific to the shardings of any jax.Array leaves.
     def place(leaves: list) -> list:
-        jit_args = [None] * (n_leaves + len(extra_slot))
+        jit_args = [None] * layout.size
         host, host_sh, host_slots = [], [], []
         for i, (d, x) in enumerate(zip(descs, leaves)):
             if d.scalar:
                 jit_args[i] = x
+            elif d.view:  # the data stays where it is; only the indices travel
+                jit_args[i] = x.data._live(f"{core.where}: argument `{d.name}`")
+                slot = layout.index[i]
+                host.append(x.index)
+                host_sh.append(shardings[slot])
+                host_slots.append(slot)
             elif d.role == "sliced" and uneven:
+                slot = layout.extra[i]
                 if isinstance(x, jax.Array):
                     if x.sharding.device_set != device_set:  # jit needs it on the mesh
                         x = jax.device_put(x, replicated)
-                    jit_args[i], jit_args[extra_slot[i]] = splitter(i, d.axis)(x)
+                    jit_args[i], jit_args[slot] = splitter(i, d.axis)(x)
                 else:
                     main, extra = host_parts(np.asarray(x), d.axis, split)
                     host += [main, extra]
                     host_sh += [shardings[i], shardings[i]]
-                    host_slots += [i, extra_slot[i]]
+                    host_slots += [i, slot]
             elif isinstance(x, jax.Array) and fits(x, i):
                 jit_args[i] = x
             else:

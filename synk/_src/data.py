@@ -1,0 +1,436 @@
+"""synk.data: data sets that live on the devices, and batches passed as indices.
+
+A `Data` is put on the devices once. ``X[idx]`` and ``X.local[idx]`` are lazy
+batch views: a `synk.Function` receives them in place of arrays, only the
+indices travel from host to device, and each device gathers its own rows on
+the device (`rows_for_device`, traced inside the function's body).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from synk._src import runtime
+from synk._src.runtime import AXIS
+from synk._src.split import Split
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+class Data:
+    """A data set put on the devices once; index it to pass batches. See `synk.data`."""
+
+    def __init__(self, value, *, sharded: bool = False):
+        self._sharded = bool(sharded)
+        self._devices = tuple(runtime.devices())
+        self._mesh = runtime.mesh(self._devices)
+        self._array: jax.Array | None = None
+        self._rows = 0
+        self._place(self._as_host(value, "synk.data(value)"))
+
+    # ---------------------------------------------------------------- storage
+
+    def _as_host(self, value, where: str) -> np.ndarray:
+        if isinstance(value, Data):
+            value = np.asarray(value)
+        array = np.asarray(value)
+        if array.ndim == 0:
+            raise ValueError(
+                f"{where}: a data set needs rows; got a scalar. Pass an array of shape (rows, ...)."
+            )
+        if array.dtype == object:
+            raise TypeError(f"{where}: expected a numeric array, got dtype object.")
+        return array.astype(jax.dtypes.canonicalize_dtype(array.dtype), copy=False)
+
+    def _place(self, host: np.ndarray) -> None:
+        rows = host.shape[0]
+        if self._sharded:
+            # Rows are dealt like a batch: device d holds rows [start_d, start_d +
+            # held_d), held_d = q + (d < r); a shard that holds q rows ends in one
+            # padding row, which no index can reach.
+            layout = ShardLayout.of(rows, len(self._devices))
+            if layout.padded != rows:
+                padded = np.zeros((layout.padded, *host.shape[1:]), host.dtype)
+                for d, (start, held) in enumerate(zip(layout.starts, layout.held)):
+                    padded[d * layout.per : d * layout.per + held] = host[start : start + held]
+                host = padded
+            sharding = NamedSharding(self._mesh, P(AXIS))
+        else:
+            sharding = NamedSharding(self._mesh, P())
+        # Every process holds the whole (equal) value; each device takes its part.
+        array = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        old = self._array
+        self._array, self._rows = array, rows
+        if old is not None:
+            old.delete()
+
+    def _live(self, where: str = "this synk.Data") -> jax.Array:
+        if self._array is None:
+            raise RuntimeError(
+                f"{where} was deleted (Data.delete()); its device memory is gone. Create a "
+                "new one with synk.data(value)."
+            )
+        return self._array
+
+    # ---------------------------------------------------------------- public
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The data set's shape (rows first), as given."""
+        return (self._rows, *self._live().shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._live().dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._live().ndim
+
+    @property
+    def sharded(self) -> bool:
+        """True if the rows are split across devices, False if every device holds all."""
+        return self._sharded
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on each device."""
+        array = self._live()
+        per_device = array.shape[0] // len(self._devices) if self._sharded else array.shape[0]
+        return per_device * math.prod(array.shape[1:]) * array.dtype.itemsize
+
+    @property
+    def rows_per_device(self) -> tuple[int, ...]:
+        """Rows each device holds: all of them, or its shard (shards differ by at most 1)."""
+        self._live()
+        if self._sharded:
+            return ShardLayout.of(self._rows, len(self._devices)).held
+        return (self._rows,) * len(self._devices)
+
+    @property
+    def layout(self) -> ShardLayout | None:
+        """How sharded rows are dealt over the devices (None if replicated)."""
+        return ShardLayout.of(len(self), len(self._devices)) if self._sharded else None
+
+    def __len__(self) -> int:
+        self._live()
+        return self._rows
+
+    def __array__(self, dtype=None, copy=None):
+        array = self._live()
+        if not array.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            array = multihost_utils.process_allgather(array, tiled=True)
+        out = np.asarray(array)
+        layout = self.layout
+        if layout is not None and layout.padded != self._rows:  # drop each shard's padding
+            out = np.concatenate(
+                [out[d * layout.per : d * layout.per + h] for d, h in enumerate(layout.held)]
+            )
+        return out if dtype is None else out.astype(dtype)
+
+    def set_value(self, value) -> None:
+        """Replace the data (same or new shape). On any error the old value stays intact.
+
+        Raises:
+          TypeError: the new value's dtype cannot be cast safely to this data's dtype.
+
+        Example:
+          >>> import numpy as np, synk
+          >>> X = synk.data(np.zeros((4, 2), np.float32))
+          >>> X.set_value(np.ones((6, 2), np.float32))
+          >>> X.shape
+          (6, 2)
+        """
+        dtype = self._live("set_value: this synk.Data").dtype
+        host = self._as_host(value, "Data.set_value(value)")
+        if not np.can_cast(host.dtype, dtype, casting="same_kind"):
+            raise TypeError(
+                f"Data.set_value: this data is {dtype} and the new value is {host.dtype}, "
+                f"which cannot be cast safely to {dtype}. Convert it first (e.g. "
+                f"value.astype({str(dtype)!r})) or make a new synk.data(value)."
+            )
+        self._place(host.astype(dtype, copy=False))
+
+    def delete(self) -> None:
+        """Free the device memory. Later use is an error."""
+        if self._array is not None:
+            self._array.delete()
+            self._array = None
+
+    def __getitem__(self, idx) -> Batch:
+        """A lazy batch of global rows: a slice (step 1) or 1-D int indices."""
+        self._live()
+        return Batch(self, _global_index(idx, self._rows), local=False)
+
+    @property
+    def local(self) -> _LocalIndexer:
+        """``X.local[idx]``: each device indexes its own shard (sharded data only)."""
+        self._live()
+        if not self._sharded:
+            raise ValueError(
+                "X.local[...] indexes each device's own shard, but this synk.Data is "
+                "replicated. Use X[idx] (every device holds all rows), or create it with "
+                "synk.data(value, sharded=True)."
+            )
+        return _LocalIndexer(self)
+
+    def __repr__(self) -> str:
+        if self._array is None:
+            return "synk.Data(<deleted>)"
+        if self._sharded:
+            held = sorted(set(self.rows_per_device), reverse=True)
+            layout = f"sharded {' or '.join(map(str, held))} rows per device"
+        else:
+            layout = "replicated"
+        kind = self._devices[0].platform
+        return (
+            f"synk.Data(shape={self.shape}, dtype={self.dtype}, {layout} over "
+            f"{len(self._devices)} {kind} devices, {_fmt_bytes(self.nbytes)} per device)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardLayout:
+    """Rows of sharded data over n devices: device d holds `held[d]` rows from `starts[d]`."""
+
+    rows: int
+    devices: int
+
+    @classmethod
+    @functools.cache
+    def of(cls, rows: int, devices: int) -> ShardLayout:
+        return cls(rows, devices)
+
+    @property
+    def per(self) -> int:
+        """Rows of each shard on the device, padding included."""
+        return -(-self.rows // self.devices)
+
+    @property
+    def padded(self) -> int:
+        return self.per * self.devices
+
+    @property
+    def held(self) -> tuple[int, ...]:
+        q, r = divmod(self.rows, self.devices)
+        return tuple(q + (d < r) for d in range(self.devices))
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in np.cumsum((0, *self.held[:-1])))
+
+    def owner(self, rows):
+        """The device holding each global row, and the row's position in its shard (traced)."""
+        q, r = divmod(self.rows, self.devices)
+        big = r * (q + 1)  # rows held by the devices with q + 1 rows
+        in_big = rows < big
+        rest = rows - big
+        safe_q = max(q, 1)
+        owner = jnp.where(in_big, rows // (q + 1), r + rest // safe_q)
+        pos = jnp.where(in_big, rows % (q + 1), rest % safe_q)
+        return owner, pos
+
+
+class _LocalIndexer:
+    def __init__(self, data: Data):
+        self._data = data
+
+    def __getitem__(self, idx) -> Batch:
+        data = self._data
+        return Batch(data, _local_index(idx, data), local=True)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Batch:
+    """A lazy batch view of a `Data`: rows picked on the devices at the call."""
+
+    data: Data
+    index: np.ndarray  # int32: (k,) global rows, or (n_devices, k) rows of each shard
+    local: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        rows = self.index.size
+        return (rows, *self.data.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        kind = "local rows" if self.local else "rows"
+        return f"synk.Data batch of {len(self)} {kind}, shape={self.shape}, dtype={self.dtype}"
+
+
+# -------------------------------------------------------------------- indices
+
+
+def _as_index_array(idx, what: str) -> np.ndarray:
+    if isinstance(idx, bool | np.bool_):
+        raise TypeError(f"{what}: a boolean index; pass integer row indices.")
+    if isinstance(idx, int | np.integer):
+        raise TypeError(
+            f"{what}: a scalar index ({idx}) would drop the batch axis. Pass a slice or a list "
+            f"of rows, e.g. X[{idx}:{idx + 1}]."
+        )
+    array = np.asarray(idx)
+    if array.dtype == np.bool_:
+        raise TypeError(
+            f"{what}: boolean indices are not supported; pass integer rows (e.g. "
+            "np.flatnonzero(mask))."
+        )
+    if array.size == 0:
+        return array.astype(np.int32)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"{what}: indices must be integers, got dtype {array.dtype}. Convert them, e.g. "
+            "idx.astype(int)."
+        )
+    return array
+
+
+def _check_range(array: np.ndarray, rows: int, what: str) -> np.ndarray:
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if high >= rows or low < -rows:
+            bad = high if high >= rows else low
+            raise IndexError(
+                f"{what}: index {bad} is out of range for {rows} rows (valid: {-rows} .. "
+                f"{rows - 1}; largest given {high}, smallest {low})."
+            )
+        if low < 0:
+            array = np.where(array < 0, array + rows, array)
+    return array.astype(np.int32, copy=False)
+
+
+def _global_index(idx, rows: int) -> np.ndarray:
+    if isinstance(idx, slice):
+        if idx.step not in (None, 1):
+            raise ValueError(
+                f"X[{idx.start}:{idx.stop}:{idx.step}]: slices with a step are not supported; "
+                "pass the rows as an index array, e.g. X[np.arange(start, stop, step)]."
+            )
+        return np.arange(*idx.indices(rows), dtype=np.int32)
+    array = _as_index_array(idx, "X[idx]")
+    if array.ndim != 1:
+        raise ValueError(
+            f"X[idx]: expected a 1-D index array, got shape {array.shape}. For per-device "
+            "indices into sharded data use X.local[idx] with shape (n_devices, k)."
+        )
+    return _check_range(array, rows, "X[idx]")
+
+
+def _local_index(idx, data: Data) -> np.ndarray:
+    n, held = len(data._devices), np.array(data.rows_per_device)
+    if isinstance(idx, slice):
+        if idx.step not in (None, 1):
+            raise ValueError("X.local[a:b:step]: slices with a step are not supported.")
+        idx = np.arange(*idx.indices(int(held.min())))
+    array = _as_index_array(idx, "X.local[idx]")
+    if array.ndim == 1:
+        array = np.broadcast_to(array, (n, array.shape[0]))
+    if array.ndim != 2 or array.shape[0] != n:
+        raise ValueError(
+            f"X.local[idx]: expected one index array for every device, shape (k,), or one "
+            f"row per device, shape ({n}, k); got shape {array.shape}."
+        )
+    array = np.where(array < 0, array + held[:, None], array)
+    bad = (array < 0) | (array >= held[:, None])
+    if bad.any():
+        d, j = map(int, np.argwhere(bad)[0])
+        raise IndexError(
+            f"X.local[idx]: device {d} holds {int(held[d])} rows of its shard, but its index "
+            f"{int(array[d, j])} is out of range (largest index given "
+            f"{int(np.asarray(idx).max())}). Each device's indices must be below the rows it "
+            "holds."
+        )
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+# ------------------------------------------------------- rows on each device
+
+
+def device_requests(index: jax.Array, split: Split) -> tuple[jax.Array, jax.Array | None]:
+    """Every device's main-block and extra-row indices from the global index (traced).
+
+    Returns arrays of shape (n, q) and (n, 1) (None if the split is even): row d
+    holds what device d processes, following `split.py`'s layout.
+    """
+    g, m, q, r, L = split.groups, split.local_devices, split.main, split.extra, split.local_rows
+    dev = np.arange(g * m)
+    proc, j = dev // m, dev % m
+    main = index[(proc * L + j * q)[:, None] + np.arange(q)[None, :]]
+    if not r:
+        return main, None
+    # Devices j >= r take a real row as a stand-in; it is never computed on.
+    extra = index[(proc * L + m * q + np.minimum(j, r - 1))[:, None]]
+    return main, extra
+
+
+def rows_for_device(data: jax.Array, requests: jax.Array, layout: ShardLayout | None):
+    """This device's rows, given every device's requests (n, k) (inside shard_map).
+
+    `layout` is None for replicated data, else how the sharded rows are dealt.
+    """
+    me = lax.axis_index(AXIS)
+    mine = requests[me]
+    if layout is None:
+        return jnp.take(data, mine, axis=0, mode="clip")
+    # Sharded rows: each device sends every other device the rows it owns of
+    # that device's request; one all_to_all moves them. Selecting the owner's
+    # copy afterwards is exact (no arithmetic on the rows).
+    owner, pos = layout.owner(requests)
+    owned = (owner == me).reshape(owner.shape + (1,) * (data.ndim - 1))
+    send = jnp.where(owned, data[pos], jnp.zeros((), data.dtype))  # (n, k, ...)
+    got = lax.all_to_all(send, AXIS, 0, 0, tiled=True)  # got[src] = src's rows for me
+    return got[owner[me], jnp.arange(mine.shape[0])]
+
+
+def data(value, *, sharded: bool = False) -> Data:
+    """Put a data set on the devices once; pass batches of it as indices.
+
+    Args:
+      value: an array of shape (rows, ...): numpy, jax, or anything
+        ``np.asarray`` accepts. Under several processes, every process passes
+        the same value.
+      sharded: False (default): every device holds all rows (fast indexing,
+        memory per device = the whole set). True: the rows are split across
+        devices (for data larger than one device); global indices then move
+        rows between devices with one ``all_to_all`` per call.
+
+    Returns:
+      A `synk.Data`. ``X[idx]`` (a slice with step 1, or 1-D int indices in any
+      order, repeats allowed) is a lazy batch a `synk.Function` accepts
+      wherever it slices an argument; ``X.local[idx]`` (sharded data) indexes
+      each device's own shard with no communication.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> X = synk.data(np.arange(20.0).reshape(10, 2))
+      >>> X
+      synk.Data(shape=(10, 2), dtype=float32, replicated over 8 cpu devices, 80 B per device)
+      >>> f = synk.function(lambda x: x.sum(0), reduce="sum")
+      >>> np.asarray(f(X[[0, 9, 9]]))  # rows 0, 9, 9 gathered on the devices
+      array([36., 39.], dtype=float32)
+    """
+    return Data(value, sharded=sharded)

@@ -1,0 +1,245 @@
+"""synk.data: device-resident data sets and batches passed as indices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import synk
+
+N = synk.device_count()
+RNG = np.random.default_rng(3)
+OPS = ("avg", "sum", "max", "min", "prod", "gather")
+
+
+def model(x, y):
+    h = jnp.tanh(x)
+    return {
+        "avg": (h.mean(0), jnp.mean(y**2)),
+        "sum": h.sum(0),
+        "max": h.max(0),
+        "min": y.min(),
+        "prod": jnp.prod(1.0 + 0.1 * jnp.tanh(y)),
+        "gather": h * y[:, None],
+    }
+
+
+def assert_tree_close(got, want):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=2e-5)
+
+
+# ------------------------------------------------------------- the object
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_attributes_and_repr(sharded):
+    x = RNG.normal(size=(10 * N + 3, 4)).astype(np.float32)
+    X = synk.data(x, sharded=sharded)
+    assert isinstance(X, synk.Data)
+    assert X.shape == x.shape and X.dtype == np.float32 and X.ndim == 2 and len(X) == len(x)
+    assert X.sharded is sharded
+    np.testing.assert_array_equal(np.asarray(X), x)
+    per_device_rows = -(-len(x) // N) if sharded else len(x)  # shards padded to equal size
+    assert X.nbytes == per_device_rows * 4 * 4
+    if sharded:
+        assert sum(X.rows_per_device) == len(x) and max(X.rows_per_device) == per_device_rows
+    text = repr(X)
+    assert f"shape={x.shape}" in text and "float32" in text and "per device" in text
+    assert ("sharded" if sharded else "replicated") in text
+
+
+def test_set_value_same_and_new_shape_and_later_calls_see_it():
+    X = synk.data(np.zeros((8, 2), np.float32))
+    f = synk.function(lambda x: x.sum(0), reduce="sum")
+    assert np.asarray(f(X[:])).tolist() == [0.0, 0.0]
+    X.set_value(np.ones((8, 2), np.float32))
+    assert np.asarray(f(X[:])).tolist() == [8.0, 8.0]
+    X.set_value(np.full((12, 2), 2.0))  # new shape; float64 is cast to float32
+    assert X.shape == (12, 2) and X.dtype == np.float32
+    assert np.asarray(f(X[:])).tolist() == [24.0, 24.0]
+
+
+def test_set_value_with_an_unsafe_dtype_keeps_the_old_value():
+    x = RNG.normal(size=(6, 2)).astype(np.float32)
+    X = synk.data(x)
+    with pytest.raises(TypeError, match=r"this data is float32 and the new value is complex64"):
+        X.set_value(np.ones((6, 2), np.complex64))
+    ints = synk.data(np.arange(6, dtype=np.int32))
+    with pytest.raises(TypeError, match=r"cannot be cast safely to int32"):
+        ints.set_value(np.ones(6, np.float32))
+    np.testing.assert_array_equal(np.asarray(X), x)  # nothing lost
+    np.testing.assert_array_equal(np.asarray(ints), np.arange(6))
+
+
+def test_delete_frees_and_later_use_is_an_error():
+    X = synk.data(np.ones((8, 2), np.float32))
+    view = X[:4]
+    f = synk.function(lambda x: x.sum(), reduce="sum")
+    f(view)
+    X.delete()
+    assert repr(X) == "synk.Data(<deleted>)"
+    with pytest.raises(RuntimeError, match=r"argument `x` is a batch of a synk.Data that was del"):
+        f(view)
+    with pytest.raises(RuntimeError, match="was deleted"):
+        X[:2]
+    with pytest.raises(RuntimeError, match="was deleted"):
+        len(X)
+
+
+# ------------------------------------------------------------- batches
+
+
+INDEXES = [
+    np.arange(5),
+    [3, 3, 0, 7],  # a list: any order, repeats allowed
+    slice(2, 9),
+    slice(-5, None),  # negative bounds, as numpy reads them
+    slice(None, -3),
+    np.array([-1, 0, 4]),  # negative indices, as numpy reads them
+]
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("idx", INDEXES, ids=repr)
+def test_views_equal_the_serial_function_on_the_rows(sharded, idx):
+    x = RNG.normal(size=(4 * N + 5, 3)).astype(np.float32)
+    y = RNG.normal(size=4 * N + 5).astype(np.float32)
+    X, Y = synk.data(x, sharded=sharded), synk.data(y, sharded=sharded)
+    f = synk.function(model, reduce={op: op for op in OPS})
+    assert_tree_close(f(X[idx], Y[idx]), f.serial(x[idx], y[idx]))
+
+
+@given(
+    rows=st.integers(1, 6 * N + 5),
+    k=st.integers(1, 5 * N + 3),
+    sharded=st.booleans(),
+    slices=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_indices_every_op(rows, k, sharded, slices, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 2)).astype(np.float32)
+    y = rng.normal(size=rows).astype(np.float32)
+    idx = rng.integers(0, rows, size=k)
+    slices = min(slices, max(1, k // N))
+    f = synk.function(model, reduce={op: op for op in OPS}, num_slices=slices)
+    X, Y = synk.data(x, sharded=sharded), synk.data(y, sharded=sharded)
+    assert_tree_close(f(X[idx], Y[idx]), f.serial(x[idx], y[idx]))
+
+
+def test_views_and_host_arrays_mix_in_one_call():
+    x = RNG.normal(size=(50, 3)).astype(np.float32)
+    X = synk.data(x)
+    idx = RNG.permutation(50)[: 2 * N + 1]
+    w = RNG.normal(size=3).astype(np.float32)
+    labels = RNG.normal(size=len(idx)).astype(np.float32)
+    f = synk.function(
+        lambda w, x, y: jax.value_and_grad(lambda w: jnp.mean((x @ w - y) ** 2))(w),
+        in_axes=(None, 0, 0),
+    )
+    assert_tree_close(f(w, X[idx], labels), f.serial(w, x[idx], labels))
+
+
+@pytest.mark.parametrize("rows", [8 * N, 8 * N + 3])
+def test_local_views_index_each_shard(rows):
+    x = RNG.normal(size=(rows, 2)).astype(np.float32)
+    X = synk.data(x, sharded=True)
+    held = X.rows_per_device
+    starts = np.cumsum([0, *held[:-1]])  # device d holds rows starts[d] .. starts[d]+held[d]
+    f = synk.function(lambda a: (a * 2, a.sum(0)), reduce=("gather", "sum"))
+    shared = np.array([0, 3, 1, 3])  # one index array for every device
+    per_device = np.stack([RNG.integers(0, h, 5) for h in held])  # (n, k)
+    for idx in (shared, per_device):
+        full = np.broadcast_to(idx, (N, idx.shape[-1]))
+        want = np.concatenate([x[starts[d] + full[d]] for d in range(N)])
+        rows_out, total = f(X.local[idx])
+        np.testing.assert_allclose(np.asarray(rows_out), want * 2, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(total), want.sum(0), rtol=1e-5)
+
+
+def test_only_the_indices_cross_from_host_to_device(monkeypatch):
+    x = RNG.normal(size=(1000, 16)).astype(np.float32)
+    X, Y = synk.data(x), synk.data(x[:, 0])
+    f = synk.function(lambda a, b: (a.mean(0), b.mean()))
+    idx = RNG.integers(0, 1000, 256)
+    f(X[idx], Y[idx])  # compile first
+    put = []
+    real = jax.device_put
+
+    def spy(values, device=None, **kwargs):
+        put.extend(jax.tree.leaves(values))
+        return real(values, device, **kwargs)
+
+    monkeypatch.setattr(jax, "device_put", spy)
+    f(X[idx], Y[idx])
+    assert [v.dtype for v in put] == [np.int32, np.int32]
+    assert sum(v.nbytes for v in put) == 2 * 256 * 4  # the indices, nothing else
+
+
+# ------------------------------------------------------------- errors
+
+
+@pytest.fixture(scope="module")
+def X():
+    return synk.data(np.arange(40.0).reshape(20, 2))
+
+
+def test_out_of_range_indices_name_the_index_and_the_length(X):
+    with pytest.raises(IndexError, match=r"index 25 is out of range for 20 rows.*largest given 25"):
+        X[[1, 25, 3]]
+    with pytest.raises(IndexError, match=r"index -21 is out of range for 20 rows"):
+        X[[-21]]
+
+
+@pytest.mark.parametrize(
+    ("idx", "error", "pattern"),
+    [
+        (np.array([0.0, 1.0]), TypeError, r"indices must be integers, got dtype float64"),
+        (np.array([True, False]), TypeError, r"boolean indices are not supported"),
+        (slice(0, 10, 2), ValueError, r"slices with a step are not supported"),
+        (3, TypeError, r"scalar index \(3\).*X\[3:4\]"),
+        (np.zeros((2, 2), int), ValueError, r"expected a 1-D index array"),
+    ],
+)
+def test_bad_indices(X, idx, error, pattern):
+    with pytest.raises(error, match=pattern):
+        X[idx]
+
+
+def test_views_of_different_lengths_name_both(X):
+    f = synk.function(lambda a, b: a.sum() + b.sum(), reduce="sum")
+    with pytest.raises(ValueError, match=r"`a` has 3 rows .* `b` has 5 rows"):
+        f(X[:3], X[:5])
+
+
+def test_an_empty_view_is_an_empty_batch(X):
+    with pytest.raises(ValueError, match="batch is empty"):
+        synk.function(lambda a: a.sum(), reduce="sum")(X[5:5])
+
+
+def test_local_view_errors():
+    replicated = synk.data(np.ones((8, 2)))
+    with pytest.raises(ValueError, match=r"this synk.Data is replicated"):
+        replicated.local[[0]]
+    sharded = synk.data(np.ones((2 * N + 1, 2)), sharded=True)  # device 0 holds 3 rows, others 2
+    with pytest.raises(IndexError, match=r"device 1 holds 2 rows of its shard, but its index 2"):
+        sharded.local[[2]]
+    with pytest.raises(ValueError, match=rf"shape \({N}, k\)"):
+        sharded.local[np.zeros((N + 1, 2), int)]
+
+
+def test_a_view_must_be_sliced(X):
+    f = synk.function(lambda a: a.sum(), in_axes=None, reduce="sum")
+    with pytest.raises(ValueError, match=r"argument `a` is a synk.Data batch .* in_axes entry"):
+        f(X[:4])
+
+
+def test_a_view_on_other_devices_than_the_function(X):
+    if N == 1:
+        pytest.fail("this suite expects several devices (see tests/conftest.py)")
+    f = synk.function(lambda a: a.sum(), reduce="sum", devices=1)
+    with pytest.raises(ValueError, match=rf"synk.Data on {N} devices, but this function runs on 1"):
+        f(X[:4])
