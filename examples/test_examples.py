@@ -1,0 +1,74 @@
+"""Run every example script end to end, each in its own process.
+
+Each ``examples/*.py`` (except this file) runs as ``python examples/NAME.py``
+with small sizes, on 8 simulated CPU devices, and must exit with status 0.
+A new example is picked up automatically; give it an entry in `EXTRA_ARGS`
+if it takes options that make it quicker (the default is ``--quiet``).
+
+Run with ``make test-examples`` or
+``python -m pytest -p no:cacheprovider -q examples/test_examples.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TIMEOUT_S = 300
+
+EXAMPLES = sorted(p.name for p in HERE.glob("*.py") if p.name != Path(__file__).name)
+
+# Command-line arguments per example: small sizes, no progress bars.
+DEFAULT_ARGS = ["--quiet"]
+EXTRA_ARGS: dict[str, list[str]] = {
+    "quickstart.py": ["--quiet", "--epochs", "3"],
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The same simulated devices for every example, whatever the caller set
+    # (e.g. SYNK_CPU_DEVICES=4 left over from the MPI run).
+    env["SYNK_CPU_DEVICES"] = "8"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _report(cmd: list[str], stdout: str | bytes | None, stderr: str | bytes | None) -> str:
+    def text(s):
+        if s is None:
+            return ""
+        return s.decode(errors="replace") if isinstance(s, bytes) else s
+
+    return (
+        f"command: {' '.join(cmd)}\n--- stdout ---\n{text(stdout)}\n--- stderr ---\n{text(stderr)}"
+    )
+
+
+# An empty glob must fail, not be skipped as an empty parameter set.
+@pytest.mark.parametrize("name", EXAMPLES or [pytest.param(None, id="no-examples")])
+def test_example_runs(name: str | None) -> None:
+    if name is None:
+        pytest.fail(f"no example scripts found in {HERE}")
+    cmd = [sys.executable, str(HERE / name), *EXTRA_ARGS.get(name, DEFAULT_ARGS)]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{name} ran past {TIMEOUT_S} s\n{_report(cmd, e.stdout, e.stderr)}")
+    assert proc.returncode == 0, (
+        f"{name} exited with status {proc.returncode}\n{_report(cmd, proc.stdout, proc.stderr)}"
+    )
+
+
+def test_extra_args_name_existing_examples() -> None:
+    # A renamed or deleted example must not leave a stale entry behind.
+    stale = sorted(set(EXTRA_ARGS) - set(EXAMPLES))
+    assert not stale, f"EXTRA_ARGS names examples that do not exist: {stale}"
