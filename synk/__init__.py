@@ -6,6 +6,14 @@ serial function's for any batch size.
 """
 
 from synk import lax as lax
+from synk._src.collectives import all_gather as all_gather
+from synk._src.collectives import all_reduce as all_reduce
+from synk._src.collectives import broadcast as broadcast
+from synk._src.collectives import gather as gather
+from synk._src.collectives import get_value as get_value
+from synk._src.collectives import reduce as reduce
+from synk._src.collectives import scatter as scatter
+from synk._src.collectives import set_value as set_value
 from synk._src.data import Batch as Batch
 from synk._src.data import Data as Data
 from synk._src.data import data as data
@@ -23,12 +31,20 @@ __all__ = [
     "Batch",
     "Data",
     "Function",
+    "all_gather",
+    "all_reduce",
+    "broadcast",
     "data",
     "device_count",
     "devices",
     "function",
+    "gather",
+    "get_value",
     "init",
     "lax",
     "process_count",
     "process_index",
+    "reduce",
+    "scatter",
+    "set_value",
 ]

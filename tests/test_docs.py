@@ -8,7 +8,13 @@ import pytest
 
 import synk
 
-MODULES = ["synk._src.runtime", "synk._src.function", "synk._src.lax", "synk._src.data"]
+MODULES = [
+    "synk._src.runtime",
+    "synk._src.function",
+    "synk._src.lax",
+    "synk._src.data",
+    "synk._src.collectives",
+]
 
 
 def test_every_public_name_is_importable_and_documented():

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 import synk
 
 P_COUNT, RANK = synk.process_count(), synk.process_index()

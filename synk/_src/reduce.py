@@ -69,11 +69,11 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
     ]
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(out_shape)[0]]
     for op, aval, path in zip(ops, leaves, paths, strict=True):
-        _check_dtype(op, aval, f"{where}: output out{path}")
+        check_dtype(op, aval, f"{where}: output out{path}")
     return OutPlan(treedef, tuple(ops), tuple(leaves))
 
 
-def _check_dtype(op: str, aval, where: str) -> None:
+def check_dtype(op: str, aval, where: str) -> None:
     dtype = np.dtype(aval.dtype)
     if op == "avg" and not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(

@@ -1,0 +1,361 @@
+"""Collectives on per-device values, outside any synk.function.
+
+A per-device value is a ``jax.Array`` whose leading axis has one entry per
+device (``device_count()``), entry i living on device i: what
+``reduce="per_device"`` returns and ``in_axes="per_device"`` takes. Each
+collective accepts a pytree of them and is compiled once per shape.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from synk._src import reduce as red
+from synk._src import runtime
+from synk._src.runtime import AXIS
+
+
+def _mesh() -> jax.sharding.Mesh:
+    return runtime.mesh(tuple(runtime.devices()))
+
+
+def _per_device_sharding() -> NamedSharding:
+    return NamedSharding(_mesh(), P(AXIS))
+
+
+def _place(tree, where: str):
+    """Check and place a pytree of per-device values (leading axis = device count)."""
+    n = runtime.device_count()
+    sharding = _per_device_sharding()
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    out = []
+    for path, leaf in zip(paths, leaves, strict=True):
+        shape = np.shape(leaf)
+        if not shape or shape[0] != n:
+            found = f"shape {tuple(shape)}"
+            raise ValueError(
+                f"{where}: x{path} is not a per-device value: its leading axis must have one "
+                f"entry per device ({n}); found {found}. Make one with synk.broadcast(value) "
+                "or synk.scatter(batch), or return it from a function with "
+                "reduce='per_device'."
+            )
+        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+            out.append(leaf)
+        else:
+            out.append(_to_devices(leaf, sharding))
+    return out, treedef
+
+
+def _to_devices(x, sharding: NamedSharding) -> jax.Array:
+    if jax.process_count() == 1 or isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    # Several processes: every process holds the whole value; each device takes its part.
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _dispatch(fn, leaves, treedef):
+    out = fn(*leaves)
+    runtime.throttle(out[0] if out else None, runtime.devices()[0].platform)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _mapped(body, out_spec):
+    """jit(shard_map(body)) over every device, per-device inputs; cached by the callers."""
+    mesh = _mesh()
+
+    def outer(*leaves):
+        specs = tuple(P(AXIS) for _ in leaves)
+        outs = [out_spec for _ in leaves]
+        return jax.shard_map(
+            lambda *xs: list(body(*xs)), mesh=mesh, in_specs=specs, out_specs=outs
+        )(*leaves)
+
+    return jax.jit(outer)
+
+
+# --------------------------------------------------------------- host -> devices
+
+
+def broadcast(x):
+    """Every device gets a copy of ``x`` (a pytree): a per-device value.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> w = synk.broadcast(np.array([1.0, 2.0]))
+      >>> w.shape == (synk.device_count(), 2)
+      True
+    """
+    n, sharding = runtime.device_count(), _per_device_sharding()
+
+    def one(leaf):
+        if isinstance(leaf, jax.Array):
+            return _broadcast_fn(sharding)(leaf)
+        leaf = np.asarray(leaf)
+        return _to_devices(np.broadcast_to(leaf, (n, *leaf.shape)), sharding)
+
+    return jax.tree_util.tree_map(one, x)
+
+
+@functools.cache
+def _broadcast_fn(sharding: NamedSharding):
+    n = len(sharding.mesh.devices.flat)
+    return jax.jit(lambda x: jnp.broadcast_to(x[None], (n, *x.shape)), out_shardings=sharding)
+
+
+def scatter(x):
+    """Split axis 0 of ``x`` (a pytree) into ``device_count()`` equal parts, one per device.
+
+    Raises:
+      ValueError: axis 0 does not divide by the device count.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> n = synk.device_count()
+      >>> parts = synk.scatter(np.arange(3.0 * n))
+      >>> parts.shape == (n, 3) and synk.get_value(parts, 1).tolist() == [3.0, 4.0, 5.0]
+      True
+    """
+    n, sharding = runtime.device_count(), _per_device_sharding()
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]]
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    out = []
+    for path, leaf in zip(paths, leaves, strict=True):
+        shape = np.shape(leaf)
+        if not shape or shape[0] % n:
+            rows = shape[0] if shape else "no"
+            raise ValueError(
+                f"synk.scatter: x{path} has {rows} rows along axis 0, which do not split into "
+                f"{n} equal parts. Pass a multiple of {n} rows (pad or trim), or use a "
+                "synk.function, which handles uneven batches."
+            )
+        if isinstance(leaf, jax.Array):
+            out.append(_reshape_fn(n, sharding)(leaf))
+        else:
+            leaf = np.asarray(leaf)
+            out.append(_to_devices(leaf.reshape(n, shape[0] // n, *shape[1:]), sharding))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.cache
+def _reshape_fn(n: int, sharding: NamedSharding):
+    return jax.jit(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), out_shardings=sharding)
+
+
+# --------------------------------------------------------------- devices -> host
+
+
+def gather(x, *, concat: bool = False):
+    """Every device's entry of ``x`` (a pytree of per-device values), on the host.
+
+    Args:
+      x: per-device values.
+      concat: concatenate the entries along their axis 0 instead of stacking.
+
+    Returns:
+      numpy arrays, on every process: shape ``(n, ...)``, or ``(n * k, ...)``
+      with ``concat``.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> n = synk.device_count()
+      >>> x = synk.scatter(np.arange(2.0 * n))
+      >>> synk.gather(x, concat=True).tolist() == list(np.arange(2.0 * n))
+      True
+    """
+    leaves, treedef = _place(x, "synk.gather")
+
+    def host(leaf):
+        if not leaf.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+        value = np.asarray(leaf)
+        return value.reshape(-1, *value.shape[2:]) if concat else value
+
+    return jax.tree_util.tree_unflatten(treedef, [host(leaf) for leaf in leaves])
+
+
+def get_value(x, i: int):
+    """Entry ``i`` of a per-device value (a pytree), as numpy arrays.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> x = synk.broadcast(np.float32(7))
+      >>> float(synk.get_value(x, 0))
+      7.0
+    """
+    n = runtime.device_count()
+    if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -n <= i < n:
+        raise IndexError(f"synk.get_value: device index {i!r} is out of range for {n} devices.")
+    leaves, treedef = _place(x, "synk.get_value")
+    device = runtime.devices()[i]
+
+    def entry(leaf):
+        for shard in leaf.addressable_shards:
+            if shard.device == device:
+                return np.asarray(shard.data)[0]
+        return gather(leaf)[i]  # another process's device: fetch through a collective
+
+    return jax.tree_util.tree_unflatten(treedef, [entry(leaf) for leaf in leaves])
+
+
+def set_value(x, i: int, v):
+    """A copy of the per-device value ``x`` (a pytree) whose entry ``i`` is ``v``.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> x = synk.set_value(synk.broadcast(np.zeros(2)), 1, np.ones(2))
+      >>> synk.get_value(x, 1).tolist(), synk.get_value(x, 0).tolist()
+      ([1.0, 1.0], [0.0, 0.0])
+    """
+    n = runtime.device_count()
+    if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -n <= i < n:
+        raise IndexError(f"synk.set_value: device index {i!r} is out of range for {n} devices.")
+    leaves, treedef = _place(x, "synk.set_value")
+    values = jax.tree_util.tree_leaves(v)
+    if len(values) != len(leaves):
+        raise ValueError(
+            f"synk.set_value: v has {len(values)} leaves but x has {len(leaves)}; give v the "
+            "structure of one entry of x."
+        )
+    out = []
+    for leaf, value in zip(leaves, values, strict=True):
+        if np.shape(value) != leaf.shape[1:]:
+            raise ValueError(
+                f"synk.set_value: the new entry has shape {np.shape(value)}, but an entry of x "
+                f"has shape {leaf.shape[1:]}."
+            )
+        out.append(_set_fn(_per_device_sharding())(leaf, i % n, jnp.asarray(value, leaf.dtype)))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.cache
+def _set_fn(sharding: NamedSharding):
+    return jax.jit(lambda x, i, v: x.at[i].set(v), out_shardings=sharding)
+
+
+# --------------------------------------------------------------- devices <-> devices
+
+
+def all_gather(x, *, concat: bool = False):
+    """Every device gets every device's entry of ``x`` (a pytree of per-device values).
+
+    Returns:
+      per-device values of shape ``(n, n, ...)`` (entry i holds all n entries),
+      or ``(n, n * k, ...)`` with ``concat``.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> n = synk.device_count()
+      >>> y = synk.all_gather(synk.scatter(np.arange(1.0 * n)))
+      >>> y.shape == (n, n, 1)
+      True
+    """
+    leaves, treedef = _place(x, "synk.all_gather")
+    return _dispatch(_all_gather_fn(bool(concat)), leaves, treedef)
+
+
+@functools.cache
+def _all_gather_fn(concat: bool):
+    def body(*xs):
+        out = []
+        for x in xs:
+            got = lax.all_gather(x[0], AXIS, tiled=concat)
+            out.append(got[None])
+        return out
+
+    return _mapped(body, P(AXIS))
+
+
+def reduce(x, op: str, *, comm_dtype=None):
+    """Combine every device's entry of ``x`` (a pytree) into one value.
+
+    Args:
+      x: per-device values.
+      op: ``"avg"``, ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``; ``"avg"``
+        weighs every device equally.
+      comm_dtype: floating entries travel in this dtype (e.g. ``jnp.bfloat16``)
+        and are cast back.
+
+    Returns:
+      The reduced value (without the device axis), replicated on every device.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> n = synk.device_count()
+      >>> x = synk.scatter(np.arange(1.0 * n))  # device i holds [i]
+      >>> synk.reduce(x, "sum").tolist() == [n * (n - 1) / 2]
+      True
+    """
+    op = _check_reduce_op(op, "synk.reduce")
+    comm = _check_comm(comm_dtype, "synk.reduce")
+    leaves, treedef = _place(x, "synk.reduce")
+    _check_dtypes(op, leaves, "synk.reduce")
+    return _dispatch(_reduce_fn(op, comm, False), leaves, treedef)
+
+
+def all_reduce(x, op: str, *, comm_dtype=None):
+    """Every device gets the combination of every device's entry of ``x`` (a pytree).
+
+    The result is a per-device value whose entries are all equal, fit to feed
+    back through ``in_axes="per_device"`` (e.g. model averaging in local SGD).
+    Arguments as for `synk.reduce`.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> n = synk.device_count()
+      >>> w = synk.all_reduce(synk.scatter(np.arange(1.0 * n)), "avg")
+      >>> bool((synk.gather(w) == (n - 1) / 2).all())
+      True
+    """
+    op = _check_reduce_op(op, "synk.all_reduce")
+    comm = _check_comm(comm_dtype, "synk.all_reduce")
+    leaves, treedef = _place(x, "synk.all_reduce")
+    _check_dtypes(op, leaves, "synk.all_reduce")
+    return _dispatch(_reduce_fn(op, comm, True), leaves, treedef)
+
+
+@functools.cache
+def _reduce_fn(op: str, comm_dtype, everywhere: bool):
+    n = runtime.device_count()
+
+    def body(*xs):
+        values = [x[0] for x in xs]
+        # All leaves of the op in one collective; 'avg' weighs devices equally.
+        out = red.combine((op,) * len(values), values, n, comm_dtype)
+        return [v[None] for v in out] if everywhere else out
+
+    return _mapped(body, P(AXIS) if everywhere else P())
+
+
+def _check_reduce_op(op, where: str) -> str:
+    if op not in red.REDUCE_OPS:
+        raise ValueError(
+            f"{where}: unknown op {op!r}; expected one of "
+            + ", ".join(repr(o) for o in red.REDUCE_OPS)
+            + "."
+        )
+    return op
+
+
+def _check_dtypes(op: str, leaves: list, where: str) -> None:
+    for leaf in leaves:
+        red.check_dtype(op, jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x")
+
+
+def _check_comm(comm_dtype, where: str):
+    if comm_dtype is None:
+        return None
+    dtype = jnp.dtype(comm_dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{where}: comm_dtype={dtype} is not a floating dtype (e.g. jnp.bfloat16).")
+    return dtype
