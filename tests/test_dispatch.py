@@ -41,7 +41,7 @@ def test_a_repeated_call_does_not_retrace_or_recompile(rows, slices):
     assert len(traces) > first and len(f._core.cache) == 2  # a new shape compiles anew
 
 
-def test_host_inputs_reach_the_devices_in_one_device_put(monkeypatch):
+def spy_device_put(monkeypatch) -> list:
     calls = []
     real = jax.device_put
 
@@ -49,32 +49,36 @@ def test_host_inputs_reach_the_devices_in_one_device_put(monkeypatch):
         calls.append((x, device))
         return real(x, device, **kwargs)
 
+    monkeypatch.setattr(jax, "device_put", spy)
+    return calls
+
+
+@pytest.mark.parametrize("rows", [10 * N, 10 * N + 3])
+def test_host_inputs_go_straight_to_their_target_shardings(monkeypatch, rows):
+    """numpy arguments go to jit as they are; its in_shardings place each on its shards.
+
+    No Python-level device_put per leaf, no stop on a default device: the
+    executable's inputs are the target shardings (rows split, params replicated).
+    """
     f = synk.function(lambda p, x, y: ((x @ p["w"]) * y).mean(), in_axes=(None, 0, 0))
     p = {"w": RNG.normal(size=(4,)).astype(np.float32)}
-    x, y = RNG.normal(size=(10 * N, 4)), RNG.normal(size=10 * N)
+    x, y = RNG.normal(size=(rows, 4)), RNG.normal(size=rows)
     f(p, x, y)  # compile outside the spy
-    monkeypatch.setattr(jax, "device_put", spy)
-    f(p, x, y)
-    assert len(calls) == 1
-    values, shardings = calls[0]
-    assert len(values) == 3
-    mesh = f._core.mesh
-    assert shardings == [
+    calls = spy_device_put(monkeypatch)
+    got = f(p, x, y)
+    assert calls == []
+    np.testing.assert_allclose(got, ((x @ p["w"]) * y).mean(), rtol=1e-5)
+    (plan,) = f._core.cache.values()
+    mesh, rows_spec = f._core.mesh, P("synk")
+    want = [
         NamedSharding(mesh, P()),
-        NamedSharding(mesh, P("synk")),
-        NamedSharding(mesh, P("synk")),
+        NamedSharding(mesh, rows_spec),
+        NamedSharding(mesh, rows_spec),
     ]
-
-
-def test_an_uneven_host_batch_is_also_one_device_put(monkeypatch):
-    calls = []
-    real = jax.device_put
-    monkeypatch.setattr(
-        jax, "device_put", lambda x, d=None, **k: calls.append(1) or real(x, d, **k)
-    )
-    f = synk.function(lambda x, y: (x * y).mean())
-    f(np.ones(3 * N + 1), np.ones(3 * N + 1))
-    assert len(calls) == 1
+    if rows % N:  # the < n remainder rows of x and y travel as one padded row per device
+        want += [NamedSharding(mesh, rows_spec)] * 2
+    compiled = plan.jitted.lower(*plan.place([p["w"], x, y])).compile()
+    assert list(compiled.input_shardings[0]) == want
 
 
 def test_device_arrays_with_the_right_sharding_are_not_copied():

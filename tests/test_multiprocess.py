@@ -71,3 +71,16 @@ def test_broadcast_and_scalar_inputs_on_every_process():
     x = rng.normal(size=(6 * P_COUNT, 3)).astype(np.float32)
     f = synk.function(lambda w, x, c: (x @ w).sum() * c, in_axes=(None, 0, None), reduce="sum")
     np.testing.assert_allclose(np.asarray(f(w, share(x), 2.0)), (x @ w).sum() * 2, rtol=1e-5)
+
+
+@pytest.mark.skipif(P_COUNT == 1, reason="needs several processes: runs under mpiexec -n 2")
+def test_calls_that_differ_between_processes_raise_on_every_process():
+    f = synk.function(lambda x: x.sum(), reduce="sum")
+    rows = 4 + RANK  # process 0 passes 4 rows, process 1 passes 5
+    with pytest.raises(
+        ValueError, match=r"processes made different calls(.|\n)*process 1: .*\[5\]"
+    ):
+        f(np.ones(rows, np.float32))
+    f(np.ones(4, np.float32))  # a consistent call still works afterwards
+    with pytest.raises(ValueError, match=r"processes made different calls"):
+        f(np.ones(4, np.float32 if RANK == 0 else np.int32))  # a cached plan on process 0

@@ -14,6 +14,8 @@ import threading
 import jax
 import numpy as np
 
+from synk._src import processes
+
 AXIS = "synk"
 """The mesh axis name every synk collective runs over."""
 
@@ -21,8 +23,6 @@ AXIS = "synk"
 # and one with a different request is an error instead of being ignored.
 _state: dict[str, object] = {}
 _lock = threading.Lock()
-
-_RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 
 
 def _backend_started() -> bool:
@@ -35,15 +35,6 @@ def _backend_started() -> bool:
         return xla_bridge.backends_are_initialized()
     except (ImportError, AttributeError):
         return False
-
-
-def _launched_ranks() -> int:
-    """How many ranks the launcher (mpiexec, srun) started, from its environment."""
-    for var in _RANK_VARS:
-        value = os.environ.get(var)
-        if value and value.isdigit():
-            return int(value)
-    return 1
 
 
 def _env_cpu_devices() -> int | None:
@@ -96,7 +87,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
     if cpu_devices is None:
         cpu_devices = _env_cpu_devices()
     if distributed is None:
-        distributed = _launched_ranks() > 1
+        distributed = processes.launched_ranks() > 1
     request = {"cpu_devices": cpu_devices, "distributed": bool(distributed)}
     with _lock:
         if _state:
@@ -113,7 +104,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
             if cpu_devices is not None:
                 jax.config.update("jax_num_cpu_devices", cpu_devices)
             if distributed:
-                _start_distributed()
+                processes.start_distributed()
         _state.update(request)
 
 
@@ -140,26 +131,6 @@ def _check_late_request(request: dict) -> None:
             "and jax.distributed must start before it. Call synk.init() at the top of the "
             "script, before anything else uses JAX."
         )
-
-
-def _start_distributed() -> None:
-    if jax.distributed.is_initialized():
-        return
-    # Open MPI and MPICH expose the rank layout through mpi4py; JAX's mpi4py
-    # cluster detection then finds the coordinator without any env set-up.
-    # local_device_ids defaults to one device per process under MPI/Slurm
-    # detection; we keep that default (one process per GPU) unless the user
-    # sets SYNK_LOCAL_DEVICES=all (one process per node driving all its GPUs).
-    kwargs = {}
-    try:
-        import mpi4py  # noqa: F401
-
-        kwargs["cluster_detection_method"] = "mpi4py"
-    except ImportError:
-        pass
-    if os.environ.get("SYNK_LOCAL_DEVICES") == "all":
-        kwargs["local_device_ids"] = None
-    jax.distributed.initialize(**kwargs)
 
 
 def ensure_init() -> None:
@@ -226,9 +197,10 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 
 # XLA's CPU collectives rendezvous every device of a call; with too many
 # calls queued the rendezvous times out and aborts the process (seen at ~60
-# calls in flight). Blocking on the call from _MAX_IN_FLIGHT calls ago bounds
-# the queue at almost no cost: by then it has almost always finished.
-_MAX_IN_FLIGHT = 16
+# calls in flight). When 24 calls are queued we wait for the 16th-newest, so
+# at most 24 are ever in flight, and we block once per 8 calls, not per call.
+_MAX_IN_FLIGHT = 24
+_KEEP = 16
 _in_flight: collections.deque = collections.deque()
 
 
@@ -237,5 +209,7 @@ def throttle(leaf, platform: str) -> None:
     if platform != "cpu" or leaf is None:
         return
     _in_flight.append(leaf)
-    if len(_in_flight) > _MAX_IN_FLIGHT:
-        _in_flight.popleft().block_until_ready()
+    if len(_in_flight) >= _MAX_IN_FLIGHT:
+        while len(_in_flight) > _KEEP:
+            oldest = _in_flight.popleft()
+        oldest.block_until_ready()  # calls run in order: the older ones are done too
