@@ -8,7 +8,7 @@ import sys
 
 
 def info() -> str:
-    """The devices and processes synk sees, as printable text."""
+    """The process layout synk sees, as printable text (run on every rank)."""
     import jax
 
     import synk
@@ -16,17 +16,33 @@ def info() -> str:
     synk.init()
     devs = synk.devices()
     local = jax.local_devices()
+    backend = jax.default_backend()
     lines = [
         f"synk {synk.__version__}, jax {jax.__version__}, python {sys.version.split()[0]}",
         f"process {synk.process_index()} of {synk.process_count()}",
-        f"backend: {jax.default_backend()} ({devs[0].device_kind})",
+        f"backend: {backend} ({devs[0].device_kind})",
         f"devices: {len(devs)} in all, {len(local)} in this process",
     ]
-    for d in local:
-        lines.append(f"  {d.id:>3}  {d.platform}  {d.device_kind}")
-    if os.environ.get("SYNK_CPU_DEVICES"):
-        lines.append(f"SYNK_CPU_DEVICES={os.environ['SYNK_CPU_DEVICES']}")
+    lines += [f"  {d.id:>5}  {d.platform}  {d.device_kind}" for d in local]
+    if synk.process_count() > 1:
+        from jax._src import distributed  # the coordinator has no public accessor
+
+        lines.append(f"coordinator: {distributed.global_state.coordinator_address}")
+        lines.append(f"collectives: {_collectives(backend)}")
+    for var in ("SYNK_CPU_DEVICES", "SYNK_TIMEOUT", "SYNK_CHECK", "SYNK_LOCAL_DEVICES"):
+        if os.environ.get(var):
+            lines.append(f"{var}={os.environ[var]}")
     return "\n".join(lines)
+
+
+def _collectives(backend: str) -> str:
+    if backend == "gpu":
+        return "nccl"
+    if backend == "cpu":
+        import jax
+
+        return jax.config.jax_cpu_collectives_implementation or "gloo"
+    return backend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="show the devices and processes synk runs on")
     args = parser.parse_args(argv)
     if args.command == "info":
-        print(info(), flush=True)
+        print(info(), flush=True)  # on every rank under mpiexec
     return 0
 
 

@@ -26,7 +26,10 @@ def loss(params, x, y):
     return jnp.mean((h @ params["w2"] - y) ** 2)
 
 
-@pytest.mark.parametrize("rows_per_process", [1, 3, 16, 37])
+LOCAL_DEVICES = synk.device_count() // P_COUNT
+
+
+@pytest.mark.parametrize("rows_per_process", [1, 3, LOCAL_DEVICES, 16, 37])
 def test_value_and_grad_on_the_global_batch(rows_per_process):
     rng = np.random.default_rng(rows_per_process)  # the same on every process
     params = {
@@ -84,3 +87,31 @@ def test_calls_that_differ_between_processes_raise_on_every_process():
     f(np.ones(4, np.float32))  # a consistent call still works afterwards
     with pytest.raises(ValueError, match=r"processes made different calls"):
         f(np.ones(4, np.float32 if RANK == 0 else np.int32))  # a cached plan on process 0
+
+
+def test_per_device_values_span_every_process():
+    n = synk.device_count()
+    w = synk.broadcast(np.zeros(2, np.float32))
+    step = synk.function(lambda w, x: w + x.mean(0), in_axes=("per_device", 0), reduce="per_device")
+    rows = np.arange(2.0 * n * 3, dtype=np.float32).reshape(2 * n, 3)[:, :2]  # global batch
+    w = step(w, share(rows))
+    want = rows.reshape(n, 2, 2).mean(1)  # device i took global rows 2i, 2i+1
+    np.testing.assert_allclose(synk.gather(w), want, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(synk.reduce(w, "sum")), want.sum(0), rtol=1e-6)
+    avg = synk.all_reduce(w, "avg")
+    np.testing.assert_allclose(synk.get_value(avg, n - 1), want.mean(0), rtol=1e-6)
+    ones = step(np.ones((n, 2), np.float32), share(rows))  # a per-device numpy value
+    np.testing.assert_allclose(synk.gather(ones), want + 1, rtol=1e-6)
+
+
+def test_data_views_take_global_indices_on_every_process():
+    rng = np.random.default_rng(11)  # the same data and indices on every process
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    idx = rng.integers(0, 50, size=6 * P_COUNT + 2 * P_COUNT)
+    f = synk.function(lambda a: (a.sum(0), a * 2), reduce=("sum", "gather"))
+    for sharded in (False, True):
+        X = synk.data(x, sharded=sharded)
+        total, rows = f(X[idx])
+        np.testing.assert_allclose(np.asarray(total), x[idx].sum(0), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(rows), x[idx] * 2, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(X), x)

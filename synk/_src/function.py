@@ -922,7 +922,10 @@ def _placer(core: _Core, descs: list[_Leaf], split: Split | None) -> Callable:
         sh = x.sharding
         return sh == shardings[i] or sh.is_equivalent_to(shardings[i], x.ndim)
 
-    local_put = _process_local_put(core) if core.groups > 1 else None
+    shares = frozenset(
+        [i for i, d in enumerate(descs) if d.role == "sliced" and not d.view and d.host]
+        + [slot for i, slot in layout.extra.items() if descs[i].host]
+    )
 
     # What to do with each leaf is decided per call from its type only; the
     # plan is already specific to the shardings of any jax.Array leaves. Host
@@ -946,46 +949,30 @@ def _placer(core: _Core, descs: list[_Leaf], split: Split | None) -> Callable:
                 jit_args[i] = jax.device_put(x, shardings[i])  # another layout: reshard
             else:
                 jit_args[i] = x
-        if local_put is not None:
-            _to_global(jit_args, shardings, local_put)
+        if core.groups > 1:
+            _to_global(jit_args, shardings, shares, core.groups)
         return jit_args
 
     return place
 
 
-def _to_global(jit_args: list, shardings: list, local_put: Callable) -> None:
-    """Several processes: turn every host value into a global array, in one call."""
-    slots = [k for k, x in enumerate(jit_args) if not isinstance(x, jax.Array)]
-    if slots:
-        values = local_put([jit_args[k] for k in slots], [shardings[k] for k in slots])
-        for k, value in zip(slots, values, strict=True):
-            jit_args[k] = value
+def _to_global(jit_args: list, shardings: list, shares: frozenset, groups: int) -> None:
+    """Several processes: turn the host values into global arrays.
 
-
-def _process_local_put(core: _Core) -> Callable:
-    """device_put for several processes: each process hands over its own part."""
-    m, me = len(core.devices) // core.groups, jax.process_index()
-
-    def local(x, sharding):
-        x = np.asarray(x)
-        spec = sharding.spec
-        if AXIS not in spec:  # replicated: every process passes the whole (equal) value
-            return x, x.shape
-        axis = list(spec).index(AXIS)
-        if isinstance(x, np.ndarray) and x.shape[axis] == len(core.devices) and spec == P(AXIS):
-            # a per-device value: this process's devices take their entries
-            return x[me * m : (me + 1) * m], x.shape
-        shape = list(x.shape)
-        shape[axis] *= core.groups  # this process's share of the rows
-        return x, tuple(shape)
-
-    def put(values, shardings):
-        parts = [local(x, sh) for x, sh in zip(values, shardings)]
-        return jax.make_array_from_process_local_data(
-            shardings, [p for p, _ in parts], [g for _, g in parts]
-        )
-
-    return put
+    Slots in `shares` hold this process's share of the rows (sliced arguments
+    and their extra rows); the others hold a value that is the same, whole,
+    on every process (broadcast values, per-device values, indices).
+    """
+    for k, x in enumerate(jit_args):
+        if isinstance(x, jax.Array):
+            continue
+        x, sharding = np.asarray(x), shardings[k]
+        if k in shares:
+            shape = list(x.shape)
+            shape[list(sharding.spec).index(AXIS)] *= groups
+            jit_args[k] = jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+        else:
+            jit_args[k] = jax.make_array_from_callback(x.shape, sharding, lambda i, x=x: x[i])
 
 
 # --------------------------------------------------------------------------

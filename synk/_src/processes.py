@@ -7,8 +7,10 @@ Nothing here is imported work until a launch with several ranks is seen.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import time
 import zlib
 
 import jax
@@ -128,7 +130,7 @@ def agree(where: str, description: str, digest: int) -> None:
     wait for each other in a collective forever. One tiny allgather of a hash
     per call (over MPI where mpiexec launched us) tells them apart first.
     """
-    digests = _allgather(digest)
+    digests = _allgather(int(digest))
     if len(set(digests)) == 1:
         return
     texts = _allgather(description)
@@ -141,17 +143,34 @@ def agree(where: str, description: str, digest: int) -> None:
 
 
 def _allgather(value):
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        MPI = None
-    if MPI is not None and MPI.Is_initialized() and MPI.COMM_WORLD.Get_size() > 1:
-        return MPI.COMM_WORLD.allgather(value)
+    comm = _mpi_world()
+    if comm is not None:
+        if isinstance(value, str):
+            return comm.allgather(value)
+        # Non-blocking, yielding the core while waiting: MPI's busy-wait would
+        # otherwise starve the XLA threads of an oversubscribed machine.
+        send, got = np.array([value], np.int64), np.empty(comm.Get_size(), np.int64)
+        request = comm.Iallgather(send, got)
+        while not request.Test():
+            time.sleep(0)
+        return got.tolist()
     from jax.experimental import multihost_utils
 
     if isinstance(value, str):  # only on the error path: bytes through a device collective
         data = np.frombuffer(value.encode()[:4096].ljust(4096), np.uint8)
-        got = multihost_utils.process_allgather(data)
-        return [bytes(row).rstrip().decode(errors="replace") for row in np.asarray(got)]
+        rows = np.asarray(multihost_utils.process_allgather(data))
+        return [bytes(row).rstrip().decode(errors="replace") for row in rows]
     got = multihost_utils.process_allgather(np.array(value, np.int64))
     return [int(v) for v in np.asarray(got).reshape(-1)]
+
+
+@functools.cache
+def _mpi_world():
+    """MPI's world communicator when mpiexec launched us (mpi4py present), else None."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    if MPI.Is_initialized() and MPI.COMM_WORLD.Get_size() > 1:
+        return MPI.COMM_WORLD
+    return None

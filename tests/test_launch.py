@@ -1,0 +1,59 @@
+"""Launches under mpiexec: a failing or vanished process stops the others in bounded time."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import synk
+
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+SCRIPT = Path(__file__).with_name("scripts") / "rank_fails.py"
+TIMEOUT = 10  # SYNK_TIMEOUT for the launched processes
+
+pytestmark = pytest.mark.skipif(
+    synk.process_count() > 1, reason="launches mpiexec itself: runs in the single-process suite"
+)
+
+
+def launch(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "SYNK_"))}
+    env.update(SYNK_CPU_DEVICES="2", SYNK_TIMEOUT=str(TIMEOUT), PYTHONUNBUFFERED="1")
+    start = time.monotonic()
+    res = subprocess.run(
+        [str(MPIEXEC), "-n", "2", sys.executable, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return res, time.monotonic() - start
+
+
+def test_mpiexec_is_installed():
+    assert MPIEXEC.exists(), f"{MPIEXEC} is missing: install synk[mpi] (the mpich wheel)"
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_a_failed_or_vanished_rank_stops_the_others(how):
+    res, seconds = launch(str(SCRIPT), how)
+    out = res.stdout + res.stderr
+    assert "first call 8.0" in out, out[-3000:]  # both ranks really ran together
+    assert res.returncode != 0, out[-3000:]
+    assert "unreachable" not in out
+    bound = 5 * TIMEOUT if how == "exit" else TIMEOUT  # heartbeats, then shutdown
+    assert seconds < bound, f"took {seconds:.0f} s; {out[-3000:]}"
+    if how == "raise":
+        assert "rank 1 failed on purpose" in out and "ending it now" in out
+
+
+def test_info_shows_the_layout_on_every_rank():
+    res, _ = launch("-m", "synk", "info")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"process {rank} of 2" in res.stdout
+    assert res.stdout.count("devices: 4 in all, 2 in this process") == 2
+    assert "coordinator" in res.stdout and "collectives: gloo" in res.stdout
