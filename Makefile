@@ -31,7 +31,7 @@ test-single: $(STAMP)
 
 # Two processes under MPI, 4 simulated CPU devices each: the same suite.
 test-mpi: $(STAMP)
-	SYNK_CPU_DEVICES=4 $(BIN)/mpiexec -n 2 $(PYTEST) -q tests/test_multiprocess.py
+	SYNK_CPU_DEVICES=4 SYNK_TIMEOUT=30 $(BIN)/mpiexec -n 2 $(PYTEST) -q --timeout=300 tests
 
 test-examples: $(STAMP)
 	$(PYTEST) -q examples/test_examples.py

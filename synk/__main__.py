@@ -1,4 +1,4 @@
-"""Command line: ``python -m synk info`` (also the ``synk`` console script)."""
+"""Command line: ``python -m synk info | bench`` (also the ``synk`` console script)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="show the devices and processes synk runs on")
-    args = parser.parse_args(argv)
+    # bench has its own parser (synk/_src/bench.py), imported only when it runs.
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmarks: overhead, collectives, scaling, predict (synk bench -h)",
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from synk._src import bench
+
+        return bench.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         print(info(), flush=True)  # on every rank under mpiexec
     return 0

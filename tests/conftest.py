@@ -12,8 +12,14 @@ import synk
 
 synk.init(cpu_devices=int(os.environ.get("SYNK_CPU_DEVICES", "8")))
 
-# Every example compiles a new executable, so examples are few and slow.
+# Every example compiles a new executable, so examples are few and slow (and
+# slower still across processes). derandomize: every process draws the same
+# examples, so the processes make the same calls.
 hypothesis.settings.register_profile(
-    "synk", max_examples=25, deadline=None, derandomize=True, print_blob=True
+    "synk",
+    max_examples=25 if synk.process_count() == 1 else 8,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
 )
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "synk"))

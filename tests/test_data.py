@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PROCESSES, share, single_process
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -133,14 +134,15 @@ def test_random_indices_every_op(rows, k, sharded, slices, seed):
 def test_views_and_host_arrays_mix_in_one_call():
     x = RNG.normal(size=(50, 3)).astype(np.float32)
     X = synk.data(x)
-    idx = RNG.permutation(50)[: 2 * N + 1]
+    idx = RNG.permutation(50)[: (2 * N + 1) * PROCESSES]
     w = RNG.normal(size=3).astype(np.float32)
     labels = RNG.normal(size=len(idx)).astype(np.float32)
     f = synk.function(
         lambda w, x, y: jax.value_and_grad(lambda w: jnp.mean((x @ w - y) ** 2))(w),
         in_axes=(None, 0, 0),
     )
-    assert_tree_close(f(w, X[idx], labels), f.serial(w, x[idx], labels))
+    # The view takes global indices; the host array is this process's share.
+    assert_tree_close(f(w, X[idx], share(labels)), f.serial(w, x[idx], labels))
 
 
 @pytest.mark.parametrize("rows", [8 * N, 8 * N + 3])
@@ -160,6 +162,7 @@ def test_local_views_index_each_shard(rows):
         np.testing.assert_allclose(np.asarray(total), want.sum(0), rtol=1e-5)
 
 
+@single_process("inspects the arguments handed to jit, which several processes make global")
 def test_only_the_indices_cross_from_host_to_device():
     x = RNG.normal(size=(1000, 16)).astype(np.float32)
     X, Y = synk.data(x), synk.data(x[:, 0])
@@ -233,6 +236,7 @@ def test_a_view_must_be_sliced(X):
         f(X[:4])
 
 
+@single_process("a function on one device cannot span two processes")
 def test_a_view_on_other_devices_than_the_function(X):
     if N == 1:
         pytest.fail("this suite expects several devices (see tests/conftest.py)")

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from helpers import single_process
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -94,6 +95,7 @@ def test_device_arrays_with_the_right_sharding_are_not_copied():
     assert float(out) == 12 * N
 
 
+@single_process("the array lives on one device, which one process alone can address")
 def test_device_arrays_with_another_layout_are_resharded():
     f = synk.function(lambda x: x.sum(), reduce="sum")
     x = jax.device_put(np.arange(5 * N + 2, dtype=np.float32), synk.devices()[0])

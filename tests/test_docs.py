@@ -5,6 +5,7 @@ import importlib
 import inspect
 
 import pytest
+from helpers import single_process
 
 import synk
 
@@ -34,6 +35,7 @@ def test_public_functions_show_an_example():
             assert ">>>" in inspect.getdoc(obj), f"synk.{name} has no example"
 
 
+@single_process("docstring examples are one-process scripts that pass whole batches")
 @pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples_run(module):
     mod = importlib.import_module(module)

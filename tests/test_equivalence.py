@@ -4,12 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PROCESSES, share, single_process
 from hypothesis import given
 from hypothesis import strategies as st
 
 import synk
 
-DEVICE_COUNTS = [n for n in (1, 2, 3, 8) if n <= synk.device_count()]
+# Under several processes a function spans every process's devices.
+DEVICE_COUNTS = [n for n in (1, 2, 3, 8) if n <= synk.device_count()] if PROCESSES == 1 else [None]
 OPS = ("avg", "sum", "max", "min", "prod", "gather")
 
 
@@ -50,8 +52,9 @@ def make_inputs(rng, rows, d, k):
 @st.composite
 def calls(draw):
     n = draw(st.sampled_from(DEVICE_COUNTS))
-    rows = draw(st.integers(1, 5 * n + 7))
-    slices = draw(st.integers(1, max(1, rows // n)))
+    devices = n or synk.device_count()
+    rows = draw(st.integers(1, 5 * devices + 7)) * PROCESSES  # each process passes its share
+    slices = draw(st.integers(1, max(1, rows // devices)))
     d, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**31 - 1))
     return n, rows, slices, d, k, seed
@@ -67,8 +70,9 @@ def test_every_reduce_op_equals_serial(call):
         num_slices=slices,
         devices=synk.devices()[:n],
     )
-    args = make_inputs(np.random.default_rng(seed), rows, d, k)
-    assert_tree_close(f(*args), f.serial(*args))
+    params, x, z = make_inputs(np.random.default_rng(seed), rows, d, k)
+    mine = {"a": share(z["a"]), "t": share(z["t"], axis=1)}
+    assert_tree_close(f(params, share(x), mine), f.serial(params, x, z))
 
 
 @given(calls(), st.sampled_from(("avg", "sum", "max", "min")))
@@ -82,7 +86,7 @@ def test_one_op_for_every_output(call, op):
     f = synk.function(stats, reduce=op, num_slices=slices, devices=n)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(rows, d)).astype(np.float32), rng.normal(size=rows).astype(np.float32)
-    assert_tree_close(f(x, y), f.serial(x, y))
+    assert_tree_close(f(share(x), share(y)), f.serial(x, y))
 
 
 @pytest.mark.parametrize("n", DEVICE_COUNTS)
@@ -105,9 +109,9 @@ def test_value_and_grad_of_broadcast_params_is_exact(n, rows):
         "b1": np.zeros(8, np.float32),
         "w2": rng.normal(size=(8, 1)).astype(np.float32),
     }
-    x = rng.normal(size=(rows, 5)).astype(np.float32)
-    y = rng.normal(size=(rows, 1)).astype(np.float32)
-    got = step(params, x, y)
+    x = rng.normal(size=(rows * PROCESSES, 5)).astype(np.float32)  # the global batch
+    y = rng.normal(size=(rows * PROCESSES, 1)).astype(np.float32)
+    got = step(params, share(x), share(y))
     assert_tree_close(got, step.serial(params, x, y), rtol=1e-4, atol=1e-5)
     # And against plain JAX, so that serial() itself is checked too.
     assert_tree_close(got, jax.value_and_grad(loss)(params, x, y), rtol=1e-4, atol=1e-5)
@@ -117,15 +121,16 @@ def test_value_and_grad_of_broadcast_params_is_exact(n, rows):
 def test_avg_is_weighted_by_rows_not_devices(rows):
     """With 9 rows on 8 devices, device 0 has 2 rows: equal device weights would be wrong."""
     f = synk.function(lambda x: x.mean(), devices=min(8, synk.device_count()))
-    x = np.arange(rows, dtype=np.float32) ** 2
-    assert float(f(x)) == pytest.approx(float(x.mean()), rel=1e-6)
+    x = np.arange(rows * PROCESSES, dtype=np.float32) ** 2
+    assert float(f(share(x))) == pytest.approx(float(x.mean()), rel=1e-6)
 
 
 ROWS_AND_SLICES = [
     (rows, slices)
     for rows in (1, 5, 8, 13, 40)
     for slices in (1, 2, 3)
-    if slices <= max(1, rows // synk.device_count())  # larger num_slices is an error
+    # larger num_slices is an error: each device gets rows // (devices per process)
+    if slices <= max(1, rows * PROCESSES // synk.device_count())
 ]
 
 
@@ -137,9 +142,9 @@ def test_no_padding_row_reaches_the_function(rows, slices):
         reduce=("sum", "min", "prod", "gather"),
         num_slices=slices,
     )
-    x = 1.0 + np.random.default_rng(rows).random(rows).astype(np.float32)
-    count, low, prod, rows_out = f(x)
-    assert float(count) == rows
+    x = 1.0 + np.random.default_rng(rows).random(rows * PROCESSES).astype(np.float32)
+    count, low, prod, rows_out = f(share(x))
+    assert float(count) == rows * PROCESSES
     assert float(low) == float(x.min())
     np.testing.assert_allclose(float(prod), np.prod(x, dtype=np.float64), rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(rows_out), x)
@@ -148,10 +153,11 @@ def test_no_padding_row_reaches_the_function(rows, slices):
 @pytest.mark.parametrize("rows", [1, 7, 8, 29])
 def test_gather_keeps_input_order(rows):
     f = synk.function(lambda i: i * 10, reduce="gather", num_slices=1)
-    idx = np.arange(rows, dtype=np.int32)
-    np.testing.assert_array_equal(np.asarray(f(idx)), idx * 10)
+    idx = np.arange(rows * PROCESSES, dtype=np.int32)
+    np.testing.assert_array_equal(np.asarray(f(share(idx))), idx * 10)
 
 
+@single_process("several processes replicate gathered outputs so every process can read them")
 def test_gather_of_an_even_batch_stays_sharded_along_rows():
     n = synk.device_count()
     out = synk.function(lambda x: x + 1, reduce="gather")(np.zeros((4 * n, 3), np.float32))

@@ -3,8 +3,13 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import single_process
 
 import synk
+
+# The messages quote batch lengths as one process sees them; the errors that
+# are particular to several processes are in test_multiprocess.py.
+pytestmark = single_process("the messages quote one process's whole batch")
 
 N = synk.device_count()
 

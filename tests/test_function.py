@@ -4,10 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import single_process
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import synk
+
+# These tests pass whole batches, as a script in one process does; the same
+# options under several processes (each passing its share) are checked by
+# test_equivalence.py and test_multiprocess.py, which run in both modes.
+pytestmark = single_process("the tests pass one process's whole batch")
 
 RNG = np.random.default_rng(0)
 

@@ -9,16 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PROCESSES as P_COUNT
+from helpers import RANK, share
 
 import synk
-
-P_COUNT, RANK = synk.process_count(), synk.process_index()
-
-
-def share(global_batch: np.ndarray) -> np.ndarray:
-    """This process's rows of a global batch."""
-    rows = global_batch.shape[0] // P_COUNT
-    return global_batch[RANK * rows : (RANK + 1) * rows]
 
 
 def loss(params, x, y):

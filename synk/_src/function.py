@@ -543,13 +543,19 @@ def _batch_split(core: _Core, descs: list[_Leaf], slices: int) -> Split | None:
                 f"{other} rows (axis {d.axis}). Pass batches of equal length, or mark "
                 "arguments that are not batched as broadcast with in_axes=None."
             )
-    if rows % core.groups:
+    # Host arrays are each process's share, so each process splits its own
+    # rows (groups = processes). Views and global device arrays are the same
+    # on every process, so one split over all devices serves any batch length.
+    groups = core.groups if any(d.host for d in sliced) else 1
+    if rows % groups:
+        other = next(d for d in sliced if not d.host)
         raise ValueError(
-            f"{core.where}: `{first.name}` is a global array of {rows} rows, which do not "
-            f"divide over {core.groups} processes. Pass each process's share as a numpy "
-            "array, or a global batch that is a multiple of the process count."
+            f"{core.where}: `{other.name}` holds {rows} rows of the global batch, which do "
+            f"not divide over {groups} processes, but the host arrays beside it are each "
+            "process's share of it. Use a global batch that is a multiple of the process "
+            "count, or pass every batched argument the same way."
         )
-    return make_split(rows, len(core.devices), slices, groups=core.groups, where=core.where)
+    return make_split(rows, len(core.devices), slices, groups=groups, where=core.where)
 
 
 def _spec(d: _Leaf) -> P:

@@ -1,0 +1,183 @@
+"""`python -m synk bench ...`: every subcommand runs, and its JSON holds sane figures.
+
+Each subcommand runs once, in a subprocess (it must choose its own device
+count before JAX starts), with tiny sizes. Timings are never assertions: only
+the structure of the output, positivity, and the relations that hold by
+definition (busbw from algbw, the 1-device prediction).
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+DEVICES = 8
+
+
+def run_bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SYNK_CPU_DEVICES": str(DEVICES)}
+    env = {k: v for k, v in env.items() if not k.startswith(("PMI_", "OMPI_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "synk", "bench", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_json(tmp_path_factory, name: str, *args: str) -> dict:
+    path = tmp_path_factory.mktemp(name) / "out.json"
+    res = run_bench(name, *args, "--quiet", "--json", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "sample/s" not in res.stderr  # --quiet: no progress bar
+    out = json.loads(path.read_text())
+    out["stdout"] = res.stdout
+    return out
+
+
+def positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def overhead(tmp_path_factory):
+    return run_json(
+        tmp_path_factory,
+        "overhead",
+        *("--batch", "16", "--hidden", "8", "--compute-batch", "32", "--compute-hidden", "8"),
+        *("--rounds", "3", "--calls", "2"),
+    )
+
+
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory):
+    return run_json(
+        tmp_path_factory, "collectives", "--max-bytes", "4096", "--rounds", "3", "--calls", "2"
+    )
+
+
+@pytest.fixture(scope="module")
+def predict(tmp_path_factory):
+    # Runs scaling too (its measured figures sit beside the prediction).
+    return run_json(
+        tmp_path_factory,
+        "predict",
+        *("--batch", "64", "--hidden", "16", "--rounds", "3", "--calls", "2"),
+        *("--compute-ms", "5", "--link-gbps", "10", "--latency-us", "20", "--max-devices", "32"),
+    )
+
+
+def test_overhead(overhead):
+    assert overhead["machine"]["devices"] == DEVICES
+    stats = overhead["stats_us"]
+    for name in (
+        "synk, numpy",
+        "hand-written, numpy",
+        "pmap, numpy",
+        "synk, device-resident",
+        "hand-written, device-resident",
+        "synk, synk.data X[idx]",
+        "synk, numpy, uneven (+3)",
+        "compute-bound: synk, num_slices=1",
+        "compute-bound: synk, num_slices=4",
+    ):
+        s = stats[name]
+        assert all(positive(s[k]) for k in ("median_us", "q1_us", "q3_us")), name
+        assert s["q1_us"] <= s["median_us"] <= s["q3_us"], name
+        assert len(overhead["samples_us"][name]) == 3
+    assert all(positive(v) for v in overhead["ratios"].values())
+    ratio = stats["synk, numpy"]["median_us"] / stats["hand-written, numpy"]["median_us"]
+    assert overhead["ratios"]["synk / hand-written, numpy"] == pytest.approx(ratio)
+    assert "synk / pmap, numpy" in overhead["targets"]
+    assert "Ratios of medians" in overhead["stdout"]
+
+
+def test_collectives(collectives):
+    n = collectives["machine"]["devices"]
+    results = collectives["results"]
+    ops = {r["op"] for r in results}
+    assert ops == {"all-reduce", "all-gather", "reduce-scatter", "broadcast"}
+    assert sorted({r["size"] for r in results}) == [1024, 2048, 4096]
+    for r in results:
+        assert all(positive(r[k]) for k in ("median_us", "algbw_gbs", "busbw_gbs", "bytes"))
+        assert r["algbw_gbs"] == pytest.approx(r["bytes"] / (r["median_us"] * 1e-6) / 1e9)
+    for r in results:
+        factor = {"all-reduce": 2 * (n - 1) / n, "broadcast": 1.0}.get(r["op"], (n - 1) / n)
+        assert r["busbw_gbs"] == pytest.approx(r["algbw_gbs"] * factor), r["op"]
+    assert collectives["bus_factors"]["all-reduce"] == pytest.approx(2 * (n - 1) / n)
+
+
+def test_predict_and_scaling(predict):
+    cfg, results = predict["config"], predict["results"]
+    assert cfg["compute_ms"] == 5 and cfg["compute_from"] == "--compute-ms"
+    assert [r["devices"] for r in results] == [1, 2, 4, 8, 16, 32]
+    one = results[0]
+    assert one["predicted_ms"] == pytest.approx(5.0) and one["allreduce_ms"] == 0
+    assert one["predicted_speedup"] == pytest.approx(1.0)
+    link = 10e9 / 8
+    for r in results[1:]:
+        n = r["devices"]
+        comm = 2 * (n - 1) / n * cfg["grad_bytes"] / link + 20e-6
+        assert r["predicted_ms"] == pytest.approx(5.0 / n + comm * 1e3)
+        assert positive(r["predicted_speedup"])
+    measured = [r for r in results if "measured_ms" in r]
+    assert [r["devices"] for r in measured] == [1, 2, 4, 8]
+    assert all(positive(r["measured_ms"]) and positive(r["measured_speedup"]) for r in measured)
+    assert measured[0]["measured_speedup"] == pytest.approx(1.0)
+
+
+def test_scaling_alone_and_plot(tmp_path):
+    path, png = tmp_path / "s.json", tmp_path / "s.png"
+    plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []
+    res = run_bench(
+        *("scaling", "--batch", "32", "--hidden", "8", "--rounds", "3", "--calls", "2"),
+        *("--quiet", "--json", str(path), *plot),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    results = json.loads(path.read_text())["results"]
+    assert [r["devices"] for r in results] == [1, 2, 4, 8]
+    for r in results:
+        assert positive(r["median_us"]) and positive(r["speedup"])
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["devices"])
+    if plot:
+        assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["overhead", "--rounds", "0"], "--rounds: expected a positive number"),
+        (["overhead", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+        (["scaling", "--calls", "50"], "at most 20 on the CPU backend"),
+        (["predict", "--latency-us", "-1"], "--latency-us must be >= 0"),
+    ],
+)
+def test_bad_flags_give_a_clear_error(args, message, capsys):
+    # In this process (the suite's devices are already set up): argparse's
+    # exit, before anything is measured.
+    from synk.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("usage: synk bench")
+
+
+def test_help_lists_subcommands_and_import_stays_light(capsys):
+    from synk.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("overhead", "collectives", "scaling", "predict"))
+    code = "import sys, synk; print('synk._src.bench' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False", res.stdout + res.stderr
