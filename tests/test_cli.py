@@ -1,15 +1,18 @@
 """`python -m synk info` shows devices and processes."""
 
-import os
 import subprocess
 import sys
 
+from helpers import clean_env
+
 
 def test_info_lists_devices_and_processes():
-    env = {**os.environ, "SYNK_CPU_DEVICES": "3"}
-    env = {k: v for k, v in env.items() if not k.startswith(("PMI_", "OMPI_"))}
     res = subprocess.run(
-        [sys.executable, "-m", "synk", "info"], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "synk", "info"],
+        env=clean_env(SYNK_CPU_DEVICES="3"),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     assert "process 0 of 1" in res.stdout

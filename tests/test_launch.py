@@ -1,12 +1,12 @@
 """Launches under mpiexec: a failing or vanished process stops the others in bounded time."""
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import clean_env
 
 import synk
 
@@ -20,8 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def launch(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "SYNK_"))}
-    env.update(SYNK_CPU_DEVICES="2", SYNK_TIMEOUT=str(TIMEOUT), PYTHONUNBUFFERED="1")
+    env = clean_env(SYNK_CPU_DEVICES="2", SYNK_TIMEOUT=str(TIMEOUT), PYTHONUNBUFFERED="1")
     start = time.monotonic()
     res = subprocess.run(
         [str(MPIEXEC), "-n", "2", sys.executable, *args],

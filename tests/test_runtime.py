@@ -1,22 +1,20 @@
 """synk.init and the device queries; fresh processes where JAX's start matters."""
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import jax
 import pytest
+from helpers import clean_env
 
 import synk
 
 
 def run(code: str, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SYNK_", "PMI_", "OMPI_"))}
-    clean.update(env)
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=clean,
+        env=clean_env(**env),
         capture_output=True,
         text=True,
         timeout=120,
