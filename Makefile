@@ -1,14 +1,14 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   make .venv, install synk, run examples/quickstart.py on every device
 #   make test   make .venv, install synk, run lint, the suite (one process, then
-#               mpiexec -n 2), and every example end to end
+#               mpiexec -n 2), every example end to end and every notebook
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: demo test lint test-single test-mpi test-examples bench clean
+.PHONY: demo test lint test-single test-mpi test-examples test-notebooks bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: lint test-single test-mpi test-examples
+test: lint test-single test-mpi test-examples test-notebooks
 
 lint: $(STAMP)
-	$(BIN)/ruff check synk tests examples benchmarks
-	$(BIN)/ruff format --check synk tests examples benchmarks
+	$(BIN)/ruff check synk tests examples benchmarks notebooks
+	$(BIN)/ruff format --check synk tests examples benchmarks notebooks
 
 # One process, 8 simulated CPU devices (set in tests/conftest.py).
 test-single: $(STAMP)
@@ -35,6 +35,10 @@ test-mpi: $(STAMP)
 
 test-examples: $(STAMP)
 	$(PYTEST) -q examples/test_examples.py
+
+# Every notebook, executed twice in one real kernel.
+test-notebooks: $(STAMP)
+	$(PYTEST) -q notebooks/test_notebooks.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
