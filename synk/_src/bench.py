@@ -152,6 +152,11 @@ def stats(samples: list[float]) -> dict[str, float]:
     return {"median_us": float(med), "q1_us": float(q1), "q3_us": float(q3)}
 
 
+def paired(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a[r] / b[r] (samples taken in the same round)."""
+    return float(np.median(np.asarray(a) / np.asarray(b)))
+
+
 def check_close(name: str, got, want, rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """Same tree, same values (``assert_allclose`` per leaf), or AssertionError."""
     got_leaves, got_tree = jax.tree_util.tree_flatten(jax.device_get(got))
@@ -328,7 +333,12 @@ def overhead(args) -> dict:
         (f"num_slices={SLICES} / num_slices=1, compute-bound", big4, big1, ("<=", 1.15)),
         ("synk / hand-written, compute-bound", big1, "compute-bound: hand-written", None),
     ]
-    ratios = [(name, med[a] / med[b], target) for name, a, b, target in pairs]
+    # Also the median of per-round ratios: samples of one round ran back to
+    # back, so this cancels slow drifts of a shared machine.
+    ratios = [
+        (name, med[a] / med[b], paired(samples[a], samples[b]), target)
+        for name, a, b, target in pairs
+    ]
 
     def verdict(value: float, target) -> list[str]:
         if target is None:
@@ -346,9 +356,12 @@ def overhead(args) -> dict:
         [[k, *(f"{v[c]:.0f}" for c in ("median_us", "q1_us", "q3_us"))] for k, v in st.items()],
     )
     print_table(
-        "Ratios of medians",
-        ["ratio", "value", "target", "met"],
-        [[name, f"{value:.3f}", *verdict(value, target)] for name, value, target in ratios],
+        "Ratios (of the medians; paired: median of the per-round ratios)",
+        ["ratio", "value", "paired", "target", "met"],
+        [
+            [name, f"{value:.3f}", f"{pair:.3f}", *verdict(value, target)]
+            for name, value, pair, target in ratios
+        ],
     )
     return {
         "command": "overhead",
@@ -364,7 +377,8 @@ def overhead(args) -> dict:
             "num_slices": SLICES,
         },
         "stats_us": st,
-        "ratios": {name: value for name, value, _ in ratios},
+        "ratios": {name: value for name, value, _, _ in ratios},
+        "paired_ratios": {name: pair for name, _, pair, _ in ratios},
         "targets": {
             name: {
                 "op": target[0],
@@ -372,7 +386,7 @@ def overhead(args) -> dict:
                 "value": value,
                 "met": verdict(value, target)[1] == "yes",
             }
-            for name, value, target in ratios
+            for name, value, _, target in ratios
             if target
         },
         "samples_us": {k: [s * 1e6 for s in v] for k, v in samples.items()},
@@ -627,10 +641,8 @@ def predict(args) -> dict:
     link = args.link_gbps * 1e9 / 8  # Gbit/s -> bytes/s
     latency = args.latency_us * 1e-6
 
-    measured = {}
-    if not args.no_measure:
-        for r in scaling(args)["results"]:
-            measured[r["devices"]] = r
+    measured_run = None if args.no_measure else scaling(args)
+    measured = {r["devices"]: r for r in measured_run["results"]} if measured_run else {}
     max_n = args.max_devices or max(64, len(devices))
     counts = [k for k in device_counts(max_n) if k <= args.batch]
     results = []
@@ -702,6 +714,7 @@ def predict(args) -> dict:
             "calls": args.calls,
         },
         "results": results,
+        "scaling": measured_run,
     }
 
 
