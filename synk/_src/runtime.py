@@ -197,10 +197,12 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 
 # XLA's CPU collectives rendezvous every device of a call; with too many
 # calls queued the rendezvous times out and aborts the process (seen at ~60
-# calls in flight). When 24 calls are queued we wait for the 16th-newest, so
-# at most 24 are ever in flight, and we block once per 8 calls, not per call.
-_MAX_IN_FLIGHT = 24
-_KEEP = 16
+# calls in flight, and sooner when other jitted work, an optimiser update,
+# runs between our calls: only our calls are counted here). When 8 calls are
+# queued we wait for the 4th-newest, so at most 8 of ours are ever in flight
+# and we block once per 4 calls, not per call.
+_MAX_IN_FLIGHT = 8
+_KEEP = 4
 _in_flight: collections.deque = collections.deque()
 
 
