@@ -41,7 +41,9 @@ test-notebooks: $(STAMP)
 	$(PYTEST) -q notebooks/test_notebooks.py
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench overhead
+	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench dispatch
+	SYNK_CPU_DEVICES=8 $(BIN)/python benchmarks/indexing.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

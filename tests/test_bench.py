@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import clean_env, single_process
@@ -81,6 +82,7 @@ def test_overhead(overhead):
         "synk, device-resident",
         "hand-written, device-resident",
         "synk, synk.data X[idx]",
+        "hand-written, indices into resident data",
         "synk, numpy, uneven (+3)",
         "compute-bound: synk, num_slices=1",
         "compute-bound: synk, num_slices=4",
@@ -95,6 +97,38 @@ def test_overhead(overhead):
     assert "synk / pmap, numpy" in overhead["targets"]
     assert all(positive(v) for v in overhead["paired_ratios"].values())
     assert "Ratios (of the medians" in overhead["stdout"]
+
+
+def test_dispatch_profile_shows_nothing_redone_per_call(tmp_path_factory):
+    out = run_json(tmp_path_factory, "dispatch", "--total", "400", "--rounds", "2")
+    host = out["host_us"]
+    for name in ("synk, numpy", "hand-written, numpy", "synk, device-resident"):
+        assert positive(host[name]["median_us"]), name
+    per_call = out["per_call"]
+    assert set(per_call) == {label for label, _, _ in bench_repeats()}
+    for label in (
+        "synk plans built",
+        "argument descriptions (in_axes trees)",
+        "batch splits made",
+        "jaxprs traced",
+        "PartitionSpecs constructed",
+        "tree_structure calls",
+    ):
+        assert per_call[label] == 0, label
+    # The counters do see these functions: the first call of a new function runs them.
+    first = out["first_call"]
+    for label in ("synk plans built", "jaxprs traced", "PartitionSpecs constructed"):
+        assert first[label] >= 1, label
+    # One flatten of the arguments and one unflatten of the outputs per call.
+    assert per_call["tree_flatten calls"] == 1
+    assert per_call["tree_unflatten calls"] == 1
+    assert "Profile of 400 calls" in out["stdout"]
+
+
+def bench_repeats():
+    from synk._src.bench import REPEATS
+
+    return REPEATS
 
 
 def test_collectives(collectives):
@@ -168,6 +202,51 @@ def test_bad_flags_give_a_clear_error(args, message, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("usage: synk bench")
+
+
+def test_two_processes(tmp_path):
+    """overhead and collectives under mpiexec -n 2: the check is timed on and off."""
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    paths = {name: tmp_path / f"{name}.json" for name in ("overhead", "collectives")}
+    sizes = {
+        "overhead": ["--batch", "16", "--hidden", "8", "--compute-batch", "32"],
+        "collectives": ["--max-bytes", "2048"],
+    }
+    for name, path in paths.items():
+        flags = [*sizes[name], "--rounds", "2", "--calls", "2", "--quiet", "--json", str(path)]
+        res = subprocess.run(
+            [str(mpiexec), "-n", "2", sys.executable, "-m", "synk", "bench", name, *flags],
+            env=clean_env(SYNK_CPU_DEVICES="2", SYNK_TIMEOUT="60"),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert res.stdout.count("in 2 process(es)") == 1  # the first process reports
+    over = json.loads(paths["overhead"].read_text())
+    assert over["machine"]["processes"] == 2 and over["machine"]["devices"] == 4
+    stats = over["stats_us"]
+    assert "pmap, numpy" not in stats  # one process only
+    for name in ("synk, numpy", "synk, numpy, no call check", "hand-written, numpy"):
+        assert positive(stats[name]["median_us"]), name
+    check = stats["synk, numpy"]["median_us"] / stats["synk, numpy, no call check"]["median_us"]
+    assert over["ratios"]["call check: on / off"] == pytest.approx(check)
+    coll = json.loads(paths["collectives"].read_text())
+    assert {r["op"] for r in coll["results"]} == set(coll["bus_factors"])
+    assert coll["bus_factors"]["all-reduce"] == pytest.approx(2 * 3 / 4)
+
+
+def test_scaling_refuses_several_processes(tmp_path):
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    res = subprocess.run(
+        [str(mpiexec), "-n", "2", sys.executable, "-m", "synk", "bench", "scaling"],
+        env=clean_env(SYNK_CPU_DEVICES="2", SYNK_TIMEOUT="60"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode != 0
+    assert "synk bench scaling runs in one process" in res.stderr
 
 
 def test_help_lists_subcommands_and_import_stays_light(capsys):

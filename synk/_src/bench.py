@@ -1,11 +1,14 @@
 """``python -m synk bench``: what synk costs, what the links give, and how far it scales.
 
-Four subcommands, each a function of the same name below:
+Five subcommands, each a function of the same name below:
 
 - ``overhead``: per-call time of a ``synk.function`` training step against the
   same step written by hand (``jax.jit(jax.shard_map(...))``) and with
   ``jax.pmap``; numpy batches, device-resident batches, ``synk.data`` views,
   uneven batches and ``num_slices``.
+- ``dispatch``: the host CPU time of one call, synk against hand-written, and
+  a profile of many calls showing that nothing is re-planned, re-traced or
+  rebuilt per call.
 - ``collectives``: all-reduce, all-gather, reduce-scatter and broadcast over
   message sizes, reported like nccl-tests (time, algbw, busbw).
 - ``scaling``: a compute-bound training step on 1, 2, 4, ... devices.
@@ -22,7 +25,9 @@ samples. Every variant is checked against a reference before it is timed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import itertools
 import json
 import os
@@ -39,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import synk
+from synk._src import processes
 
 AXIS = "d"  # the hand-written variants' mesh axis
 D_IN, D_OUT = 16, 4
@@ -218,6 +224,24 @@ def _rows(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(AXIS))
 
 
+def _global(tree, sharding: NamedSharding):
+    """Global arrays of host values that every process holds whole (any process count)."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_callback(a.shape, sharding, lambda i: a[i]), tree
+    )
+
+
+def _sharer(procs: int) -> Callable[[np.ndarray], np.ndarray]:
+    """This process's rows of a global batch: what it hands to a synk.function."""
+    rank = jax.process_index()
+
+    def share(a: np.ndarray) -> np.ndarray:
+        per = a.shape[0] // procs
+        return a[rank * per : (rank + 1) * per]
+
+    return share
+
+
 # --------------------------------------------------------------------------
 # overhead
 
@@ -235,44 +259,90 @@ def hand_written(mesh: Mesh, step: Callable = train_step):
     return jax.jit(mapped, in_shardings=(_replicated(mesh), _rows(mesh), _rows(mesh)))
 
 
+def hand_written_indexed(mesh: Mesh, step: Callable = train_step):
+    """The hand-written step on rows picked by index from data already on every device."""
+
+    def body(params, data_x, data_y, idx):  # idx: this device's rows
+        params = jax.tree_util.tree_map(lambda p: lax.pcast(p, AXIS, to="varying"), params)
+        x, y = (jnp.take(d, idx, axis=0, mode="clip") for d in (data_x, data_y))
+        return lax.pmean(step(params, x, y), AXIS)
+
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS)), out_specs=P())
+    everywhere, rows = _replicated(mesh), _rows(mesh)
+    return jax.jit(mapped, in_shardings=(everywhere, everywhere, everywhere, rows))
+
+
 def overhead(args) -> dict:
-    """Per-call time of synk.function against jit(shard_map) and pmap, and ratios."""
+    """Per-call time of synk.function against jit(shard_map) and pmap, and ratios.
+
+    Under several processes each process hands over its share of every host
+    batch (the hand-written form builds its global arrays from the shares in
+    the call, as such code must), pmap is left out, and the per-call check
+    that all processes make the same call is timed on and off.
+    """
     devices = synk.devices()
-    n = len(devices)
+    n, procs = len(devices), synk.process_count()
     rows = args.batch if args.batch is not None else 32 * n
     big_rows = args.compute_batch if args.compute_batch is not None else 256 * n
     mesh = _mesh(devices)
     small = [D_IN, args.hidden, D_OUT]
     big = [D_IN, args.compute_hidden, args.compute_hidden, D_OUT]
+    if rows % procs or big_rows % procs:
+        raise SystemExit(f"--batch and --compute-batch must be multiples of {procs} processes")
 
-    params = jax.device_put(init_mlp(small), _replicated(mesh))
-    big_params = jax.device_put(init_mlp(big, seed=1), _replicated(mesh))
+    params = _global(init_mlp(small), _replicated(mesh))
+    big_params = _global(init_mlp(big, seed=1), _replicated(mesh))
+    # Global batches, the same in every process; `share` is this process's rows.
     x, y = make_batch(rows, seed=0)
-    xu, yu = make_batch(rows + EXTRA_ROWS, seed=1)
+    xu, yu = make_batch(rows + EXTRA_ROWS * procs, seed=1)  # each share: EXTRA_ROWS more
     xb, yb = make_batch(big_rows, seed=2)
-    x_dev, y_dev = jax.device_put((x, y), _rows(mesh))  # device-resident, sharded by rows
+    x_dev, y_dev = _global((x, y), _rows(mesh))  # device-resident, sharded by rows
     pool_x, pool_y = make_batch(4 * rows, seed=3)
     data_x, data_y = synk.data(pool_x), synk.data(pool_y)
     idx = np.random.default_rng(4).choice(4 * rows, rows, replace=False)
+    share = _sharer(procs)
+    xs, ys, xus, yus, xbs, ybs = map(share, (x, y, xu, yu, xb, yb))
 
     f = synk.function(train_step, in_axes=(None, 0, 0))
     f_sliced = f.with_options(num_slices=SLICES)
     hand = hand_written(mesh)
-    pmapped = jax.pmap(
-        lambda p, xs, ys: lax.pmean(train_step(p, xs, ys), AXIS),
-        axis_name=AXIS,
-        in_axes=(None, 0, 0),
-        devices=devices,
-    )
+    hand_indexed = hand_written_indexed(mesh)
+    resident_x, resident_y = _global((pool_x, pool_y), _replicated(mesh))
 
-    def pmap_call(p, xs, ys):
-        return pmapped(p, xs.reshape(n, -1, *xs.shape[1:]), ys.reshape(n, -1, *ys.shape[1:]))
+    def global_idx():  # one process: jit places numpy; several: a global array, per call
+        return idx if procs == 1 else _global(idx, _rows(mesh))
+
+    if procs > 1:  # the hand-written call makes global arrays of the shares itself
+        jitted, rows_sharding = hand, _rows(mesh)
+
+        def hand(p, *batch):
+            if isinstance(batch[0], np.ndarray):
+                batch = [jax.make_array_from_process_local_data(rows_sharding, b) for b in batch]
+            return jitted(p, *batch)
 
     # (name, call, reference inputs for the check)
     cases = [
-        ("synk, numpy", lambda: f(params, x, y), (params, x, y)),
-        ("hand-written, numpy", lambda: hand(params, x, y), (params, x, y)),
-        ("pmap, numpy", lambda: pmap_call(params, x, y), (params, x, y)),
+        ("synk, numpy", lambda: f(params, xs, ys), (params, x, y)),
+        ("hand-written, numpy", lambda: hand(params, xs, ys), (params, x, y)),
+    ]
+    if procs == 1:
+        pmapped = jax.pmap(
+            lambda p, xs, ys: lax.pmean(train_step(p, xs, ys), AXIS),
+            axis_name=AXIS,
+            in_axes=(None, 0, 0),
+            devices=devices,
+        )
+
+        def pmap_call(p, xs, ys):
+            return pmapped(p, xs.reshape(n, -1, *xs.shape[1:]), ys.reshape(n, -1, *ys.shape[1:]))
+
+        cases.append(("pmap, numpy", lambda: pmap_call(params, x, y), (params, x, y)))
+    else:
+        with processes.checking(False):  # the check is fixed when a call is first planned
+            f_unchecked = synk.function(train_step, in_axes=(None, 0, 0))
+            check_close("unchecked", f_unchecked(params, xs, ys), jax.jit(train_step)(params, x, y))
+        cases.append(("synk, numpy, no call check", lambda: f_unchecked(params, xs, ys), None))
+    cases += [
         ("synk, device-resident", lambda: f(params, x_dev, y_dev), (params, x, y)),
         ("hand-written, device-resident", lambda: hand(params, x_dev, y_dev), (params, x, y)),
         (
@@ -280,17 +350,28 @@ def overhead(args) -> dict:
             lambda: f(params, data_x[idx], data_y[idx]),
             (params, pool_x[idx], pool_y[idx]),
         ),
-        (f"synk, numpy, uneven (+{EXTRA_ROWS})", lambda: f(params, xu, yu), (params, xu, yu)),
-        ("compute-bound: hand-written", lambda: hand(big_params, xb, yb), (big_params, xb, yb)),
-        ("compute-bound: synk, num_slices=1", lambda: f(big_params, xb, yb), (big_params, xb, yb)),
+        (
+            "hand-written, indices into resident data",
+            lambda: hand_indexed(params, resident_x, resident_y, global_idx()),
+            (params, pool_x[idx], pool_y[idx]),
+        ),
+        (f"synk, numpy, uneven (+{EXTRA_ROWS})", lambda: f(params, xus, yus), (params, xu, yu)),
+        ("compute-bound: hand-written", lambda: hand(big_params, xbs, ybs), (big_params, xb, yb)),
+        (
+            "compute-bound: synk, num_slices=1",
+            lambda: f(big_params, xbs, ybs),
+            (big_params, xb, yb),
+        ),
         (
             f"compute-bound: synk, num_slices={SLICES}",
-            lambda: f_sliced(big_params, xb, yb),
+            lambda: f_sliced(big_params, xbs, ybs),
             (big_params, xb, yb),
         ),
     ]
     serial = jax.jit(train_step)
     for name, call, ref in cases:
+        if ref is None:
+            continue
         got = call()
         if name.startswith("pmap"):  # one identical copy per device
             got = jax.tree_util.tree_map(lambda a: a[0], got)
@@ -318,12 +399,13 @@ def overhead(args) -> dict:
             ("<=", 1.05),
         ),
         (
-            "synk X[idx] / hand-written device-resident",
+            "synk X[idx] / hand-written indexed",
             "synk, synk.data X[idx]",
-            "hand-written, device-resident",
+            "hand-written, indices into resident data",
             ("<=", 1.05),
         ),
         ("synk / pmap, numpy", "synk, numpy", "pmap, numpy", ("<", 1.0)),
+        ("call check: on / off", "synk, numpy", "synk, numpy, no call check", None),
         (
             "synk uneven / synk even",
             f"synk, numpy, uneven (+{EXTRA_ROWS})",
@@ -338,6 +420,7 @@ def overhead(args) -> dict:
     ratios = [
         (name, med[a] / med[b], paired(samples[a], samples[b]), target)
         for name, a, b, target in pairs
+        if a in med and b in med
     ]
 
     def verdict(value: float, target) -> list[str]:
@@ -348,9 +431,9 @@ def overhead(args) -> dict:
         return [f"{op} {limit}", "yes" if met else "no"]
 
     print_table(
-        f"Per-call time, value_and_grad of an MLP, {n} devices; {rows} rows (uneven "
-        f"{rows + EXTRA_ROWS}), MLP {'-'.join(map(str, small))}; compute-bound: "
-        f"{big_rows} rows, MLP {'-'.join(map(str, big))}; {args.rounds} rounds x "
+        f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es); "
+        f"{rows} rows (uneven {rows + EXTRA_ROWS * procs}), MLP {'-'.join(map(str, small))}; "
+        f"compute-bound: {big_rows} rows, MLP {'-'.join(map(str, big))}; {args.rounds} rounds x "
         f"{args.calls} calls",
         ["variant", "median us", "q1 us", "q3 us"],
         [[k, *(f"{v[c]:.0f}" for c in ("median_us", "q1_us", "q3_us"))] for k, v in st.items()],
@@ -370,7 +453,7 @@ def overhead(args) -> dict:
             "rounds": args.rounds,
             "calls": args.calls,
             "batch": rows,
-            "uneven_batch": rows + EXTRA_ROWS,
+            "uneven_batch": rows + EXTRA_ROWS * procs,
             "mlp": small,
             "compute_batch": big_rows,
             "compute_mlp": big,
@@ -390,6 +473,137 @@ def overhead(args) -> dict:
             if target
         },
         "samples_us": {k: [s * 1e6 for s in v] for k, v in samples.items()},
+    }
+
+
+# --------------------------------------------------------------------------
+# dispatch: the per-call host path, profiled
+
+# What a lean call must not do again once its plan exists: (label, file, function).
+REPEATS = (
+    ("synk plans built", "synk/_src/function.py", "build"),
+    ("argument descriptions (in_axes trees)", "synk/_src/function.py", "_describe_leaves"),
+    ("batch splits made", "synk/_src/function.py", "_batch_split"),
+    ("jaxprs traced", "jax/_src/interpreters/partial_eval.py", "trace_to_jaxpr"),
+    # NamedSharding is built in C++, out of cProfile's sight; synk builds each
+    # of its shardings from a new PartitionSpec, which is counted.
+    ("PartitionSpecs constructed", "jax/_src/partition_spec.py", "__new__"),
+    ("tree_flatten calls", "jax/_src/tree_util.py", "tree_flatten"),
+    ("tree_unflatten calls", "jax/_src/tree_util.py", "tree_unflatten"),
+    ("tree_structure calls", "jax/_src/tree_util.py", "tree_structure"),
+)
+
+
+def host_seconds(call: Callable, total: int, calls: int) -> float:
+    """Seconds of this thread's CPU time per call (device threads and waits excluded)."""
+    t0 = time.thread_time()
+    for _ in range(total // calls):
+        for _ in range(calls):
+            out = call()
+        jax.block_until_ready(out)
+    return (time.thread_time() - t0) / (total // calls * calls)
+
+
+def dispatch(args) -> dict:
+    """Host CPU time per call, synk vs hand-written, and a profile of synk's calls."""
+    import cProfile
+    import pstats
+
+    devices = synk.devices()
+    n = len(devices)
+    mesh = _mesh(devices)
+    params = _global(init_mlp([D_IN, 8, D_OUT]), _replicated(mesh))
+    x, y = make_batch(8 * n)
+    x_dev, y_dev = _global((x, y), _rows(mesh))
+    f = synk.function(train_step, in_axes=(None, 0, 0))
+    hand = hand_written(mesh)
+    variants = {
+        "synk, numpy": lambda: f(params, x, y),
+        "hand-written, numpy": lambda: hand(params, x, y),
+        "synk, device-resident": lambda: f(params, x_dev, y_dev),
+        "hand-written, device-resident": lambda: hand(params, x_dev, y_dev),
+    }
+    want = jax.jit(train_step)(params, x, y)
+    for name, call in variants.items():
+        check_close(name, call(), want)
+
+    per_round = max(args.calls, args.total // args.rounds)
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    bar = progress(args.rounds * len(variants), "dispatch", args.quiet)
+    for r in range(args.rounds):  # round robin, as in `measure`
+        names = list(variants)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(host_seconds(variants[name], per_round, args.calls))
+            bar.update()
+    bar.close()
+    host = {k: stats(v) for k, v in samples.items()}
+
+    def profiled(call: Callable, total: int, calls: int) -> dict:
+        profile = cProfile.Profile()
+        profile.enable()
+        host_seconds(call, total, calls)
+        profile.disable()
+        return pstats.Stats(profile).stats  # (file, line, function) -> (cc, nc, tt, ct, ...)
+
+    def counts(table: dict, calls: int) -> dict[str, float]:
+        return {
+            label: sum(
+                v[1] for (file, _, fn), v in table.items() if file.endswith(path) and fn == func
+            )
+            / calls
+            for label, path, func in REPEATS
+        }
+
+    # The first call of a new function plans, traces and compiles: the same
+    # counters there show what the later calls no longer do.
+    fresh = synk.function(train_step, in_axes=(None, 0, 0))
+    first = counts(profiled(lambda: fresh(params, x, y), 1, 1), 1)
+    total = args.total // args.calls * args.calls
+    table = profiled(variants["synk, numpy"], args.total, args.calls)
+    repeats = counts(table, total)
+    own = sorted(
+        (
+            (v[2] / total * 1e6, f"{file.split('synk/_src/')[-1]}:{line} {fn}")
+            for (file, line, fn), v in table.items()
+            if "synk/_src/" in file
+        ),
+        reverse=True,
+    )[:8]
+
+    print_table(
+        f"Host CPU time per call (this thread only), {n} devices, value_and_grad of an MLP "
+        f"16-8-4 on {8 * n} rows; {args.rounds} rounds x {per_round} calls, blocks of "
+        f"{args.calls}",
+        ["variant", "median us", "q1 us", "q3 us"],
+        [[k, *(f"{v[c]:.1f}" for c in ("median_us", "q1_us", "q3_us"))] for k, v in host.items()],
+    )
+    extra = {
+        kind: host[f"synk, {kind}"]["median_us"] - host[f"hand-written, {kind}"]["median_us"]
+        for kind in ("numpy", "device-resident")
+    }
+    print(
+        "synk's host time over hand-written: "
+        + ", ".join(f"{kind} {us:+.1f} us" for kind, us in extra.items())
+    )
+    print_table(
+        f"Profile of {total} calls of synk (numpy): what happens per call after the first",
+        ["what", "per later call", "first call"],
+        [[label, f"{count:g}", f"{first[label]:g}"] for label, count in repeats.items()],
+    )
+    print_table(
+        "synk's own functions, profiled time per call (cProfile inflates it)",
+        ["function", "us"],
+        [[name, f"{us:.1f}"] for us, name in own],
+    )
+    return {
+        "command": "dispatch",
+        "machine": machine(),
+        "config": {"rounds": args.rounds, "calls": args.calls, "total": args.total},
+        "host_us": host,
+        "synk_extra_us": extra,
+        "per_call": repeats,
+        "first_call": first,
+        "profile_us": {name: us for us, name in own},
     }
 
 
@@ -468,10 +682,11 @@ def collectives(args) -> dict:
             per_device, nbytes = _message(op, size, n) if n > 1 else (size // 4, size)
             # Small integers: every sum is exact in float32, so the check can be exact.
             host = rng.integers(-8, 8, per_device * n).astype(np.float32)
-            x = jax.device_put(host, sharding)
+            x = _global(host, sharding)
             fn = fns[op]
             want = host if op == "copy" else _expected(op, host, n)
-            np.testing.assert_array_equal(np.asarray(fn(x)), want, err_msg=f"{op} {size} B")
+            for part in fn(x).addressable_shards:  # this process's devices
+                np.testing.assert_array_equal(part.data, want[part.index], err_msg=f"{op} {size} B")
             key = f"{op} {size}"
             variants[key] = lambda fn=fn, x=x: fn(x)
             # Big messages take long per call: fewer calls per sample (>= 1).
@@ -506,7 +721,7 @@ def collectives(args) -> dict:
             row += [f"{r['median_us']:.0f}", f"{r['algbw_gbs']:.3f}", f"{r['busbw_gbs']:.3f}"]
         rows.append(row)
     what = (
-        f"{n} devices, float32, jit(shard_map) per collective"
+        f"{n} devices in {synk.process_count()} process(es), float32, jit(shard_map) per collective"
         if n > 1
         else "1 device: device-to-device copy (jnp.copy), the memory ceiling"
     )
@@ -794,7 +1009,8 @@ def parser() -> argparse.ArgumentParser:
         description="Benchmarks of synk on this machine's devices. Simulate CPU devices "
         "with SYNK_CPU_DEVICES=N or --cpu-devices N.",
     )
-    sub = p.add_subparsers(dest="bench", required=True, metavar="{overhead,collectives,...}")
+    names = "{overhead,dispatch,collectives,scaling,predict}"
+    sub = p.add_subparsers(dest="bench", required=True, metavar=names)
     pos_int, pos_float = _positive(int), _positive(float)
 
     def common(name: str, help: str, rounds: int, calls: int) -> argparse.ArgumentParser:
@@ -822,6 +1038,11 @@ def parser() -> argparse.ArgumentParser:
         "--compute-hidden", type=pos_int, default=128, help="hidden width, compute-bound case"
     )
 
+    s = common("dispatch", "host time per call, and a profile of synk's per-call path", 5, 10)
+    s.add_argument(
+        "--total", type=pos_int, default=10_000, help="calls profiled (and timed per variant)"
+    )
+
     s = common("collectives", "all-reduce, all-gather, reduce-scatter, broadcast bandwidth", 5, 10)
     s.add_argument(
         "--max-bytes", type=pos_int, help="largest message (default 16 MiB on CPU, 256 MiB else)"
@@ -842,8 +1063,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+MULTI_PROCESS = ("overhead", "collectives")  # the others time 1..n devices of one process
 COMMANDS = {
     "overhead": overhead,
+    "dispatch": dispatch,
     "collectives": collectives,
     "scaling": scaling,
     "predict": predict,
@@ -860,8 +1083,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--latency-us must be >= 0, got {args.latency_us}")
     if args.cpu_devices is not None:  # else synk configures itself (SYNK_CPU_DEVICES)
         synk.init(cpu_devices=args.cpu_devices)
-    if synk.process_count() > 1:
-        p.error("synk bench runs in one process; launch it without mpiexec")
+    if synk.process_count() > 1 and args.bench not in MULTI_PROCESS:
+        p.error(f"synk bench {args.bench} runs in one process; launch it without mpiexec")
+    if synk.process_index() > 0:  # every process runs; the first one reports
+        args.quiet, args.json, args.plot = True, None, None
+        with contextlib.redirect_stdout(io.StringIO()):
+            COMMANDS[args.bench](args)
+        return 0
     if jax.default_backend() == "cpu" and args.calls > CPU_MAX_CALLS:
         p.error(
             f"--calls {args.calls}: at most {CPU_MAX_CALLS} on the CPU backend (XLA's CPU "

@@ -637,7 +637,7 @@ class _Plan:
         if split is not None and (uses_lax or PER_DEVICE in out.ops):
             _check_whole_share(core, split, uses_lax)
         jitted = _compile(core, options, descs, split, out, call_user)
-        place = _placer(core, descs, split)
+        place = _placer(core, descs, split, leaves)
         return cls(descs, split, out, jitted, place, description, digest)
 
 
@@ -911,55 +911,69 @@ def _donated(core, descs, layout: _Layout) -> tuple[int, ...]:
 # Moving the arguments to the devices
 
 
-def _placer(core: _Core, descs: list[_Leaf], split: Split | None) -> Callable:
-    """A function from the call's leaves to the jit arguments, built once per plan."""
+def _placer(core: _Core, descs: list[_Leaf], split: Split | None, leaves: list) -> Callable:
+    """A function from the call's leaves to the jit arguments, built once per plan.
+
+    What to do with each leaf is decided here, once: the plan's key fixes
+    every leaf's type and, for a jax.Array, its sharding, so a call only
+    carries out the decisions. Host (numpy) values go to jit as they are: its
+    in_shardings put each one straight onto its shards in one batched transfer.
+    """
     mesh = core.mesh
     layout = _Layout.of(descs, split)
     uneven = split is not None and not split.even
     shardings = [NamedSharding(mesh, spec) for spec in layout.specs]
     replicated, device_set = NamedSharding(mesh, P()), set(core.devices)
 
-    @functools.cache
-    def splitter(i: int, axis: int):
+    def splitter(i: int, axis: int, resharded: bool):
         target = shardings[i]
-        return jax.jit(lambda x: device_parts(x, axis, split), out_shardings=[target, target])
+        parts = jax.jit(lambda x: device_parts(x, axis, split), out_shardings=[target, target])
+        if not resharded:
+            return parts
+        return lambda x: parts(jax.device_put(x, replicated))  # jit needs it on the mesh
 
-    def fits(x, i) -> bool:
-        sh = x.sharding
-        return sh == shardings[i] or sh.is_equivalent_to(shardings[i], x.ndim)
-
+    actions = []  # per leaf: ("pass",) or (kind, what it needs)
+    for i, (d, x) in enumerate(zip(descs, leaves)):
+        on_device = isinstance(x, jax.Array)
+        if d.view:  # the data stays where it is; only the indices travel
+            actions.append(("view", layout.index[i], f"{core.where}: argument `{d.name}`"))
+        elif d.role == "sliced" and uneven and on_device:
+            away = x.sharding.device_set != device_set
+            actions.append(("split", layout.extra[i], splitter(i, d.axis, away)))
+        elif d.role == "sliced" and uneven:
+            actions.append(("split", layout.extra[i], functools.partial(_host_parts, d, split)))
+        elif on_device and not x.sharding.is_equivalent_to(shardings[i], x.ndim):
+            actions.append(("reshard", shardings[i]))  # another layout
+        else:
+            actions.append(("pass",))
     shares = frozenset(
         [i for i, d in enumerate(descs) if d.role == "sliced" and not d.view and d.host]
         + [slot for i, slot in layout.extra.items() if descs[i].host]
     )
+    if core.groups == 1 and all(a == ("pass",) for a in actions):
+        return list  # the common case: every leaf goes to jit as it is
 
-    # What to do with each leaf is decided per call from its type only; the
-    # plan is already specific to the shardings of any jax.Array leaves. Host
-    # (numpy) values go to jit as they are: its in_shardings put each one
-    # straight onto its shards, all in one batched transfer.
     def place(leaves: list) -> list:
         jit_args = [None] * layout.size
-        for i, (d, x) in enumerate(zip(descs, leaves)):
-            if d.view:  # the data stays where it is; only the indices travel
-                jit_args[i] = x.data._live(f"{core.where}: argument `{d.name}`")
-                jit_args[layout.index[i]] = x.index
-            elif d.role == "sliced" and uneven:
-                slot = layout.extra[i]
-                if isinstance(x, jax.Array):
-                    if x.sharding.device_set != device_set:  # jit needs it on the mesh
-                        x = jax.device_put(x, replicated)
-                    jit_args[i], jit_args[slot] = splitter(i, d.axis)(x)
-                else:
-                    jit_args[i], jit_args[slot] = host_parts(np.asarray(x), d.axis, split)
-            elif isinstance(x, jax.Array) and not fits(x, i):
-                jit_args[i] = jax.device_put(x, shardings[i])  # another layout: reshard
-            else:
+        for i, (action, x) in enumerate(zip(actions, leaves)):
+            kind = action[0]
+            if kind == "pass":
                 jit_args[i] = x
+            elif kind == "view":
+                jit_args[i], jit_args[action[1]] = x.data._live(action[2]), x.index
+            elif kind == "split":
+                jit_args[i], jit_args[action[1]] = action[2](x)
+            else:
+                jit_args[i] = jax.device_put(x, action[1])
         if core.groups > 1:
             _to_global(jit_args, shardings, shares, core.groups)
         return jit_args
 
     return place
+
+
+def _host_parts(d: _Leaf, split: Split, x) -> list[np.ndarray]:
+    return host_parts(np.asarray(x), d.axis, split)
 
 
 def _to_global(jit_args: list, shardings: list, shares: frozenset, groups: int) -> None:

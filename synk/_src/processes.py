@@ -7,6 +7,7 @@ Nothing here is imported work until a launch with several ranks is seen.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -116,6 +117,17 @@ def _check_enabled() -> bool:
 
 CHECK_CALLS = _check_enabled()
 """Compare every call's signature across processes (SYNK_CHECK=0 switches it off)."""
+
+
+@contextlib.contextmanager
+def checking(enabled: bool):
+    """Plan calls with the per-call check on or off (the benchmark times both)."""
+    global CHECK_CALLS
+    before, CHECK_CALLS = CHECK_CALLS, enabled
+    try:
+        yield
+    finally:
+        CHECK_CALLS = before
 
 
 def signature_hash(description: str) -> int:
