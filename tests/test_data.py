@@ -172,10 +172,34 @@ def test_only_the_indices_cross_from_host_to_device():
     (plan,) = f._core.cache.values()
     args = plan.place([X[idx], Y[idx]])
     host = [a for a in args if not isinstance(a, jax.Array)]  # what jit will transfer
-    assert [a.dtype for a in host] == [np.int32, np.int32]
-    assert sum(a.nbytes for a in host) == 2 * 256 * 4  # the indices, nothing else
+    # The indices, nothing else; X[idx] and Y[idx] have equal indices: sent once.
+    assert [(a.dtype, a.nbytes) for a in host] == [(np.int32, 256 * 4)]
     on_device = [a for a in args if isinstance(a, jax.Array)]
     assert on_device[0] is X._array and on_device[1] is Y._array  # the data, not a copy
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_views_share_equal_indices_and_only_equal_ones(sharded):
+    x = RNG.normal(size=(300, 3)).astype(np.float32)
+    X, Y = synk.data(x, sharded=sharded), synk.data(x[:, 0], sharded=sharded)
+    f = synk.function(lambda a, b: (a * 2, b + 1), reduce="gather")
+    a, b = RNG.integers(0, 300, (2, 4 * N + 3))
+    for i, j in [(a, a), (a, b), (b, b), (a, a.copy()), (b, a)]:  # equal, then not, ...
+        assert_tree_close(f(X[i], Y[j]), f.serial(x[i], x[j, 0]))
+    shared = [p for p in f._core.cache.values() if p.shared]
+    assert len(shared) == 1 and len(f._core.cache) == 2  # one plan shares, one does not
+    if PROCESSES == 1:
+        n_args = {len(p.place([X[a], Y[a]])) for p in f._core.cache.values()}
+        assert n_args == {3, 4}  # data, data, one index (shared) or two
+    if sharded:  # local views with equal indices share one index too
+        held = X.rows_per_device
+        starts = np.cumsum([0, *held[:-1]])
+        k = np.stack([RNG.integers(0, h, 2) for h in held])  # (n, 2)
+        want = np.concatenate([x[starts[d] + k[d]] for d in range(N)])
+        g = synk.function(lambda a, b: a[:, 0] + b, reduce="gather")
+        np.testing.assert_allclose(np.asarray(g(X.local[k], Y.local[k])), 2 * want[:, 0])
+        (plan,) = g._core.cache.values()
+        assert plan.shared
 
 
 # ------------------------------------------------------------- errors

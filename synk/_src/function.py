@@ -157,6 +157,12 @@ class Function:
         leaves, treedef = jax.tree_util.tree_flatten(dyn)
         key = (self._key, treedef, statics, *map(_leaf_key, leaves))
         plan = core.cache.get(key)
+        if plan is not None and plan.shared and not plan.sharing_holds(leaves):
+            key, plan = (*key, "unshared"), core.cache.get((*key, "unshared"))
+            if plan is None:
+                plan = core.cache[key] = _Plan.build(
+                    core, self._options, statics, dyn, leaves, share=False
+                )
         if plan is None:
             plan = core.cache[key] = _Plan.build(core, self._options, statics, dyn, leaves)
         elif plan.digest is not None:  # several processes: all must make this same call
@@ -430,6 +436,7 @@ class _Leaf:
     host: bool  # not yet a jax.Array: with several processes, this process's share
     view: str | None = None  # a synk.Data batch: "global" (X[idx]) or "local" (X.local[idx])
     data_layout: Any = None  # a view of sharded data: how its rows are dealt (ShardLayout)
+    shares: int | None = None  # a view whose indices equal those of view leaf `shares`
 
 
 def _describe_leaves(core: _Core, dyn, leaves, n: int) -> list[_Leaf]:
@@ -571,7 +578,8 @@ class _Layout:
     """Where each leaf's parts sit among the executable's arguments.
 
     Slots [0, leaves) hold one value per leaf (a view's data array); then the
-    extra rows of sliced arrays when the split is uneven; then views' indices.
+    extra rows of sliced arrays when the split is uneven; then views' indices,
+    one slot for views whose indices are equal (``X[idx], Y[idx]``).
     """
 
     extra: dict[int, int]  # sliced array leaf -> slot of its padded extra rows
@@ -582,12 +590,15 @@ class _Layout:
     def of(cls, descs: list[_Leaf], split: Split | None) -> _Layout:
         uneven = split is not None and not split.even
         arrays = [i for i, d in enumerate(descs) if d.role == "sliced" and not d.view]
-        views = [i for i, d in enumerate(descs) if d.view]
+        owners = [i for i, d in enumerate(descs) if d.view and d.shares is None]
         extra = {i: len(descs) + j for j, i in enumerate(arrays)} if uneven else {}
         first = len(descs) + len(extra)
-        index = {i: first + j for j, i in enumerate(views)}
+        index = {i: first + j for j, i in enumerate(owners)}
+        for i, d in enumerate(descs):  # views with equal indices: one transfer, one slot
+            if d.view and d.shares is not None:
+                index[i] = index[d.shares]
         specs = [_spec(d) for d in descs] + [_spec(descs[i]) for i in extra]
-        specs += [P(AXIS) if descs[i].view == "local" else P() for i in index]
+        specs += [P(AXIS) if descs[i].view == "local" else P() for i in owners]
         return cls(extra, index, tuple(specs))
 
     @property
@@ -615,10 +626,20 @@ class _Plan:
     place: Callable
     description: str  # the call as this process sees it, for the cross-process check
     digest: int | None  # its hash, where several processes must agree on every call
+    shared: tuple[tuple[int, int], ...]  # (view, view it shares indices with)
+
+    def sharing_holds(self, leaves: list) -> bool:
+        """Whether the views this plan sends one index for still have equal indices."""
+        for i, j in self.shared:
+            a, b = leaves[i].index, leaves[j].index
+            if a is not b and not np.array_equal(a, b):
+                return False
+        return True
 
     @classmethod
-    def build(cls, core: _Core, options: _Options, statics, dyn, leaves) -> _Plan:
-        description = _call_description(options, statics, dyn, leaves)
+    def build(cls, core: _Core, options: _Options, statics, dyn, leaves, share=True) -> _Plan:
+        shared = _equal_indices(leaves) if share else {}
+        description = _call_description(options, statics, dyn, leaves, shared)
         digest = None
         if core.groups > 1 and processes.CHECK_CALLS:
             # Agree before any check can raise, so every process raises alike.
@@ -626,6 +647,7 @@ class _Plan:
             processes.agree(core.where, description, digest)
         n = len(core.devices)
         descs = _describe_leaves(core, dyn, leaves, n)
+        descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
         split = _batch_split(core, descs, options.num_slices)
         treedef = jax.tree_util.tree_structure(dyn)
 
@@ -638,16 +660,35 @@ class _Plan:
             _check_whole_share(core, split, uses_lax)
         jitted = _compile(core, options, descs, split, out, call_user)
         place = _placer(core, descs, split, leaves)
-        return cls(descs, split, out, jitted, place, description, digest)
+        return cls(descs, split, out, jitted, place, description, digest, tuple(shared.items()))
 
 
-def _call_description(options: _Options, statics, dyn, leaves) -> str:
+def _equal_indices(leaves: list) -> dict[int, int]:
+    """View leaves whose indices equal an earlier view's of the same kind: {view: earlier}."""
+    views = [i for i, x in enumerate(leaves) if type(x) is synk_data.Batch]
+    shared = {}
+    for k, i in enumerate(views):
+        a = leaves[i]
+        for j in views[:k]:
+            b = leaves[j]
+            alike = j not in shared and a.local == b.local and a.index.shape == b.index.shape
+            if alike and (a.index is b.index or np.array_equal(a.index, b.index)):
+                shared[i] = j
+                break
+    return shared
+
+
+def _call_description(options: _Options, statics, dyn, leaves, shared: dict) -> str:
     """The call's structure, shapes, statics and options, the same text in every process."""
     parts = []
-    for (path, _), leaf in zip(jax.tree_util.tree_flatten_with_path(dyn)[0], leaves, strict=True):
+    paths = jax.tree_util.tree_flatten_with_path(dyn)[0]
+    for k, ((path, _), leaf) in enumerate(zip(paths, leaves, strict=True)):
         name = jax.tree_util.keystr(path)
         if isinstance(leaf, synk_data.Batch):
-            parts.append(f"{name}: synk.Data batch, indices {list(leaf.index.shape)}")
+            same = ""
+            if k in shared:
+                same = f" (equal to {jax.tree_util.keystr(paths[shared[k]][0])}'s)"
+            parts.append(f"{name}: synk.Data batch, indices {list(leaf.index.shape)}{same}")
         elif type(leaf) in _SCALARS:
             parts.append(f"{name}: {type(leaf).__name__}")
         elif hasattr(leaf, "dtype") and hasattr(leaf, "shape"):
