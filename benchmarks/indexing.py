@@ -7,8 +7,8 @@ of a small-MLP softmax cross-entropy loss, ``synk.function(step, in_axes=(None, 
 with the parameters already replicated on the devices, fed four ways:
 
 * (a) ``f(params, X[idx], Y[idx])`` with ``X, Y = synk.data(x), synk.data(y)``
-  (replicated: every device holds all rows; only ``idx`` travels, each device
-  gathers its rows with a ``take``);
+  (replicated: every device holds all rows; only ``idx`` travels, once for both
+  views, and each device gathers its rows with a ``take``);
 * (b) the same with ``synk.data(..., sharded=True)`` (each device holds 1/n of the
   rows; one ``all_to_all`` per data argument moves the requested rows to the
   device that processes them);
@@ -246,7 +246,7 @@ def main(argv=None) -> dict:
             "batch": b,
             **{v: med.get((b, v), float("nan")) for v in VARIANTS},
             "a_over_c": med[b, "a"] / med[b, "c"],
-            "h2d_bytes_a": 4 * b * 2,
+            "h2d_bytes_a": 4 * b,  # X[idx] and Y[idx] share one int32 index array
             "h2d_bytes_c": b * row_bytes,
         }
         table.append(row)

@@ -12,6 +12,7 @@ import synk
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 SCRIPT = Path(__file__).with_name("scripts") / "rank_fails.py"
+LAYOUT = Path(__file__).with_name("scripts") / "layout.py"
 TIMEOUT = 10  # SYNK_TIMEOUT for the launched processes
 
 pytestmark = pytest.mark.skipif(
@@ -19,8 +20,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def launch(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-    env = clean_env(SYNK_CPU_DEVICES="2", SYNK_TIMEOUT=str(TIMEOUT), PYTHONUNBUFFERED="1")
+def launch(
+    *args: str, timeout: float = 120, **env: str
+) -> tuple[subprocess.CompletedProcess, float]:
+    env = clean_env(
+        **{"SYNK_CPU_DEVICES": "2", "SYNK_TIMEOUT": str(TIMEOUT), "PYTHONUNBUFFERED": "1", **env}
+    )
     start = time.monotonic()
     res = subprocess.run(
         [str(MPIEXEC), "-n", "2", sys.executable, *args],
@@ -56,3 +61,24 @@ def test_info_shows_the_layout_on_every_rank():
         assert f"process {rank} of 2" in res.stdout
     assert res.stdout.count("devices: 4 in all, 2 in this process") == 2
     assert "coordinator" in res.stdout and "collectives: gloo" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "env, local, visible",
+    [
+        # One process per GPU, the default: each rank is given the GPU of its local rank.
+        ({"SYNK_CPU_DEVICES": "1"}, 1, "{rank}"),
+        # One process per node driving its GPUs: the ids SYNK_LOCAL_DEVICES names.
+        ({"SYNK_CPU_DEVICES": "2", "SYNK_LOCAL_DEVICES": "0,1"}, 2, "0,1"),
+    ],
+    ids=["one-device-per-process", "several-devices-per-process"],
+)
+def test_both_layouts_reduce_over_every_device(env, local, visible):
+    # CPU devices stand in for GPUs; the GPU ids each process is given are what
+    # jax.distributed passes on to the GPU backend.
+    res, _ = launch(str(LAYOUT), **env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    for rank in (0, 1):
+        line = f"rank {rank}: {local} local of {2 * local} devices, sum 28.0, visible "
+        line += visible.format(rank=rank)
+        assert line in res.stdout, res.stdout

@@ -92,3 +92,13 @@ def test_init_refuses_a_bad_device_count(bad):
 
 def test_init_in_this_process_with_the_same_settings_is_a_no_op():
     synk.init(cpu_devices=synk.device_count() // synk.process_count())
+
+
+def test_local_device_ids_for_one_process_per_node(monkeypatch):
+    from synk._src.processes import _local_device_ids
+
+    assert _local_device_ids("0,1,2,3") == [0, 1, 2, 3]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert _local_device_ids("all") == [0, 1]  # the visible GPUs, renumbered from 0
+    with pytest.raises(ValueError, match=r"SYNK_LOCAL_DEVICES='gpu0': expected 'all' or"):
+        _local_device_ids("gpu0")

@@ -796,7 +796,18 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
         with synk_lax.tracing(bound=True):
             return jax.tree_util.tree_leaves(call_user(flat))
 
+    # When every piece on every device has the same rows, an 'avg' needs no
+    # weights: the mean of the pieces' means, as a hand-written pmean takes it.
+    uniform = split is not None and split.even and len(split.pieces()) == 1
+    if split is None:  # no batch axis: one piece per device, each weighs 1
+        divisor = n
+    elif uniform:
+        divisor = n * split.slices
+    else:  # pieces weigh their rows
+        divisor = split.rows
+
     def fold(acc, outs, rows):
+        rows = 1 if uniform else rows
         new = [red.contribution(ops[i], outs[i], rows) for i in reduced]
         if acc is None:
             return new
@@ -836,8 +847,7 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
                 acc, extra_rows = _extra_row(
                     run, base, extras, acc, fold, identities, split, out, gathered, reduced
                 )
-        rows = n if split is None else split.rows
-        reduced_out = red.combine(tuple(ops[i] for i in reduced), acc, rows, options.comm_dtype)
+        reduced_out = red.combine(tuple(ops[i] for i in reduced), acc, divisor, options.comm_dtype)
         per_out = [jnp.expand_dims(x, 0) for x in per_out]
         return reduced_out, rows_out, extra_rows, per_out
 

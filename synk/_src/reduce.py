@@ -112,7 +112,9 @@ def contribution(op: str, value: jax.Array, rows: int) -> jax.Array:
     """A piece's output as it enters the local accumulation."""
     # 'avg' outputs are means over the piece's rows; weighting by the rows the
     # piece really had makes uneven splits exact.
-    return value * jnp.asarray(rows, value.dtype) if op == "avg" else value
+    if op != "avg" or rows == 1:
+        return value
+    return value * jnp.asarray(rows, value.dtype)
 
 
 def accumulate(op: str, acc: jax.Array, value: jax.Array) -> jax.Array:
@@ -130,8 +132,9 @@ def accumulate(op: str, acc: jax.Array, value: jax.Array) -> jax.Array:
 def combine(ops: tuple[str, ...], values: list, rows: int, comm_dtype) -> list:
     """Reduce local values across devices: one collective per op (inside shard_map).
 
-    `rows` is the global batch length that divides 'avg' outputs (the device
-    count when there is no batch axis). Floating values travel in `comm_dtype`
+    `rows` divides 'avg' outputs: the global batch length, or the number of
+    pieces over all devices when every piece weighs 1 (equal pieces, or no
+    batch axis). Floating values travel in `comm_dtype`
     when one is given and are cast back before 'avg' divides.
     """
     out = list(values)
