@@ -419,7 +419,7 @@ def _leaf_key(x):
         layout = x.data.layout  # sharded rows: the owner of a row depends on the count
         return (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
     if isinstance(x, jax.Array):
-        return (t, x.shape, x.dtype, x.weak_type, x.sharding)
+        return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
     try:
         return (t, x.shape, x.dtype)
     except AttributeError:
