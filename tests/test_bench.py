@@ -231,6 +231,7 @@ def test_two_processes(tmp_path):
         assert positive(stats[name]["median_us"]), name
     check = stats["synk, numpy"]["median_us"] / stats["synk, numpy, no call check"]["median_us"]
     assert over["ratios"]["call check: on / off"] == pytest.approx(check)
+    assert positive(over["check_alone_us"])
     coll = json.loads(paths["collectives"].read_text())
     assert {r["op"] for r in coll["results"]} == set(coll["bus_factors"])
     assert coll["bus_factors"]["all-reduce"] == pytest.approx(2 * 3 / 4)

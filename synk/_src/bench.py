@@ -272,6 +272,20 @@ def hand_written_indexed(mesh: Mesh, step: Callable = train_step):
     return jax.jit(mapped, in_shardings=(everywhere, everywhere, everywhere, rows))
 
 
+def check_alone_us(calls: int = 2000) -> float:
+    """Microseconds of the per-call cross-process check alone (every process runs it)."""
+    text = "synk bench: the same call everywhere"
+    digest = processes.signature_hash(text)
+    processes.agree("synk bench", text, digest)
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls // 5):
+            processes.agree("synk bench", text, digest)
+        samples.append((time.perf_counter() - t0) / (calls // 5))
+    return float(np.median(samples) * 1e6)
+
+
 def overhead(args) -> dict:
     """Per-call time of synk.function against jit(shard_map) and pmap, and ratios.
 
@@ -388,6 +402,7 @@ def overhead(args) -> dict:
     )
     st = {k: stats(v) for k, v in samples.items()}
     med = {k: v["median_us"] for k, v in st.items()}
+    check_us = check_alone_us() if procs > 1 else None
     big1, big4 = "compute-bound: synk, num_slices=1", f"compute-bound: synk, num_slices={SLICES}"
     # (ratio, numerator, denominator, target as (op, limit) or None)
     pairs = [
@@ -446,7 +461,10 @@ def overhead(args) -> dict:
             for name, value, pair, target in ratios
         ],
     )
+    if check_us is not None:
+        print(f"\nthe per-call check alone (one allgather of a hash): {check_us:.1f} us per call")
     return {
+        "check_alone_us": check_us,
         "command": "overhead",
         "machine": machine(),
         "config": {
