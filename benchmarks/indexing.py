@@ -31,8 +31,8 @@ serial step on one device give the same loss and grads (``assert_allclose``).
 Each timed sample is a block of ``--calls`` calls (<= 20: XLA's CPU backend needs
 the number of collective calls in flight bounded) followed by
 ``jax.block_until_ready`` on the last output, divided by ``--calls``; (d) is one
-transfer per sample. All (batch, variant) pairs and (d) run round-robin, the
-starting pair rotating every round, for ``--rounds`` rounds; the table reports
+transfer per sample. All (batch, variant) pairs and (d) run once per round, in
+a new seeded shuffle every round, for ``--rounds`` rounds; the table reports
 medians per call (quartiles in the JSON).
 
 How to run
@@ -218,8 +218,10 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     jobs: list[tuple] = [*calls, "d"]
     samples: dict = {k: [] for k in jobs}
-    for r in range(args.rounds):
-        for key in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
+    order = np.random.default_rng(args.seed + 1)  # a new order every round: no fixed neighbours
+    for _ in range(args.rounds):
+        for k in order.permutation(len(jobs)):
+            key = jobs[k]
             if key == "d":
                 samples[key].append(time_put(x, replicated))
             else:

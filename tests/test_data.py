@@ -176,6 +176,9 @@ def test_only_the_indices_cross_from_host_to_device():
     assert [(a.dtype, a.nbytes) for a in host] == [(np.int32, 256 * 4)]
     on_device = [a for a in args if isinstance(a, jax.Array)]
     assert on_device[0] is X._array and on_device[1] is Y._array  # the data, not a copy
+    # Replicated data: each device receives only its own 256 / n indices.
+    index_sharding = plan.jitted.lower(*args).compile().input_shardings[0][-1]
+    assert index_sharding.shard_shape((256,)) == (256 // N,)
 
 
 @pytest.mark.parametrize("sharded", [False, True])
@@ -190,7 +193,9 @@ def test_views_share_equal_indices_and_only_equal_ones(sharded):
     assert len(shared) == 1 and len(f._core.cache) == 2  # one plan shares, one does not
     if PROCESSES == 1:
         n_args = {len(p.place([X[a], Y[a]])) for p in f._core.cache.values()}
-        assert n_args == {3, 4}  # data, data, one index (shared) or two
+        # data, data, then the indices once (shared) or twice: for sharded data the
+        # whole index; for replicated data each device's own rows and extra row.
+        assert n_args == ({3, 4} if sharded else {4, 6})
     if sharded:  # local views with equal indices share one index too
         held = X.rows_per_device
         starts = np.cumsum([0, *held[:-1]])

@@ -422,7 +422,7 @@ def overhead(args) -> dict:
             "synk X[idx] / hand-written indexed",
             "synk, synk.data X[idx]",
             "hand-written, indices into resident data",
-            ("<=", 1.05),
+            None,
         ),
         ("synk / pmap, numpy", "synk, numpy", "pmap, numpy", ("<", 1.0)),
         ("call check: on / off", "synk, numpy", "synk, numpy, no call check", None),

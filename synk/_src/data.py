@@ -3,7 +3,8 @@
 A `Data` is put on the devices once. ``X[idx]`` and ``X.local[idx]`` are lazy
 batch views: a `synk.Function` receives them in place of arrays, only the
 indices travel from host to device, and each device gathers its own rows on
-the device (`rows_for_device`, traced inside the function's body).
+the device (a ``take`` from its copy, or `rows_from_shards` for sharded data,
+traced inside the function's body).
 """
 
 from __future__ import annotations
@@ -370,11 +371,12 @@ def _local_index(idx, data: Data) -> np.ndarray:
 # ------------------------------------------------------- rows on each device
 
 
-def device_requests(index: jax.Array, split: Split) -> tuple[jax.Array, jax.Array | None]:
-    """Every device's main-block and extra-row indices from the global index (traced).
+def requests(index, split: Split) -> tuple:
+    """Every device's main-block and extra-row indices, from the global index.
 
-    Returns arrays of shape (n, q) and (n, 1) (None if the split is even): row d
-    holds what device d processes, following `split.py`'s layout.
+    Returns arrays of shape (n, q) and (n, 1) (None if the split is even): row
+    d holds what device d processes, following `split.py`'s layout. `index` is
+    a numpy array (on the host) or a traced one (inside the body).
     """
     g, m, q, r, L = split.groups, split.local_devices, split.main, split.extra, split.local_rows
     dev = np.arange(g * m)
@@ -387,23 +389,29 @@ def device_requests(index: jax.Array, split: Split) -> tuple[jax.Array, jax.Arra
     return main, extra
 
 
-def rows_for_device(data: jax.Array, requests: jax.Array, layout: ShardLayout | None):
-    """This device's rows, given every device's requests (n, k) (inside shard_map).
+def host_requests(index: np.ndarray, split: Split) -> list[np.ndarray]:
+    """`requests` flattened for a P(AXIS) argument: each device receives its own rows' indices.
 
-    `layout` is None for replicated data, else how the sharded rows are dealt.
+    For replicated data every device can gather its rows from its own copy,
+    so it needs only its own requests (q, and 1 extra), not the whole index.
     """
+    if split.even:
+        return [index]  # device d's rows are already index[d*q : (d+1)*q]
+    main, extra = requests(index, split)
+    return [main.reshape(-1)] + ([] if extra is None else [extra.reshape(-1)])
+
+
+def rows_from_shards(data: jax.Array, requests: jax.Array, layout: ShardLayout):
+    """This device's rows of sharded data, given every device's requests (n, k) (in shard_map)."""
+    # Each device sends every other device the rows it owns of that device's
+    # request; one all_to_all moves them. Selecting the owner's copy
+    # afterwards is exact (no arithmetic on the rows).
     me = lax.axis_index(AXIS)
-    mine = requests[me]
-    if layout is None:
-        return jnp.take(data, mine, axis=0, mode="clip")
-    # Sharded rows: each device sends every other device the rows it owns of
-    # that device's request; one all_to_all moves them. Selecting the owner's
-    # copy afterwards is exact (no arithmetic on the rows).
     owner, pos = layout.owner(requests)
     owned = (owner == me).reshape(owner.shape + (1,) * (data.ndim - 1))
     send = jnp.where(owned, data[pos], jnp.zeros((), data.dtype))  # (n, k, ...)
     got = lax.all_to_all(send, AXIS, 0, 0, tiled=True)  # got[src] = src's rows for me
-    return got[owner[me], jnp.arange(mine.shape[0])]
+    return got[owner[me], jnp.arange(requests.shape[1])]
 
 
 def data(value, *, sharded: bool = False) -> Data:

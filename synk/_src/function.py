@@ -583,27 +583,39 @@ class _Layout:
     """
 
     extra: dict[int, int]  # sliced array leaf -> slot of its padded extra rows
-    index: dict[int, int]  # view leaf -> slot of its indices
+    index: dict[int, tuple[int, ...]]  # view leaf -> slots of its indices
     specs: tuple[P, ...]
 
     @classmethod
     def of(cls, descs: list[_Leaf], split: Split | None) -> _Layout:
         uneven = split is not None and not split.even
         arrays = [i for i, d in enumerate(descs) if d.role == "sliced" and not d.view]
-        owners = [i for i, d in enumerate(descs) if d.view and d.shares is None]
         extra = {i: len(descs) + j for j, i in enumerate(arrays)} if uneven else {}
-        first = len(descs) + len(extra)
-        index = {i: first + j for j, i in enumerate(owners)}
-        for i, d in enumerate(descs):  # views with equal indices: one transfer, one slot
-            if d.view and d.shares is not None:
-                index[i] = index[d.shares]
         specs = [_spec(d) for d in descs] + [_spec(descs[i]) for i in extra]
-        specs += [P(AXIS) if descs[i].view == "local" else P() for i in owners]
+        index = {}
+        for i, d in enumerate(descs):
+            if not d.view:
+                continue
+            if d.shares is not None:  # equal indices: one transfer, the same slots
+                index[i] = index[d.shares]
+                continue
+            own = _index_specs(d, uneven)
+            index[i] = tuple(range(len(specs), len(specs) + len(own)))
+            specs += own
         return cls(extra, index, tuple(specs))
 
     @property
     def size(self) -> int:
         return len(self.specs)
+
+
+def _index_specs(d: _Leaf, uneven: bool) -> list[P]:
+    """How a view's indices travel: each device its own, or all of them everywhere."""
+    if d.view == "local":  # (n_devices, k): row d for device d
+        return [P(AXIS)]
+    if d.data_layout is None:  # replicated data: each device its own requests (+ extra row)
+        return [P(AXIS)] * (2 if uneven else 1)
+    return [P()]  # sharded data: every device needs every request (all_to_all)
 
 
 def _varying(x):
@@ -672,6 +684,7 @@ def _equal_indices(leaves: list) -> dict[int, int]:
         for j in views[:k]:
             b = leaves[j]
             alike = j not in shared and a.local == b.local and a.index.shape == b.index.shape
+            alike = alike and a.data.sharded == b.data.sharded  # the indices travel alike
             if alike and (a.index is b.index or np.array_equal(a.index, b.index)):
                 shared[i] = j
                 break
@@ -828,8 +841,8 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
                 x = x[0]
             base.append(x)
         extras = {i: flat[slot] for i, slot in layout.extra.items()}
-        for i, slot in layout.index.items():  # rows of synk.Data batches, on the devices
-            base[i], extra = _view_rows(descs[i], base[i], flat[slot], split)
+        for i, slots in layout.index.items():  # rows of synk.Data batches, on the devices
+            base[i], extra = _view_rows(descs[i], base[i], [flat[k] for k in slots], split)
             if extra is not None:
                 extras[i] = extra
 
@@ -878,18 +891,18 @@ def _compile(core, options, descs, split, out: red.OutPlan, call_user):
     return jax.jit(outer, in_shardings=shardings, donate_argnums=_donated(core, descs, layout))
 
 
-def _view_rows(d: _Leaf, data, index, split: Split):
+def _view_rows(d: _Leaf, data, index: list, split: Split):
     """This device's main-block rows (and extra row, if uneven) of a synk.Data batch."""
     if d.view == "local":  # each device indexes its own shard: no communication
-        return jnp.take(data, index[0], axis=0, mode="clip"), None
-    main, extra = synk_data.device_requests(index, split)
-    if split.main:
-        rows = synk_data.rows_for_device(data, main, d.data_layout)
-    else:
-        rows = jnp.zeros((0, *data.shape[1:]), data.dtype)
+        return jnp.take(data, index[0][0], axis=0, mode="clip"), None
+    if d.data_layout is None:  # replicated: gather this device's requests from its copy
+        rows = [jnp.take(data, part, axis=0, mode="clip") for part in index]
+        return rows[0], rows[1] if len(rows) > 1 else None
+    main, extra = synk_data.requests(index[0], split)
+    rows = synk_data.rows_from_shards(data, main, d.data_layout)
     if extra is None:
         return rows, None
-    return rows, synk_data.rows_for_device(data, extra, d.data_layout)
+    return rows, synk_data.rows_from_shards(data, extra, d.data_layout)
 
 
 def _main_block(run, fold, identities, base, descs, sliced, split, out, gathered, per_dev):
@@ -987,7 +1000,9 @@ def _placer(core: _Core, descs: list[_Leaf], split: Split | None, leaves: list) 
     for i, (d, x) in enumerate(zip(descs, leaves)):
         on_device = isinstance(x, jax.Array)
         if d.view:  # the data stays where it is; only the indices travel
-            actions.append(("view", layout.index[i], f"{core.where}: argument `{d.name}`"))
+            own = d.view == "global" and d.data_layout is None
+            parts = functools.partial(synk_data.host_requests, split=split) if own else None
+            actions.append(("view", layout.index[i], f"{core.where}: argument `{d.name}`", parts))
         elif d.role == "sliced" and uneven and on_device:
             away = x.sharding.device_set != device_set
             actions.append(("split", layout.extra[i], splitter(i, d.axis, away)))
@@ -1011,7 +1026,11 @@ def _placer(core: _Core, descs: list[_Leaf], split: Split | None, leaves: list) 
             if kind == "pass":
                 jit_args[i] = x
             elif kind == "view":
-                jit_args[i], jit_args[action[1]] = x.data._live(action[2]), x.index
+                _, slots, where, parts = action
+                jit_args[i] = x.data._live(where)
+                if jit_args[slots[0]] is None:  # not yet sent by a view with equal indices
+                    for slot, part in zip(slots, parts(x.index) if parts else [x.index]):
+                        jit_args[slot] = part
             elif kind == "split":
                 jit_args[i], jit_args[action[1]] = action[2](x)
             else:
