@@ -248,7 +248,9 @@ def main(argv=None) -> dict:
             "batch": b,
             **{v: med.get((b, v), float("nan")) for v in VARIANTS},
             "a_over_c": med[b, "a"] / med[b, "c"],
-            "h2d_bytes_a": 4 * b,  # X[idx] and Y[idx] share one int32 index array
+            # X[idx] and Y[idx] share one int32 index array; an uneven batch sends each
+            # device its main rows' indices and one extra-row index.
+            "h2d_bytes_a": 4 * (b if b % n == 0 else b // n * n + n),
             "h2d_bytes_c": b * row_bytes,
         }
         table.append(row)

@@ -167,18 +167,19 @@ def test_only_the_indices_cross_from_host_to_device():
     x = RNG.normal(size=(1000, 16)).astype(np.float32)
     X, Y = synk.data(x), synk.data(x[:, 0])
     f = synk.function(lambda a, b: (a.mean(0), b.mean()))
-    idx = RNG.integers(0, 1000, 256)
+    k = 32 * N  # an even batch: one index array, k / N indices per device
+    idx = RNG.integers(0, 1000, k)
     f(X[idx], Y[idx])  # compile first
     (plan,) = f._core.cache.values()
     args = plan.place([X[idx], Y[idx]])
     host = [a for a in args if not isinstance(a, jax.Array)]  # what jit will transfer
     # The indices, nothing else; X[idx] and Y[idx] have equal indices: sent once.
-    assert [(a.dtype, a.nbytes) for a in host] == [(np.int32, 256 * 4)]
+    assert [(a.dtype, a.nbytes) for a in host] == [(np.int32, k * 4)]
     on_device = [a for a in args if isinstance(a, jax.Array)]
     assert on_device[0] is X._array and on_device[1] is Y._array  # the data, not a copy
-    # Replicated data: each device receives only its own 256 / n indices.
+    # Replicated data: each device receives only its own k / N indices.
     index_sharding = plan.jitted.lower(*args).compile().input_shardings[0][-1]
-    assert index_sharding.shard_shape((256,)) == (256 // N,)
+    assert index_sharding.shard_shape((k,)) == (32,)
 
 
 @pytest.mark.parametrize("sharded", [False, True])

@@ -72,6 +72,17 @@ def test_keyword_arguments_keep_the_signature():
     np.testing.assert_allclose(g(y=y, x=x), f(x, y), rtol=1e-5)
 
 
+def test_keyword_only_arguments_in_any_order():
+    # Declared w, b; flattened b, w (pytree dicts sort their keys): each keeps its shape.
+    def f(x, *, w, b):
+        return ((x @ w + b) ** 2).mean()
+
+    g = synk.function(f, in_axes=(0,))  # keyword-only arguments are broadcast
+    x, w, b = rand(13, 3), rand(3, 2), rand(2)
+    np.testing.assert_allclose(g(x, w=w, b=b), f(x, w=w, b=b), rtol=1e-5)
+    np.testing.assert_allclose(g(x, b=b, w=w), f(x, w=w, b=b), rtol=1e-5)
+
+
 def test_no_reserved_keyword_names():
     """Parameters named like synk's own options are passed to the function untouched."""
 

@@ -16,8 +16,8 @@ Five subcommands, each a function of the same name below:
   the compute time, the gradient bytes and a link's bandwidth and latency,
   beside the measured figures where there are some.
 
-Every timing uses `measure`: every round runs each variant once, in a new
-shuffled order (the same in every process), each sample is a block of
+Every wall-clock timing uses `measure`: every round runs each variant once,
+in a new shuffled order (the same in every process), each sample is a block of
 ``--calls`` calls followed by one ``block_until_ready``, and the figures are
 medians over ``--rounds`` samples. Every variant is checked against a reference before it is timed.
 """
@@ -553,10 +553,10 @@ def dispatch(args) -> dict:
     per_round = max(args.calls, args.total // args.rounds)
     samples: dict[str, list[float]] = {k: [] for k in variants}
     bar = progress(args.rounds * len(variants), "dispatch", args.quiet)
-    for r in range(args.rounds):  # round robin, as in `measure`
-        names = list(variants)
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            samples[name].append(host_seconds(variants[name], per_round, args.calls))
+    names, order = list(variants), np.random.default_rng(0)
+    for _ in range(args.rounds):  # a new shuffled order every round, as in `measure`
+        for k in order.permutation(len(names)):
+            samples[names[k]].append(host_seconds(variants[names[k]], per_round, args.calls))
             bar.update()
     bar.close()
     host = {k: stats(v) for k, v in samples.items()}
@@ -1108,16 +1108,17 @@ def main(argv: list[str] | None = None) -> int:
         synk.init(cpu_devices=args.cpu_devices)
     if synk.process_count() > 1 and args.bench not in MULTI_PROCESS:
         p.error(f"synk bench {args.bench} runs in one process; launch it without mpiexec")
-    if synk.process_index() > 0:  # every process runs; the first one reports
-        args.quiet, args.json, args.plot = True, None, None
-        with contextlib.redirect_stdout(io.StringIO()):
-            COMMANDS[args.bench](args)
-        return 0
     if jax.default_backend() == "cpu" and args.calls > CPU_MAX_CALLS:
         p.error(
             f"--calls {args.calls}: at most {CPU_MAX_CALLS} on the CPU backend (XLA's CPU "
             "collectives abort when ~50 un-blocked calls are in flight)"
         )
+    # Every check that can refuse the flags is above: all processes refuse alike.
+    if synk.process_index() > 0:  # every process runs; the first one reports
+        args.quiet, args.json, args.plot = True, None, None
+        with contextlib.redirect_stdout(io.StringIO()):
+            COMMANDS[args.bench](args)
+        return 0
     result = COMMANDS[args.bench](args)
     result["argv"] = list(sys.argv[1:] if argv is None else argv)
     if args.json:

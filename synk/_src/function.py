@@ -9,9 +9,10 @@ A call reads top to bottom:
    per-device), validates everything the user gave, splits the batch
    (`split.py`), matches the reduce spec to the outputs (`reduce.py`), and
    compiles one ``jit(shard_map(body))``.
-3. ``_Plan.place`` moves host arrays to the devices in one ``device_put``
-   with their target shardings; device arrays already laid out are passed
-   through untouched.
+3. ``_Plan.place`` carries out what was decided per leaf at planning: host
+   arrays go to jit as they are (its in_shardings place them), device arrays
+   already laid out pass through, synk.Data views hand over their data and
+   indices.
 4. The executable runs; on CPU, `runtime.throttle` bounds the calls in flight.
 """
 
@@ -157,14 +158,13 @@ class Function:
         leaves, treedef = jax.tree_util.tree_flatten(dyn)
         key = (self._key, treedef, statics, *map(_leaf_key, leaves))
         plan = core.cache.get(key)
+        share = True
         if plan is not None and plan.shared and not plan.sharing_holds(leaves):
-            key, plan = (*key, "unshared"), core.cache.get((*key, "unshared"))
-            if plan is None:
-                plan = core.cache[key] = _Plan.build(
-                    core, self._options, statics, dyn, leaves, share=False
-                )
-        if plan is None:
-            plan = core.cache[key] = _Plan.build(core, self._options, statics, dyn, leaves)
+            # synk.Data views planned to share one index no longer have equal indices.
+            key, share = (*key, "unshared"), False
+            plan = core.cache.get(key)
+        if plan is None:  # building agrees across processes itself
+            plan = core.cache[key] = _Plan.build(core, self._options, statics, dyn, leaves, share)
         elif plan.digest is not None:  # several processes: all must make this same call
             processes.agree(core.where, plan.description, plan.digest)
         out = plan.jitted(*plan.place(leaves))
@@ -443,7 +443,9 @@ def _describe_leaves(core: _Core, dyn, leaves, n: int) -> list[_Leaf]:
     args, kwargs = dyn
     pos_axes, kw_axes = core.axes_for(args, kwargs)
     labelled = [(core.signature.name(i), a, ax) for i, (a, ax) in enumerate(zip(args, pos_axes))]
-    labelled += [(k, v, ax) for (k, v), ax in zip(kwargs.items(), kw_axes, strict=True)]
+    # In the order tree_flatten gives the leaves: a dict's keys sorted.
+    keywords = sorted(kwargs.items())
+    labelled += [(k, v, ax) for (k, v), ax in zip(keywords, kw_axes, strict=True)]
     out = []
     for label, arg, axes in labelled:
         try:
@@ -578,8 +580,9 @@ class _Layout:
     """Where each leaf's parts sit among the executable's arguments.
 
     Slots [0, leaves) hold one value per leaf (a view's data array); then the
-    extra rows of sliced arrays when the split is uneven; then views' indices,
-    one slot for views whose indices are equal (``X[idx], Y[idx]``).
+    extra rows of sliced arrays when the split is uneven; then views' indices
+    (see `_index_specs`), one set of slots for views whose indices are equal
+    (``X[idx], Y[idx]``).
     """
 
     extra: dict[int, int]  # sliced array leaf -> slot of its padded extra rows
@@ -899,7 +902,10 @@ def _view_rows(d: _Leaf, data, index: list, split: Split):
         rows = [jnp.take(data, part, axis=0, mode="clip") for part in index]
         return rows[0], rows[1] if len(rows) > 1 else None
     main, extra = synk_data.requests(index[0], split)
-    rows = synk_data.rows_from_shards(data, main, d.data_layout)
+    if split.main:
+        rows = synk_data.rows_from_shards(data, main, d.data_layout)
+    else:  # fewer rows than devices: nothing to move for the main block
+        rows = jnp.zeros((0, *data.shape[1:]), data.dtype)
     if extra is None:
         return rows, None
     return rows, synk_data.rows_from_shards(data, extra, d.data_layout)

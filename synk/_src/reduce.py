@@ -2,7 +2,8 @@
 
 A device runs the user's function on several pieces of its rows. Each op
 accumulates the pieces' outputs into one local value (``avg`` weighted by the
-piece's rows), then one collective per op combines the devices' values.
+piece's rows, unless every piece has the same rows), then one collective per
+op combines the devices' values.
 """
 
 from __future__ import annotations

@@ -199,11 +199,11 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 # calls queued the rendezvous times out and aborts the process (seen at ~60
 # calls in flight, and sooner when other jitted work, an optimiser update,
 # runs between our calls: only our calls are counted here). When 8 calls are
-# queued we wait for the 2nd-newest, so at most 8 of ours are ever in flight
-# and we block once per 6 calls, not per call: waiting costs the calling
-# thread CPU on an oversubscribed machine (host time per call, measured: 141
-# us waiting once per 4 calls, 125 us once per 6, 115 us with no bound; the
-# same wall time).
+# queued we wait for the 3rd-newest (two stay queued): at most 8 of ours are
+# ever in flight, and we block once per 6 calls, not per call. Waiting costs
+# the calling thread CPU on an oversubscribed machine (host time per call,
+# measured: 141 us waiting once per 4 calls, 125 us once per 6, 115 us with
+# no bound; the same wall time).
 _MAX_IN_FLIGHT = 8
 _KEEP = 2
 _in_flight: collections.deque = collections.deque()
