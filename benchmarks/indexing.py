@@ -65,6 +65,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from synk._src.data import _fmt_bytes as fmt_bytes  # noqa: E402  (as in Data reprs)
+
 CLASSES = 10
 VARIANTS = ("a", "b", "c", "r", "h")
 LABELS = {
@@ -144,14 +146,6 @@ def fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 10_000 else f"{us:.0f} us"
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the data set")
@@ -160,7 +154,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--batches", default="64,256,1024,4096", help="comma-separated batch sizes (rows)"
     )
-    parser.add_argument("--rounds", type=int, default=40, help="round-robin rounds (samples)")
+    parser.add_argument("--rounds", type=int, default=40, help="samples per variant")
     parser.add_argument("--calls", type=int, default=10, help="calls per sample (<= 20 on CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, params, indices")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
