@@ -89,12 +89,6 @@ def make_blobs(points, clusters, dim, seed):
     return x.astype(np.float32), start.astype(np.float32)
 
 
-def share(x):
-    """This process's rows of a global batch (all of it in a one-process run)."""
-    rows = len(x) // PROCESSES
-    return x[RANK * rows : (RANK + 1) * rows]
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=4000, help="a multiple of the device count")
@@ -123,7 +117,7 @@ def main(argv=None):
         f"data: {args.points} points in {args.dim}-d, {args.clusters} blobs; "
         f"{args.points // n_dev} points per device"
     )
-    x_mine = share(x)  # every process passes its own share of the points
+    x_mine = synk.process_share(x)  # every process passes its own share of the points
 
     t0 = time.perf_counter()
     centers = start

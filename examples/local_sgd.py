@@ -148,12 +148,6 @@ def check_one_step(w, x, y, lr):
 # --------------------------------------------------------------------------
 
 
-def share(x):
-    """This process's rows of a global batch (all of it in a one-process run)."""
-    rows = len(x) // PROCESSES
-    return x[RANK * rows : (RANK + 1) * rows]
-
-
 def batches(x, y, epochs, batch, seed):
     """Shuffled batches of exactly ``batch`` rows (the rest of each epoch is dropped)."""
     rng = np.random.default_rng(seed)  # the same batches for every method and process
@@ -161,7 +155,10 @@ def batches(x, y, epochs, batch, seed):
         order = rng.permutation(len(x))
         for i in range(0, len(x) - batch + 1, batch):
             idx = order[i : i + batch]
-            yield share(x[idx]), share(y[idx])  # every process passes its own share
+            yield (
+                synk.process_share(x[idx]),
+                synk.process_share(y[idx]),
+            )  # every process passes its own share
 
 
 def parse_args(argv):
@@ -212,7 +209,9 @@ def main(argv=None):
         bar = tqdm(data, desc=name, total=steps, unit="step", disable=args.quiet or RANK != 0)
         t0 = time.perf_counter()
         w = train(bar)
-        accuracy = int(n_correct(w, share(x_test), share(y_test))) / len(x_test)
+        accuracy = int(n_correct(w, synk.process_share(x_test), synk.process_share(y_test))) / len(
+            x_test
+        )
         say(f"{name}: test accuracy {accuracy:.2%} ({time.perf_counter() - t0:.2f} s)")
         if accuracy < MIN_ACCURACY:
             failed.append(f"{name}: {accuracy:.2%}")

@@ -72,12 +72,6 @@ def first_devices(k):
     return [d for p in range(PROCESSES) for d in [e for e in devices if e.process_index == p][:k]]
 
 
-def share(x):
-    """This process's rows of a global batch (all of it in a one-process run)."""
-    rows = len(x) // PROCESSES
-    return x[RANK * rows : (RANK + 1) * rows]
-
-
 def estimate(fn, batches, progress=lambda it: it):
     """The means of f and f^2 from ``fn`` over a list of batches of keys of equal length."""
     out = [fn(batch) for batch in progress(batches)]  # stays on the devices until here
@@ -118,7 +112,7 @@ def main(argv=None):
     # Sliced keys (in_axes=0), means combined by reduce="avg" (row-weighted: exact).
     pi_moments = synk.function(moments, in_axes=0, reduce="avg")
     batches = [keys[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
-    mine = [share(batch) for batch in batches]  # every process passes its own share
+    mine = [synk.process_share(batch) for batch in batches]  # every process passes its own share
 
     t0 = time.perf_counter()
     bar = functools.partial(tqdm, desc="sample", unit="batch", disable=args.quiet or RANK != 0)

@@ -85,12 +85,6 @@ def make_data(rows, dim, seed):
     return x.astype(np.float32), v0.astype(np.float32)
 
 
-def share(x):
-    """This process's rows of a global batch (all of it in a one-process run)."""
-    rows = len(x) // PROCESSES
-    return x[RANK * rows : (RANK + 1) * rows]
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -121,7 +115,7 @@ def main(argv=None):
     say(f"data: {args.rows} rows ({split}), {args.dim} dims; top {args.k} eigenvectors")
 
     x, v0 = make_data(args.rows, args.dim, args.seed)
-    x_mine = share(x)  # every process passes its own share of the rows
+    x_mine = synk.process_share(x)  # every process passes its own share of the rows
     v = jnp.asarray(v0[:, : args.k])
 
     t0 = time.perf_counter()

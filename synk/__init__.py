@@ -24,6 +24,7 @@ from synk._src.runtime import devices as devices
 from synk._src.runtime import init as init
 from synk._src.runtime import process_count as process_count
 from synk._src.runtime import process_index as process_index
+from synk._src.runtime import process_share as process_share
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "lax",
     "process_count",
     "process_index",
+    "process_share",
     "reduce",
     "scatter",
     "set_value",

@@ -1,25 +1,10 @@
 """What the tests share to run alike in one process and under ``mpiexec -n 2``."""
 
-import numpy as np
 import pytest
 
 import synk
 
 PROCESSES, RANK = synk.process_count(), synk.process_index()
-
-
-def share(global_batch, axis: int = 0):
-    """This process's rows of a global batch (all of it in a one-process run).
-
-    Under several processes, sliced host arrays are each process's share of
-    the global batch; the results must equal the serial function on the
-    global batch.
-    """
-    x = np.asarray(global_batch)
-    rows = x.shape[axis] // PROCESSES
-    index = [slice(None)] * x.ndim
-    index[axis] = slice(RANK * rows, (RANK + 1) * rows)
-    return x[tuple(index)]
 
 
 def single_process(reason: str):

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import share
 
 import synk
 from synk._src import collectives
@@ -117,14 +116,14 @@ def test_per_device_in_and_out_local_sgd():
     x = rng.normal(size=(4 * N, 3)).astype(np.float32)
     y = rng.normal(size=4 * N).astype(np.float32)
     w = synk.broadcast(np.zeros(3, np.float32))
-    w = local_step(w, share(x), share(y))
+    w = local_step(w, synk.process_share(x), synk.process_share(y))
     replicas = synk.gather(w)
     for i in range(N):  # replica i took one step on rows 4i .. 4i+3 only
         want = sgd_step(np.zeros(3, np.float32), x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4])
         np.testing.assert_allclose(replicas[i], want, rtol=1e-5, atol=1e-7)
     averaged = synk.all_reduce(w, "avg")
     np.testing.assert_allclose(synk.gather(averaged)[0], replicas.mean(0), rtol=1e-5)
-    w = local_step(averaged, share(x), share(y))  # feeds straight back in
+    w = local_step(averaged, synk.process_share(x), synk.process_share(y))  # feeds straight back in
     assert w.shape == (N, 3)
 
 
@@ -157,7 +156,7 @@ def test_psum_inside_a_function_equals_serial():
     x = rng.normal(size=(16 * N, 2)).astype(np.float32)
     centers = x[:3].copy()
     f = synk.function(kmeans_step, in_axes=(0, None), reduce="avg")  # equal on every device
-    got = f(share(x), centers)
+    got = f(synk.process_share(x), centers)
     np.testing.assert_allclose(got, f.serial(x, centers), rtol=1e-5, atol=1e-6)
 
 
@@ -175,7 +174,7 @@ def test_every_in_function_collective_and_serial_behaviour():
 
     g = synk.function(f, reduce="per_device")
     x = np.arange(2.0 * N, dtype=np.float32)
-    psum, pmean, pmax, pmin, gathered, index = (synk.gather(o) for o in g(share(x)))
+    psum, pmean, pmax, pmin, gathered, index = (synk.gather(o) for o in g(synk.process_share(x)))
     local = x.reshape(N, 2).sum(1)  # device i's sum
     np.testing.assert_allclose(psum, np.full(N, local.sum()))
     np.testing.assert_allclose(pmean, np.full(N, local.mean()))
@@ -211,11 +210,13 @@ def all_reduce_types(stablehlo: str) -> list[str]:
 def test_comm_dtype_on_a_function_travels_in_bfloat16():
     f = synk.function(lambda x: (x.mean(0), x.sum(0)), reduce=("avg", "sum"), comm_dtype="bfloat16")
     x = 1 + np.random.default_rng(2).random((8 * N + 2, 4)).astype(np.float32)
-    mean, total = f(share(x))
+    mean, total = f(synk.process_share(x))
     assert mean.dtype == np.float32 and total.dtype == np.float32
     np.testing.assert_allclose(mean, x.mean(0), rtol=1e-2)
     np.testing.assert_allclose(total, x.sum(0), rtol=1e-2)
-    assert all_reduce_types(f.lower(share(x)).as_text()) == ["tensor<4xbf16>"] * 2  # avg, sum
+    assert (
+        all_reduce_types(f.lower(synk.process_share(x)).as_text()) == ["tensor<4xbf16>"] * 2
+    )  # avg, sum
 
 
 def test_comm_dtype_on_reduce_and_all_reduce():

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PROCESSES, share, single_process
+from helpers import PROCESSES, single_process
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -142,7 +142,7 @@ def test_views_and_host_arrays_mix_in_one_call():
         in_axes=(None, 0, 0),
     )
     # The view takes global indices; the host array is this process's share.
-    assert_tree_close(f(w, X[idx], share(labels)), f.serial(w, x[idx], labels))
+    assert_tree_close(f(w, X[idx], synk.process_share(labels)), f.serial(w, x[idx], labels))
 
 
 @pytest.mark.parametrize("rows", [8 * N, 8 * N + 3])

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PROCESSES, share, single_process
+from helpers import PROCESSES, single_process
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -71,8 +71,8 @@ def test_every_reduce_op_equals_serial(call):
         devices=synk.devices()[:n],
     )
     params, x, z = make_inputs(np.random.default_rng(seed), rows, d, k)
-    mine = {"a": share(z["a"]), "t": share(z["t"], axis=1)}
-    assert_tree_close(f(params, share(x), mine), f.serial(params, x, z))
+    mine = {"a": synk.process_share(z["a"]), "t": synk.process_share(z["t"], axis=1)}
+    assert_tree_close(f(params, synk.process_share(x), mine), f.serial(params, x, z))
 
 
 @given(calls(), st.sampled_from(("avg", "sum", "max", "min")))
@@ -86,7 +86,7 @@ def test_one_op_for_every_output(call, op):
     f = synk.function(stats, reduce=op, num_slices=slices, devices=n)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(rows, d)).astype(np.float32), rng.normal(size=rows).astype(np.float32)
-    assert_tree_close(f(share(x), share(y)), f.serial(x, y))
+    assert_tree_close(f(synk.process_share(x), synk.process_share(y)), f.serial(x, y))
 
 
 @pytest.mark.parametrize("n", DEVICE_COUNTS)
@@ -111,7 +111,7 @@ def test_value_and_grad_of_broadcast_params_is_exact(n, rows):
     }
     x = rng.normal(size=(rows * PROCESSES, 5)).astype(np.float32)  # the global batch
     y = rng.normal(size=(rows * PROCESSES, 1)).astype(np.float32)
-    got = step(params, share(x), share(y))
+    got = step(params, synk.process_share(x), synk.process_share(y))
     assert_tree_close(got, step.serial(params, x, y), rtol=1e-4, atol=1e-5)
     # And against plain JAX, so that serial() itself is checked too.
     assert_tree_close(got, jax.value_and_grad(loss)(params, x, y), rtol=1e-4, atol=1e-5)
@@ -122,7 +122,7 @@ def test_avg_is_weighted_by_rows_not_devices(rows):
     """With 9 rows on 8 devices, device 0 has 2 rows: equal device weights would be wrong."""
     f = synk.function(lambda x: x.mean(), devices=min(8, synk.device_count()))
     x = np.arange(rows * PROCESSES, dtype=np.float32) ** 2
-    assert float(f(share(x))) == pytest.approx(float(x.mean()), rel=1e-6)
+    assert float(f(synk.process_share(x))) == pytest.approx(float(x.mean()), rel=1e-6)
 
 
 ROWS_AND_SLICES = [
@@ -143,7 +143,7 @@ def test_no_padding_row_reaches_the_function(rows, slices):
         num_slices=slices,
     )
     x = 1.0 + np.random.default_rng(rows).random(rows * PROCESSES).astype(np.float32)
-    count, low, prod, rows_out = f(share(x))
+    count, low, prod, rows_out = f(synk.process_share(x))
     assert float(count) == rows * PROCESSES
     assert float(low) == float(x.min())
     np.testing.assert_allclose(float(prod), np.prod(x, dtype=np.float64), rtol=1e-5)
@@ -154,7 +154,7 @@ def test_no_padding_row_reaches_the_function(rows, slices):
 def test_gather_keeps_input_order(rows):
     f = synk.function(lambda i: i * 10, reduce="gather", num_slices=1)
     idx = np.arange(rows * PROCESSES, dtype=np.int32)
-    np.testing.assert_array_equal(np.asarray(f(share(idx))), idx * 10)
+    np.testing.assert_array_equal(np.asarray(f(synk.process_share(idx))), idx * 10)
 
 
 @single_process("several processes replicate gathered outputs so every process can read them")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import PROCESSES as P_COUNT
-from helpers import RANK, share
+from helpers import RANK
 
 import synk
 
@@ -34,7 +34,7 @@ def test_value_and_grad_on_the_global_batch(rows_per_process):
     x = rng.normal(size=(rows, 4)).astype(np.float32)
     y = rng.normal(size=(rows, 1)).astype(np.float32)
     step = synk.function(lambda p, x, y: jax.value_and_grad(loss)(p, x, y), in_axes=(None, 0, 0))
-    value, grads = step(params, share(x), share(y))
+    value, grads = step(params, synk.process_share(x), synk.process_share(y))
     want_value, want_grads = jax.value_and_grad(loss)(params, x, y)
     np.testing.assert_allclose(np.asarray(value), want_value, rtol=1e-5)
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
@@ -56,7 +56,7 @@ def test_every_op_and_gather_order_on_the_global_batch(rows_per_process, slices)
     f = synk.function(
         stats, reduce=("avg", "sum", "max", "min", "prod", "gather"), num_slices=slices
     )
-    got = [np.asarray(o) for o in f(share(x))]  # readable on every process
+    got = [np.asarray(o) for o in f(synk.process_share(x))]  # readable on every process
     want = [np.asarray(o) for o in stats(x)]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5)
@@ -67,7 +67,9 @@ def test_broadcast_and_scalar_inputs_on_every_process():
     w = rng.normal(size=3).astype(np.float32)
     x = rng.normal(size=(6 * P_COUNT, 3)).astype(np.float32)
     f = synk.function(lambda w, x, c: (x @ w).sum() * c, in_axes=(None, 0, None), reduce="sum")
-    np.testing.assert_allclose(np.asarray(f(w, share(x), 2.0)), (x @ w).sum() * 2, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(f(w, synk.process_share(x), 2.0)), (x @ w).sum() * 2, rtol=1e-5
+    )
 
 
 @pytest.mark.skipif(P_COUNT == 1, reason="needs several processes: runs under mpiexec -n 2")
@@ -88,13 +90,13 @@ def test_per_device_values_span_every_process():
     w = synk.broadcast(np.zeros(2, np.float32))
     step = synk.function(lambda w, x: w + x.mean(0), in_axes=("per_device", 0), reduce="per_device")
     rows = np.arange(2.0 * n * 3, dtype=np.float32).reshape(2 * n, 3)[:, :2]  # global batch
-    w = step(w, share(rows))
+    w = step(w, synk.process_share(rows))
     want = rows.reshape(n, 2, 2).mean(1)  # device i took global rows 2i, 2i+1
     np.testing.assert_allclose(synk.gather(w), want, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(synk.reduce(w, "sum")), want.sum(0), rtol=1e-6)
     avg = synk.all_reduce(w, "avg")
     np.testing.assert_allclose(synk.get_value(avg, n - 1), want.mean(0), rtol=1e-6)
-    ones = step(np.ones((n, 2), np.float32), share(rows))  # a per-device numpy value
+    ones = step(np.ones((n, 2), np.float32), synk.process_share(rows))  # a per-device numpy value
     np.testing.assert_allclose(synk.gather(ones), want + 1, rtol=1e-6)
 
 

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 from helpers import clean_env
 
@@ -102,3 +103,22 @@ def test_local_device_ids_for_one_process_per_node(monkeypatch):
     assert _local_device_ids("all") == [0, 1]  # the visible GPUs, renumbered from 0
     with pytest.raises(ValueError, match=r"SYNK_LOCAL_DEVICES='gpu0': expected 'all' or"):
         _local_device_ids("gpu0")
+
+
+def test_process_share_is_this_process_rows_of_the_global_batch():
+    count, rank = synk.process_count(), synk.process_index()
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
+    per = 12 // count
+    mine = synk.process_share({"rows": x}, axis=0)
+    np.testing.assert_array_equal(mine["rows"], x[rank * per : (rank + 1) * per])
+    cols = synk.process_share(x.T, axis=-1)
+    np.testing.assert_array_equal(cols, x.T[:, rank * per : (rank + 1) * per])
+    # The shares, passed by every process, make the global batch: serial equivalence.
+    f = synk.function(lambda a: (a**2).sum(0), reduce="sum")
+    np.testing.assert_allclose(np.asarray(f(mine["rows"])), (x**2).sum(0), rtol=1e-5)
+
+
+@pytest.mark.skipif(synk.process_count() == 1, reason="several processes: one process keeps all")
+def test_process_share_refuses_a_batch_that_does_not_divide():
+    with pytest.raises(ValueError, match=r"x\['b'\] has 3 rows along axis 0.*multiple of 2"):
+        synk.process_share({"a": np.ones(4), "b": np.ones(3)})

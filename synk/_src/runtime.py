@@ -187,6 +187,59 @@ def process_count() -> int:
     return jax.process_count()
 
 
+def process_share(x, axis: int = 0):
+    """This process's share of a global batch: the whole of ``x`` in one process.
+
+    Under ``mpiexec -n P`` a sliced host argument is each process's own share
+    of the global batch, the global batch being the shares concatenated in
+    process order. A script that builds the same global batch on every process
+    passes ``synk.process_share(batch)`` to a `synk.Function`; the result is
+    the serial function's on the whole batch, on every process.
+
+    Args:
+      x: the global batch (a pytree of arrays), the same on every process.
+      axis: the batch axis (default 0).
+
+    Returns:
+      The same pytree, each leaf cut to rows ``[i * B/P, (i + 1) * B/P)`` along
+      ``axis`` for process ``i`` of ``P`` (numpy arrays).
+
+    Raises:
+      ValueError: a leaf's batch length does not divide over the processes.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> f = synk.function(lambda x: x.sum(), reduce="sum")
+      >>> batch = np.arange(16.0)  # the same global batch on every process
+      >>> float(f(synk.process_share(batch)))  # 120.0 under mpiexec too
+      120.0
+    """
+    count, rank = process_count(), process_index()
+
+    def cut(path, leaf):
+        leaf = np.asarray(leaf)
+        if count == 1:
+            return leaf
+        if leaf.ndim == 0 or not -leaf.ndim <= axis < leaf.ndim:
+            raise ValueError(
+                f"synk.process_share: x{jax.tree_util.keystr(path)} has shape {leaf.shape}, "
+                f"which has no axis {axis} to split over {count} processes. Pass the batch "
+                "arrays only, or give the batch axis with axis=."
+            )
+        rows = leaf.shape[axis]
+        if rows % count:
+            raise ValueError(
+                f"synk.process_share: x{jax.tree_util.keystr(path)} has {rows} rows along axis "
+                f"{axis}, which do not divide over {count} processes. Use a global batch "
+                f"that is a multiple of {count} rows."
+            )
+        per = rows // count
+        index = (slice(None),) * (axis % leaf.ndim) + (slice(rank * per, (rank + 1) * per),)
+        return leaf[index]  # a view, not a copy
+
+    return jax.tree_util.tree_map_with_path(cut, x)
+
+
 @functools.cache
 def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
     """A one-axis mesh over `devs`, cached so every function shares it."""
