@@ -25,9 +25,9 @@ def info() -> str:
     ]
     lines += [f"  {d.id:>5}  {d.platform}  {d.device_kind}" for d in local]
     if synk.process_count() > 1:
-        from jax._src import distributed  # the coordinator has no public accessor
+        from synk._src import compat
 
-        lines.append(f"coordinator: {distributed.global_state.coordinator_address}")
+        lines.append(f"coordinator: {compat.coordinator_address()}")
         lines.append(f"collectives: {_collectives(backend)}")
     for var in ("SYNK_CPU_DEVICES", "SYNK_TIMEOUT", "SYNK_CHECK", "SYNK_LOCAL_DEVICES"):
         if os.environ.get(var):

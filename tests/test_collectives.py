@@ -95,7 +95,7 @@ def test_collectives_compile_once_per_shape():
 def test_a_value_without_one_entry_per_device_is_refused():
     with pytest.raises(ValueError, match=rf"x\['w'\] is not a per-device value.*\({N}\)"):
         synk.all_reduce({"w": np.ones((N + 1, 2))}, "avg")
-    with pytest.raises(ValueError, match=r"unknown op 'mean'"):
+    with pytest.raises(ValueError, match=r"unknown reduce op 'mean'"):
         synk.reduce(per_device_values(), "mean")
     with pytest.raises(TypeError, match=r"dtype int32 and reduce 'avg'"):
         synk.reduce(np.arange(N, dtype=np.int32), "avg")

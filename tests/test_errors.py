@@ -156,9 +156,34 @@ def test_devices_out_of_range():
         synk.function(never_called, devices=N + 1)
 
 
-def test_comm_dtype_must_be_floating():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: synk.function(never_called, comm_dtype=c),
+        lambda c: synk.reduce(synk.broadcast(np.ones(2)), "avg", comm_dtype=c),
+        lambda c: synk.all_reduce(synk.broadcast(np.ones(2)), "sum", comm_dtype=c),
+    ],
+    ids=["function", "reduce", "all_reduce"],
+)
+def test_comm_dtype_is_checked_alike_everywhere(make):
     with pytest.raises(TypeError, match="comm_dtype=int8 is not a floating dtype"):
-        synk.function(never_called, comm_dtype=jnp.int8)
+        make(jnp.int8)
+    with pytest.raises(TypeError, match=r"comm_dtype='nope' is not a dtype; expected e\.g\."):
+        make("nope")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda op: synk.function(never_called, reduce=op),
+        lambda op: synk.reduce(synk.broadcast(np.ones(2)), op),
+        lambda op: synk.all_reduce(synk.broadcast(np.ones(2)), op),
+    ],
+    ids=["function", "reduce", "all_reduce"],
+)
+def test_op_names_are_checked_alike_everywhere(make):
+    with pytest.raises(ValueError, match=r"unknown reduce op 'mean'. Expected one of 'avg', 'sum'"):
+        make("mean")
 
 
 def test_a_refused_call_leaves_the_function_usable():

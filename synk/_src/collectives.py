@@ -296,8 +296,8 @@ def reduce(x, op: str, *, comm_dtype=None):
       >>> synk.reduce(x, "sum").tolist() == [n * (n - 1) / 2]
       True
     """
-    op = _check_reduce_op(op, "synk.reduce")
-    comm = _check_comm(comm_dtype, "synk.reduce")
+    op = red.parse_op(op, "synk.reduce", ops=red.REDUCTIONS)
+    comm = red.parse_comm_dtype(comm_dtype, "synk.reduce")
     leaves, treedef = _place(x, "synk.reduce")
     _check_dtypes(op, leaves, "synk.reduce")
     return _dispatch(_reduce_fn(op, comm, False), leaves, treedef)
@@ -317,45 +317,26 @@ def all_reduce(x, op: str, *, comm_dtype=None):
       >>> bool((synk.gather(w) == (n - 1) / 2).all())
       True
     """
-    op = _check_reduce_op(op, "synk.all_reduce")
-    comm = _check_comm(comm_dtype, "synk.all_reduce")
+    op = red.parse_op(op, "synk.all_reduce", ops=red.REDUCTIONS)
+    comm = red.parse_comm_dtype(comm_dtype, "synk.all_reduce")
     leaves, treedef = _place(x, "synk.all_reduce")
     _check_dtypes(op, leaves, "synk.all_reduce")
     return _dispatch(_reduce_fn(op, comm, True), leaves, treedef)
 
 
 @functools.cache
-def _reduce_fn(op: str, comm_dtype, everywhere: bool):
+def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
     n = runtime.device_count()
 
     def body(*xs):
         values = [x[0] for x in xs]
         # All leaves of the op in one collective; 'avg' weighs devices equally.
-        out = red.combine((op,) * len(values), values, n, comm_dtype)
+        out = red.combine([op] * len(values), values, n, comm_dtype)
         return [v[None] for v in out] if everywhere else out
 
     return _mapped(body, P(AXIS) if everywhere else P())
 
 
-def _check_reduce_op(op, where: str) -> str:
-    if op not in red.REDUCE_OPS:
-        raise ValueError(
-            f"{where}: unknown op {op!r}; expected one of "
-            + ", ".join(repr(o) for o in red.REDUCE_OPS)
-            + "."
-        )
-    return op
-
-
-def _check_dtypes(op: str, leaves: list, where: str) -> None:
+def _check_dtypes(op: red.Reduction, leaves: list, where: str) -> None:
     for leaf in leaves:
-        red.check_dtype(op, jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x")
-
-
-def _check_comm(comm_dtype, where: str):
-    if comm_dtype is None:
-        return None
-    dtype = jnp.dtype(comm_dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{where}: comm_dtype={dtype} is not a floating dtype (e.g. jnp.bfloat16).")
-    return dtype
+        op.check_dtype(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x")

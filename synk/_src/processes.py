@@ -130,6 +130,34 @@ def checking(enabled: bool):
         CHECK_CALLS = before
 
 
+def describe_call(options, statics, dyn, leaves, shared: dict) -> str:
+    """A call's structure, shapes, statics and options: the same text in every process
+    that makes the same call (its hash is what `agree` compares)."""
+    from synk._src.data import Batch  # data -> runtime -> processes: import when used
+
+    parts = []
+    paths = jax.tree_util.tree_flatten_with_path(dyn)[0]
+    for k, ((path, _), leaf) in enumerate(zip(paths, leaves, strict=True)):
+        name = jax.tree_util.keystr(path)
+        if isinstance(leaf, Batch):
+            same = ""
+            if k in shared:
+                same = f" (equal to {jax.tree_util.keystr(paths[shared[k]][0])}'s)"
+            parts.append(f"{name}: synk.Data batch, indices {list(leaf.index.shape)}{same}")
+        elif type(leaf) in (int, float, bool, complex):
+            parts.append(f"{name}: {type(leaf).__name__}")
+        elif hasattr(leaf, "dtype") and hasattr(leaf, "shape"):
+            parts.append(f"{name}: {np.dtype(leaf.dtype)}{list(leaf.shape)}")
+        else:  # refused later, alike on every process
+            parts.append(f"{name}: {type(leaf).__name__}")
+    for name, value in statics:
+        simple = isinstance(value, int | float | str | bool | type(None) | tuple)
+        parts.append(f"static {name}={value!r}" if simple else f"static {name}: {type(value)}")
+    parts.append(f"reduce={options.reduce!r} num_slices={options.num_slices}")
+    parts.append(f"comm_dtype={options.comm_dtype}")
+    return "; ".join(parts)
+
+
 def signature_hash(description: str) -> int:
     """A hash of a call's description that is the same in every process."""
     return zlib.crc32(description.encode())

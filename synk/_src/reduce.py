@@ -1,9 +1,13 @@
-"""Reduce ops: validate a reduce spec against the outputs, accumulate, combine.
+"""Reduce ops as objects: each knows its identity, contribution, accumulation and combine.
 
-A device runs the user's function on several pieces of its rows. Each op
-accumulates the pieces' outputs into one local value (``avg`` weighted by the
-piece's rows, unless every piece has the same rows), then one collective per
-op combines the devices' values.
+A device runs the user's function on one or more pieces of its rows. Each
+output's op turns a piece's value into a contribution (``avg`` weighs it by
+the piece's rows), accumulates the contributions into one local value, and
+`combine` reduces the devices' local values with one collective per op.
+
+Called by: `function` (options), `plan` (outputs against the spec), `body`
+(the per-device accumulation and the final combine), `collectives`
+(``synk.reduce`` / ``synk.all_reduce``). Calls: ``jax.lax`` collectives.
 """
 
 from __future__ import annotations
@@ -18,27 +22,190 @@ from jax import lax
 
 from synk._src.runtime import AXIS
 
-REDUCE_OPS = ("avg", "sum", "max", "min", "prod")
-OPS = (*REDUCE_OPS, "gather", "per_device")
+# --------------------------------------------------------------------------
+# The ops
 
 
-def check_op(op: Any, where: str, path: str = "") -> str:
-    """Raise a clear error for anything that is not a known op name."""
-    if isinstance(op, str) and op in OPS:
-        return op
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """What happens to one output leaf: reduced over devices, gathered, or kept per device."""
+
+    name: str
+
+    @property
+    def reduces(self) -> bool:
+        return False
+
+    def check_dtype(self, aval, where: str) -> None:
+        """Raise before anything runs if this op cannot combine outputs like `aval`."""
+
+    def __repr__(self) -> str:
+        return repr(self.name)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Gather(Op):
+    """One output row per input row, concatenated along axis 0 in input order."""
+
+    def check_dtype(self, aval, where: str) -> None:
+        if aval.ndim == 0:
+            raise ValueError(
+                f"{where} is a scalar and has reduce 'gather', which concatenates rows along "
+                "axis 0. Return one row per input row (shape (rows, ...)), or choose a "
+                "reduction such as 'avg' or 'sum'."
+            )
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Reduction(Op):
+    """An op that combines every device's value into one with a collective."""
+
+    @property
+    def reduces(self) -> bool:
+        return True
+
+    def check_dtype(self, aval, where: str) -> None:
+        if np.dtype(aval.dtype) == np.bool_:
+            raise TypeError(
+                f"{where} is boolean and has reduce {self.name!r}; reductions need numbers. "
+                "Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
+            )
+
+    def identity(self, aval) -> jax.Array:
+        """The neutral value: what a device with no rows contributes."""
+        return jnp.zeros(aval.shape, aval.dtype)
+
+    def contribution(self, value: jax.Array, rows: int) -> jax.Array:
+        """A piece's output as it enters the local accumulation."""
+        return value
+
+    def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
+        return acc + value
+
+    def collective(self, values: list[jax.Array]) -> list[jax.Array]:
+        """Every device's local values combined: one collective for the whole list."""
+        return lax.psum(values, AXIS)
+
+    def finish(self, total: jax.Array, divisor: int) -> jax.Array:
+        """The combined value as the user sees it (in the output's own dtype)."""
+        return total
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Sum(Reduction):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Avg(Reduction):
+    """Outputs are means over rows: weighted by the rows each piece really had."""
+
+    def check_dtype(self, aval, where: str) -> None:
+        dtype = np.dtype(aval.dtype)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{where} has dtype {dtype} and reduce 'avg': an average of integers is not "
+                "an integer. Use reduce 'sum' for counts (and divide yourself), or return a "
+                "float."
+            )
+
+    def contribution(self, value: jax.Array, rows: int) -> jax.Array:
+        # Weighing by the rows the piece really had makes uneven splits exact.
+        return value if rows == 1 else value * jnp.asarray(rows, value.dtype)
+
+    def finish(self, total: jax.Array, divisor: int) -> jax.Array:
+        return total / jnp.asarray(divisor, total.dtype)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Extremum(Reduction):
+    """max or min: the identity is the other end of the dtype's range."""
+
+    def _bound(self, dtype):
+        low = self.name == "max"
+        if jnp.issubdtype(dtype, jnp.inexact):
+            return -jnp.inf if low else jnp.inf
+        info = jnp.iinfo(dtype)
+        return info.min if low else info.max
+
+    def identity(self, aval) -> jax.Array:
+        return jnp.full(aval.shape, self._bound(aval.dtype), aval.dtype)
+
+    def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
+        return jnp.maximum(acc, value) if self.name == "max" else jnp.minimum(acc, value)
+
+    def collective(self, values: list[jax.Array]) -> list[jax.Array]:
+        return (lax.pmax if self.name == "max" else lax.pmin)(values, AXIS)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Prod(Reduction):
+    def identity(self, aval) -> jax.Array:
+        return jnp.ones(aval.shape, aval.dtype)
+
+    def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
+        return acc * value
+
+    def collective(self, values: list[jax.Array]) -> list[jax.Array]:
+        # JAX has no pprod: gather the devices' products and multiply (exact).
+        gathered = lax.all_gather(values, AXIS, to="invarying")
+        return [jnp.prod(g, axis=0) for g in gathered]
+
+
+AVG, SUM, MAX, MIN, PROD = Avg("avg"), Sum("sum"), Extremum("max"), Extremum("min"), Prod("prod")
+GATHER, PER_DEVICE = Gather("gather"), Op("per_device")
+REDUCTIONS: dict[str, Reduction] = {op.name: op for op in (AVG, SUM, MAX, MIN, PROD)}
+OPS: dict[str, Op] = {**REDUCTIONS, "gather": GATHER, "per_device": PER_DEVICE}
+
+
+# --------------------------------------------------------------------------
+# Validation: one place for op names and comm_dtype
+
+
+def parse_op(op: Any, where: str, path: str = "", *, ops: dict[str, Op] = OPS) -> Op:
+    """The op object for a name; a clear error for anything else."""
+    if isinstance(op, str) and op in ops:
+        return ops[op]
     at = f" at reduce{path}" if path else ""
+    hint = (
+        "; give one op for every output, or a pytree prefix of the outputs with an op at each leaf."
+        if ops is OPS
+        else "."
+    )
     raise ValueError(
         f"{where}: unknown reduce op {op!r}{at}. Expected one of "
-        + ", ".join(repr(o) for o in OPS)
-        + "; give one op for every output, or a pytree prefix of the outputs with an "
-        "op at each leaf."
+        + ", ".join(repr(o) for o in ops)
+        + hint
     )
 
 
 def check_spec(spec: Any, where: str) -> None:
     """Check every op in a reduce spec (its fit to the outputs comes at trace time)."""
     for path, op in jax.tree_util.tree_flatten_with_path(spec)[0]:
-        check_op(op, where, jax.tree_util.keystr(path))
+        parse_op(op, where, jax.tree_util.keystr(path))
+
+
+def parse_comm_dtype(comm_dtype: Any, where: str) -> np.dtype | None:
+    """The dtype reductions travel in: None, or a floating dtype."""
+    if comm_dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(comm_dtype)
+    except TypeError:
+        raise TypeError(
+            f"{where}: comm_dtype={comm_dtype!r} is not a dtype; expected e.g. jnp.bfloat16 "
+            "or jnp.float16."
+        ) from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: comm_dtype={dtype} is not a floating dtype; expected e.g. jnp.bfloat16 "
+            "(reductions of floating outputs travel in it)."
+        )
+    return dtype
+
+
+# --------------------------------------------------------------------------
+# Matching a spec to the outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +213,20 @@ class OutPlan:
     """What to do with each output leaf, fixed once per compiled signature."""
 
     treedef: Any
-    ops: tuple[str, ...]
+    ops: tuple[Op, ...]
     avals: tuple[jax.ShapeDtypeStruct, ...]
+    paths: tuple[str, ...]
+
+    def indices(self, kind: type[Op] | Op) -> list[int]:
+        """The output leaves of one kind of op (a class) or of one op."""
+        if isinstance(kind, Op):
+            return [i for i, op in enumerate(self.ops) if op == kind]
+        return [i for i, op in enumerate(self.ops) if isinstance(op, kind)]
 
 
 def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
     """Match the reduce spec to the output tree; check dtypes. Before anything runs."""
-    leaves, treedef = jax.tree_util.tree_flatten(out_shape)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(out_shape)
     try:
         subtrees = jax.tree_util.tree_structure(spec).flatten_up_to(out_shape)
     except (ValueError, TypeError):
@@ -62,101 +236,36 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
             "a pytree prefix of the outputs with an op at each leaf, e.g. "
             "reduce=('avg', 'sum') for a function that returns a pair."
         ) from None
-    spec_ops = jax.tree_util.tree_leaves(spec)
     ops = [
-        op
-        for op, sub in zip(spec_ops, subtrees, strict=True)
+        OPS[name]
+        for name, sub in zip(jax.tree_util.tree_leaves(spec), subtrees, strict=True)
         for _ in jax.tree_util.tree_leaves(sub)
     ]
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(out_shape)[0]]
-    for op, aval, path in zip(ops, leaves, paths, strict=True):
-        check_dtype(op, aval, f"{where}: output out{path}")
-    return OutPlan(treedef, tuple(ops), tuple(leaves))
+    paths = [jax.tree_util.keystr(p) for p, _ in flat]
+    avals = [aval for _, aval in flat]
+    for op, aval, path in zip(ops, avals, paths, strict=True):
+        op.check_dtype(aval, f"{where}: output out{path}")
+    return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
 
 
-def check_dtype(op: str, aval, where: str) -> None:
-    dtype = np.dtype(aval.dtype)
-    if op == "avg" and not jnp.issubdtype(dtype, jnp.inexact):
-        raise TypeError(
-            f"{where} has dtype {dtype} and reduce 'avg': an average of integers is not an "
-            f"integer. Use reduce 'sum' for counts (and divide yourself), or return a float."
-        )
-    if op in REDUCE_OPS and dtype == np.bool_:
-        raise TypeError(
-            f"{where} is boolean and has reduce {op!r}; reductions need numbers. "
-            "Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
-        )
-    if op == "gather" and aval.ndim == 0:
-        raise ValueError(
-            f"{where} is a scalar and has reduce 'gather', which concatenates rows along "
-            "axis 0. Return one row per input row (shape (rows, ...)), or choose a "
-            "reduction such as 'avg' or 'sum'."
-        )
+# --------------------------------------------------------------------------
+# The final combine
 
 
-def identity(op: str, aval) -> jax.Array:
-    """The neutral value of op: what a device with no rows contributes."""
-    dtype = aval.dtype
-    if op in ("avg", "sum"):
-        value = 0
-    elif op == "prod":
-        value = 1
-    elif jnp.issubdtype(dtype, jnp.inexact):
-        value = -jnp.inf if op == "max" else jnp.inf
-    else:
-        info = jnp.iinfo(dtype)
-        value = info.min if op == "max" else info.max
-    return jnp.full(aval.shape, value, dtype)
-
-
-def contribution(op: str, value: jax.Array, rows: int) -> jax.Array:
-    """A piece's output as it enters the local accumulation."""
-    # 'avg' outputs are means over the piece's rows; weighting by the rows the
-    # piece really had makes uneven splits exact.
-    if op != "avg" or rows == 1:
-        return value
-    return value * jnp.asarray(rows, value.dtype)
-
-
-def accumulate(op: str, acc: jax.Array, value: jax.Array) -> jax.Array:
-    if op in ("avg", "sum"):
-        return acc + value
-    if op == "max":
-        return jnp.maximum(acc, value)
-    if op == "min":
-        return jnp.minimum(acc, value)
-    if op == "prod":
-        return acc * value
-    raise AssertionError(op)
-
-
-def combine(ops: tuple[str, ...], values: list, rows: int, comm_dtype) -> list:
+def combine(ops: list[Reduction], values: list, divisor: int, comm_dtype) -> list:
     """Reduce local values across devices: one collective per op (inside shard_map).
 
-    `rows` divides 'avg' outputs: the global batch length, or the number of
+    `divisor` divides 'avg' outputs: the global batch length, or the number of
     pieces over all devices when every piece weighs 1 (equal pieces, or no
-    batch axis). Floating values travel in `comm_dtype`
-    when one is given and are cast back before 'avg' divides.
+    batch axis). Floating values travel in `comm_dtype` when one is given and
+    are cast back before 'avg' divides.
     """
     out = list(values)
-    for op in REDUCE_OPS:
+    for op in dict.fromkeys(ops):  # each op once, in order
         idx = [i for i, o in enumerate(ops) if o == op]
-        if not idx:
-            continue
-        sent = [_to_comm(values[i], comm_dtype) for i in idx]
-        # One variadic all-reduce for all outputs of this op (psum/pmax/pmin
-        # take a list and emit a single collective with one operand each).
-        if op in ("avg", "sum"):
-            got = lax.psum(sent, AXIS)
-        elif op == "max":
-            got = lax.pmax(sent, AXIS)
-        elif op == "min":
-            got = lax.pmin(sent, AXIS)
-        else:  # JAX has no pprod: gather the devices' products and multiply.
-            got = [jnp.prod(g, axis=0) for g in lax.all_gather(sent, AXIS, to="invarying")]
+        got = op.collective([_to_comm(values[i], comm_dtype) for i in idx])
         for i, g in zip(idx, got, strict=True):
-            g = g.astype(values[i].dtype)
-            out[i] = g / jnp.asarray(rows, g.dtype) if op == "avg" else g
+            out[i] = op.finish(g.astype(values[i].dtype), divisor)
     return out
 
 

@@ -14,7 +14,7 @@ import threading
 import jax
 import numpy as np
 
-from synk._src import processes
+from synk._src import compat, processes
 
 AXIS = "synk"
 """The mesh axis name every synk collective runs over."""
@@ -23,18 +23,6 @@ AXIS = "synk"
 # and one with a different request is an error instead of being ignored.
 _state: dict[str, object] = {}
 _lock = threading.Lock()
-
-
-def _backend_started() -> bool:
-    # JAX has no public "has the backend started" query; this private one has
-    # been stable for years. If it moves, assume not started and let JAX's own
-    # config validator raise when we set the device count.
-    try:
-        from jax._src import xla_bridge
-
-        return xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):
-        return False
 
 
 def _env_cpu_devices() -> int | None:
@@ -98,7 +86,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
                 f"{_fmt(request)}. Settings cannot change once JAX has started: restart "
                 "the process (or the notebook kernel) to change them."
             )
-        if _backend_started():
+        if compat.backend_started():
             _check_late_request(request)
         else:
             if cpu_devices is not None:
@@ -238,6 +226,46 @@ def process_share(x, axis: int = 0):
         return leaf[index]  # a view, not a copy
 
     return jax.tree_util.tree_map_with_path(cut, x)
+
+
+def pick_devices(requested, where: str) -> tuple[jax.Device, ...]:
+    """The devices a synk.function runs on: all, the first N, or the ones given."""
+    everything = devices()
+    if requested is None:
+        return tuple(everything)
+    if isinstance(requested, int) and not isinstance(requested, bool):
+        if not 1 <= requested <= len(everything):
+            raise ValueError(
+                f"{where}: devices={requested}, but there are {len(everything)} devices; "
+                f"expected 1 <= devices <= {len(everything)} (the first that many are used)."
+            )
+        return tuple(everything[:requested])
+    picked = tuple(requested)
+    if not picked or not all(isinstance(d, jax.Device) for d in picked):
+        raise TypeError(
+            f"{where}: devices must be a non-empty sequence of jax devices (e.g. "
+            "synk.devices()[:4]) or an int count."
+        )
+    if len(set(picked)) != len(picked):
+        raise ValueError(f"{where}: devices lists a device twice: {picked}.")
+    return picked
+
+
+def process_groups(devs: tuple[jax.Device, ...], where: str) -> int:
+    """The number of processes the devices span; each must hold an equal, contiguous run."""
+    owners = [d.process_index for d in devs]
+    count = jax.process_count()
+    if count == 1:
+        return 1
+    runs = [p for i, p in enumerate(owners) if i == 0 or owners[i - 1] != p]
+    per = {p: owners.count(p) for p in set(owners)}
+    if sorted(runs) != list(range(count)) or len(set(per.values())) != 1:
+        raise ValueError(
+            f"{where}: with {count} processes, the devices must hold the same number of "
+            "devices of every process, grouped by process in process order (e.g. "
+            f"synk.devices(), or None); got devices of processes {owners}."
+        )
+    return count
 
 
 @functools.cache

@@ -1,0 +1,258 @@
+"""The per-device body and the executable around it.
+
+Each device runs `Body` on its share of the rows, in `split.py`'s layout:
+
+1. its inputs: broadcast values cast to varying, per-device values
+   unwrapped, synk.Data views turned into rows (`_view_rows`);
+2. the main block, as ``num_slices`` sequential pieces (a ``lax.scan`` per
+   run of equal pieces), each piece's outputs folded into one local value
+   per reduced output by its op (`reduce.py`);
+3. the extra row of an uneven split, under ``lax.cond`` so that devices
+   without one never call the function on padding;
+4. one collective per reduce op; gathered rows and per-device outputs go out
+   sharded.
+
+`executable` wraps it in ``jit(shard_map(...))`` and puts gathered rows back in
+input order.
+
+Called by: `plan` (once per plan). Calls: the user's function (through the
+plan's ``call_user``), `reduce`, `split`, `data` (rows of device-resident data),
+`compat` (varying casts), `lax` (binding synk.lax to the device axis).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from synk._src import compat
+from synk._src import data as synk_data
+from synk._src import lax as synk_lax
+from synk._src import reduce as red
+from synk._src.layout import Layout
+from synk._src.roles import Leaf, Role, Source, View
+from synk._src.runtime import AXIS
+from synk._src.split import Split, reassemble, take_pieces
+
+
+def _varying(x):
+    return compat.varying(x, AXIS)
+
+
+class Body:
+    """The function each device runs on its share: outputs, accumulated, then combined."""
+
+    def __init__(
+        self,
+        call_user,
+        descs: list[Leaf],
+        split: Split | None,
+        out,
+        layout: Layout,
+        comm_dtype,
+        devices: int,
+    ):
+        self.call_user, self.descs, self.split, self.out = call_user, descs, split, out
+        self.layout, self.comm_dtype = layout, comm_dtype
+        self.reduced = out.indices(red.Reduction)
+        self.gathered = out.indices(red.GATHER)
+        self.per_device = out.indices(red.PER_DEVICE)
+        self.ops = [out.ops[i] for i in self.reduced]
+        self.sliced = [i for i, d in enumerate(descs) if d.role is Role.SLICED]
+        self.uneven = split is not None and not split.even
+        # When every piece on every device has the same rows, an 'avg' needs no
+        # weights: the mean of the pieces' means, as a hand-written pmean takes it.
+        self.uniform = split is not None and split.even and len(split.pieces()) == 1
+        if split is None:  # no batch axis: one piece per device, each weighs 1
+            self.divisor = devices
+        elif self.uniform:
+            self.divisor = devices * split.slices
+        else:  # pieces weigh their rows
+            self.divisor = split.rows
+
+    def out_specs(self) -> tuple:
+        return (
+            [P()] * len(self.reduced),
+            [P(AXIS)] * len(self.gathered),
+            [P(AXIS)] * (len(self.gathered) if self.uneven else 0),
+            [P(AXIS)] * len(self.per_device),
+        )
+
+    def __call__(self, *flat):
+        base, extras = self.inputs(flat)
+        extra_rows = []
+        if self.split is None:  # no batch axis: one call per device
+            outs = self.run(base, {})
+            acc = self.fold(None, outs, 1)
+            rows = [outs[i] for i in self.gathered]
+            per_device = [outs[i] for i in self.per_device]
+        else:
+            with jax.named_scope("synk_main_block"):
+                acc, rows, per_device = self.main_block(base)
+            if self.uneven:
+                with jax.named_scope("synk_extra_row"):
+                    acc, extra_rows = self.extra_row(base, extras, acc)
+        with jax.named_scope("synk_reduce"):
+            reduced = red.combine(self.ops, acc, self.divisor, self.comm_dtype)
+        per_device = [jnp.expand_dims(x, 0) for x in per_device]
+        return reduced, rows, extra_rows, per_device
+
+    # ---------------------------------------------------------------- pieces
+
+    def inputs(self, flat) -> tuple[list, dict]:
+        """The user's leaves on this device, and the extra rows of an uneven split."""
+        base = []
+        for d, x in zip(self.descs, flat):
+            if d.role is Role.BROADCAST:
+                # Cast replicated inputs to varying so that a gradient w.r.t. them
+                # stays local; otherwise shard_map's transpose would psum it
+                # implicitly and the reduction would count it n times.
+                x = _varying(x)
+            elif d.role is Role.PER_DEVICE:
+                x = x[0]
+            base.append(x)
+        extras = {i: flat[slot] for i, slot in self.layout.extra.items()}
+        for i, slots in self.layout.index.items():  # rows of synk.Data batches
+            base[i], extra = _view_rows(
+                self.descs[i], base[i], [flat[k] for k in slots], self.split
+            )
+            if extra is not None:
+                extras[i] = extra
+        return base, extras
+
+    def run(self, base: list, piece: dict) -> list:
+        """The user's function on one piece: `piece` replaces the sliced leaves."""
+        flat = [piece.get(i, x) for i, x in enumerate(base)]
+        with synk_lax.tracing(bound=True):
+            return jax.tree_util.tree_leaves(self.call_user(flat))
+
+    def fold(self, acc, outs: list, rows: int) -> list:
+        """Add one piece's outputs to the local accumulation."""
+        rows = 1 if self.uniform else rows
+        new = [op.contribution(outs[i], rows) for op, i in zip(self.ops, self.reduced)]
+        if acc is None:
+            return new
+        return [op.accumulate(a, v) for op, a, v in zip(self.ops, acc, new, strict=True)]
+
+    def identities(self) -> list:
+        return [_varying(op.identity(self.out.avals[i])) for op, i in zip(self.ops, self.reduced)]
+
+    def main_block(self, base: list):
+        """The main block's rows as num_slices sequential pieces; a scan per run of equal pieces."""
+        acc, rows_out, per_device, start = None, [], [], 0
+        for count, size in self.split.pieces():
+            if count == 1:
+                piece = {
+                    i: lax.slice_in_dim(base[i], start, start + size, axis=self.descs[i].axis)
+                    for i in self.sliced
+                }
+                outs = self.run(base, piece)
+                acc = self.fold(acc, outs, size)
+                rows_out.append([outs[i] for i in self.gathered])
+                per_device = [outs[i] for i in self.per_device]
+            else:
+                acc, rows = self._scan(base, acc, start, count, size)
+                rows_out.append(rows)
+            start += count * size
+        if not rows_out:  # fewer rows than devices: the main block is empty
+            avals = [self.out.avals[i] for i in self.gathered]
+            empty = [_varying(jnp.zeros((0, *a.shape[1:]), a.dtype)) for a in avals]
+            return acc, empty, per_device
+        rows_out = [jnp.concatenate(p) if len(p) > 1 else p[0] for p in zip(*rows_out)]
+        return acc, rows_out, per_device
+
+    def _scan(self, base: list, acc, start: int, count: int, size: int):
+        """`count` pieces of `size` rows, one after another."""
+        xs = {i: take_pieces(base[i], self.descs[i].axis, start, count, size) for i in self.sliced}
+
+        def step(carry, piece):
+            outs = self.run(base, piece)
+            folded = [_varying(v) for v in self.fold(carry, outs, size)]
+            return folded, [outs[i] for i in self.gathered]
+
+        init = self.identities() if acc is None else [_varying(v) for v in acc]
+        acc, ys = lax.scan(step, init, xs)
+        return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
+
+    def extra_row(self, base: list, extras: dict, acc):
+        """Devices j < r run the function on their one extra row; the others skip it."""
+        gathered_avals = [self.out.avals[i] for i in self.gathered]
+
+        def yes(_):
+            outs = self.run(base, extras)
+            folded = [_varying(v) for v in self.fold(None, outs, 1)]
+            return folded, [_varying(outs[i]) for i in self.gathered]
+
+        def no(_):
+            rows = [_varying(jnp.zeros((1, *a.shape[1:]), a.dtype)) for a in gathered_avals]
+            return self.identities(), rows
+
+        local_index = lax.axis_index(AXIS) % self.split.local_devices
+        extra_acc, extra_rows = lax.cond(local_index < self.split.extra, yes, no, None)
+        if acc is None:
+            return extra_acc, extra_rows
+        return [op.accumulate(a, e) for op, a, e in zip(self.ops, acc, extra_acc)], extra_rows
+
+
+def _view_rows(d: Leaf, data, index: list, split: Split):
+    """This device's main-block rows (and extra row, if uneven) of a synk.Data batch."""
+    if d.view is View.LOCAL:  # each device indexes its own shard: no communication
+        return jnp.take(data, index[0][0], axis=0, mode="clip"), None
+    if d.data_layout is None:  # replicated: gather this device's requests from its copy
+        rows = [jnp.take(data, part, axis=0, mode="clip") for part in index]
+        return rows[0], rows[1] if len(rows) > 1 else None
+    main, extra = synk_data.requests(index[0], split)
+    if split.main:
+        rows = synk_data.rows_from_shards(data, main, d.data_layout)
+    else:  # fewer rows than devices: nothing to move for the main block
+        rows = jnp.zeros((0, *data.shape[1:]), data.dtype)
+    if extra is None:
+        return rows, None
+    return rows, synk_data.rows_from_shards(data, extra, d.data_layout)
+
+
+# --------------------------------------------------------------------------
+# The executable
+
+
+def executable(core, body: Body, donated: tuple[int, ...]):
+    """``jit(shard_map(body))``, with outputs in the user's order and rows in input order."""
+    specs = body.layout.specs
+    mapped = jax.shard_map(body, mesh=core.mesh, in_specs=specs, out_specs=body.out_specs())
+    split, n_out = body.split, len(body.out.ops)
+
+    def outer(*flat):
+        reduced, rows, extra_rows, per_device = mapped(*flat)
+        if body.uneven:
+            rows = [reassemble(m, e, split) for m, e in zip(rows, extra_rows)]
+        if core.groups > 1:  # every process can read a gathered output (np.asarray)
+            everywhere = NamedSharding(core.mesh, P())
+            rows = [lax.with_sharding_constraint(x, everywhere) for x in rows]
+        result = [None] * n_out
+        parts = ((body.reduced, reduced), (body.gathered, rows), (body.per_device, per_device))
+        for idx, vals in parts:
+            for i, v in zip(idx, vals, strict=True):
+                result[i] = v
+        return result
+
+    # in_shardings let jit's C++ dispatch move numpy arguments straight to
+    # their shards: measurably cheaper per call than a Python device_put.
+    shardings = tuple(NamedSharding(core.mesh, spec) for spec in specs)
+    return jax.jit(outer, in_shardings=shardings, donate_argnums=donated)
+
+
+def donated(core, descs: list[Leaf], layout: Layout) -> tuple[int, ...]:
+    """The executable's argument slots that `donate_argnums` gives away."""
+    if not core.donate:
+        return ()
+    names = [core.signature.name(i) for i in core.donate]
+    hit = [
+        k
+        for k, d in enumerate(descs)
+        if d.source not in (Source.SCALAR, Source.VIEW)  # a view's data outlives the call
+        and any(d.name == nm or d.name.startswith(nm + "[") for nm in names)
+    ]
+    return tuple(hit + [slot for i, slot in layout.extra.items() if i in hit])

@@ -1,0 +1,68 @@
+"""The executable's arguments: which slot holds what, and how each slot is sharded.
+
+Slots ``[0, leaves)`` hold one value per leaf (a view's data array); then the
+extra rows of sliced arrays when the split is uneven; then views' indices,
+one set of slots for views whose indices are equal (``X[idx], Y[idx]``).
+
+Called by: `plan` (once per plan; the body and placement read the result).
+Calls: nothing but `roles`' records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jax.sharding import PartitionSpec as P
+
+from synk._src.roles import Leaf, Role, View
+from synk._src.runtime import AXIS
+from synk._src.split import Split
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each leaf's parts sit among the executable's arguments."""
+
+    extra: dict[int, int]  # sliced array leaf -> slot of its padded extra rows
+    index: dict[int, tuple[int, ...]]  # view leaf -> slots of its indices
+    specs: tuple[P, ...]  # every slot's PartitionSpec over the device axis
+
+    @classmethod
+    def of(cls, descs: list[Leaf], split: Split | None) -> Layout:
+        uneven = split is not None and not split.even
+        arrays = [i for i, d in enumerate(descs) if d.sliced_array]
+        extra = {i: len(descs) + j for j, i in enumerate(arrays)} if uneven else {}
+        specs = [spec(d) for d in descs] + [spec(descs[i]) for i in extra]
+        index = {}
+        for i, d in enumerate(descs):
+            if d.view is None:
+                continue
+            if d.shares is not None:  # equal indices: one transfer, the same slots
+                index[i] = index[d.shares]
+                continue
+            own = index_specs(d, uneven)
+            index[i] = tuple(range(len(specs), len(specs) + len(own)))
+            specs += own
+        return cls(extra, index, tuple(specs))
+
+    @property
+    def size(self) -> int:
+        return len(self.specs)
+
+
+def spec(d: Leaf) -> P:
+    """How a leaf's slot is sharded: replicated, one entry per device, or rows split."""
+    if d.role is Role.BROADCAST or (d.view is not None and d.data_layout is None):
+        return P()
+    if d.role is Role.PER_DEVICE or d.view is not None:
+        return P(AXIS)
+    return P(*([None] * d.axis), AXIS)
+
+
+def index_specs(d: Leaf, uneven: bool) -> list[P]:
+    """How a view's indices travel: each device its own, or all of them everywhere."""
+    if d.view is View.LOCAL:  # (n_devices, k): row d for device d
+        return [P(AXIS)]
+    if d.data_layout is None:  # replicated data: each device its own requests (+ extra row)
+        return [P(AXIS)] * (2 if uneven else 1)
+    return [P()]  # sharded data: every device needs every request (all_to_all)

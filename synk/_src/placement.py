@@ -1,0 +1,152 @@
+"""Moving an eager call's arguments to the devices, as the plan decided.
+
+What to do with each leaf is decided once per plan, from the leaf records
+alone: the plan's key fixes every leaf's type and, for a jax.Array, its
+sharding, so a call only carries out the decisions. Host (numpy) values go to
+jit as they are: its in_shardings put each one straight onto its shards in one
+batched transfer. Only eager calls take this step.
+
+Called by: `plan` (building the placer) and `function` (running it at every
+call). Calls: `split` (host and device parts of an uneven batch), `data`
+(views' data and indices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from synk._src import data as synk_data
+from synk._src.layout import Layout
+from synk._src.roles import Leaf, Role, Source, View
+from synk._src.runtime import AXIS
+from synk._src.split import Split, device_parts, host_parts
+
+# --------------------------------------------------------------------------
+# What happens to one leaf
+
+
+class _Pass:
+    """The leaf goes to jit as it is."""
+
+    def put(self, x, jit_args: list, i: int) -> None:
+        jit_args[i] = x
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reshard:
+    """A device array in another layout: moved to the plan's."""
+
+    sharding: NamedSharding
+
+    def put(self, x, jit_args: list, i: int) -> None:
+        jit_args[i] = jax.device_put(x, self.sharding)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """An uneven batch: the main block and the padded extra rows, in two slots."""
+
+    extra_slot: int
+    parts: Callable
+
+    def put(self, x, jit_args: list, i: int) -> None:
+        jit_args[i], jit_args[self.extra_slot] = self.parts(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ViewIndices:
+    """A synk.Data batch: its data stays where it is; only the indices travel."""
+
+    slots: tuple[int, ...]
+    where: str
+    parts: Callable | None  # each device's own requests, or None: the whole index
+
+    def put(self, x, jit_args: list, i: int) -> None:
+        jit_args[i] = x.data._live(self.where)
+        if jit_args[self.slots[0]] is None:  # not yet sent by a view with equal indices
+            parts = self.parts(x.index) if self.parts else [x.index]
+            for slot, part in zip(self.slots, parts):
+                jit_args[slot] = part
+
+
+_PASS = _Pass()
+
+
+# --------------------------------------------------------------------------
+# The placer
+
+
+def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Callable:
+    """A function from the call's leaves to the executable's arguments, built once per plan."""
+    shardings = [NamedSharding(core.mesh, spec) for spec in layout.specs]
+    actions = [_action(core, i, d, split, layout, shardings) for i, d in enumerate(descs)]
+    if core.groups == 1 and all(a is _PASS for a in actions):
+        return list  # the common case: every leaf goes to jit as it is
+    shares = frozenset(
+        [i for i, d in enumerate(descs) if d.sliced_array and d.host]
+        + [slot for i, slot in layout.extra.items() if descs[i].host]
+    )
+
+    def place(leaves: list) -> list:
+        jit_args = [None] * layout.size
+        for i, (action, x) in enumerate(zip(actions, leaves)):
+            action.put(x, jit_args, i)
+        if core.groups > 1:
+            _to_global(jit_args, shardings, shares, core.groups)
+        return jit_args
+
+    return place
+
+
+def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, shardings: list):
+    uneven = split is not None and not split.even
+    if d.source is Source.VIEW:
+        own = d.view is View.GLOBAL and d.data_layout is None
+        parts = functools.partial(synk_data.host_requests, split=split) if own else None
+        return _ViewIndices(layout.index[i], f"{core.where}: argument `{d.name}`", parts)
+    if d.role is Role.SLICED and uneven and d.source is Source.DEVICE:
+        away = d.sharding.device_set != set(core.devices)
+        return _Split(layout.extra[i], _device_splitter(core, d, split, shardings[i], away))
+    if d.role is Role.SLICED and uneven:
+        return _Split(layout.extra[i], functools.partial(_host_parts, d.axis, split))
+    if d.source is Source.DEVICE and not d.sharding.is_equivalent_to(shardings[i], d.aval.ndim):
+        return _Reshard(shardings[i])
+    return _PASS
+
+
+def _device_splitter(core, d: Leaf, split: Split, target: NamedSharding, away: bool):
+    parts = jax.jit(lambda x: device_parts(x, d.axis, split), out_shardings=[target, target])
+    if not away:
+        return parts
+    replicated = NamedSharding(core.mesh, P())
+    return lambda x: parts(jax.device_put(x, replicated))  # jit needs it on the mesh
+
+
+def _host_parts(axis: int, split: Split, x) -> list[np.ndarray]:
+    return host_parts(np.asarray(x), axis, split)
+
+
+def _to_global(jit_args: list, shardings: list, shares: frozenset, groups: int) -> None:
+    """Several processes: turn the host values into global arrays.
+
+    Slots in `shares` hold this process's share of the rows (sliced arguments
+    and their extra rows); the others hold a value that is the same, whole,
+    on every process (broadcast values, per-device values, indices).
+    """
+    for k, x in enumerate(jit_args):
+        if isinstance(x, jax.Array):
+            continue
+        x, sharding = np.asarray(x), shardings[k]
+        if k in shares:
+            shape = list(x.shape)
+            shape[list(sharding.spec).index(AXIS)] *= groups
+            jit_args[k] = jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+        else:
+            jit_args[k] = jax.make_array_from_callback(x.shape, sharding, lambda i, x=x: x[i])

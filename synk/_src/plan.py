@@ -1,0 +1,245 @@
+"""The plan of one call signature: its cache key, its leaves' roles, its outputs, its executable.
+
+A `Plan` is built once per key (tree structure, each leaf's type, aval and
+sharding, the statics, the options) from the leaves' records alone, then
+reused by every call with that key:
+
+1. the processes agree on the call (several processes only);
+2. `roles.describe_leaves` gives each leaf its role and checks it;
+3. `batch_split` splits the batch (`split.py`);
+4. `trace_outputs` traces the function abstractly at every piece size and
+   matches the reduce spec to its outputs (`reduce.py`);
+5. `body.executable` compiles one ``jit(shard_map(body))``;
+6. `placement.placer` decides how an eager call's leaves reach it.
+
+Called by: `function` (on a cache miss, and by ``lower``). Calls: the modules
+named above, and `processes` for the cross-process agreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from synk._src import body as synk_body
+from synk._src import data as synk_data
+from synk._src import lax as synk_lax
+from synk._src import placement, processes
+from synk._src import reduce as red
+from synk._src.layout import Layout
+from synk._src.roles import SCALARS, Leaf, Role, describe_leaves
+from synk._src.signature import Statics
+from synk._src.split import Split, make_split
+
+# --------------------------------------------------------------------------
+# The cache key
+
+
+def leaf_key(x):
+    """What of a leaf the plan depends on: on the hot path, so cheap to read."""
+    t = type(x)
+    if t in SCALARS:
+        return t
+    if t is synk_data.Batch:
+        array = x.data._array
+        if array is None:
+            return (t, id(x))  # deleted: the plan refuses it, naming the argument
+        layout = x.data.layout  # sharded rows: the owner of a row depends on the count
+        return (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
+    if isinstance(x, jax.Array):
+        return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
+    try:
+        return (t, x.shape, x.dtype)
+    except AttributeError:
+        return (t, id(x))  # a non-array leaf: the plan will refuse it
+
+
+# --------------------------------------------------------------------------
+# The plan
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything about one call signature, fixed at its first call."""
+
+    descs: list[Leaf]
+    split: Split | None
+    out: red.OutPlan
+    jitted: Any
+    place: Callable
+    description: str  # the call as this process sees it, for the cross-process check
+    digest: int | None  # its hash, where several processes must agree on every call
+    shared: tuple[tuple[int, int], ...]  # (view, view it shares indices with)
+
+    def sharing_holds(self, leaves: list) -> bool:
+        """Whether the views this plan sends one index for still have equal indices."""
+        for i, j in self.shared:
+            a, b = leaves[i].index, leaves[j].index
+            if a is not b and not np.array_equal(a, b):
+                return False
+        return True
+
+    @classmethod
+    def build(cls, core, options, statics, dyn, leaves, share=True) -> Plan:
+        shared = equal_indices(leaves) if share else {}
+        description = processes.describe_call(options, statics, dyn, leaves, shared)
+        digest = None
+        if core.groups > 1 and processes.CHECK_CALLS:
+            # Agree before any check can raise, so every process raises alike.
+            digest = processes.signature_hash(description)
+            processes.agree(core.where, description, digest)
+        descs = describe_leaves(core, dyn, leaves)
+        descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
+        split = batch_split(core, descs, options.num_slices)
+        treedef = jax.tree_util.tree_structure(dyn)
+
+        def call_user(flat):
+            args, kwargs = Statics.merge(statics, jax.tree_util.tree_unflatten(treedef, flat))
+            return core.fn(*args, **kwargs)
+
+        out, uses_lax = trace_outputs(core, options, descs, split, call_user)
+        if split is not None and (uses_lax or out.indices(red.PER_DEVICE)):
+            check_whole_share(core, split, uses_lax)
+        layout = Layout.of(descs, split)
+        body = synk_body.Body(
+            call_user, descs, split, out, layout, options.comm_dtype, len(core.devices)
+        )
+        jitted = synk_body.executable(core, body, synk_body.donated(core, descs, layout))
+        place = placement.placer(core, descs, split, layout)
+        return cls(descs, split, out, jitted, place, description, digest, tuple(shared.items()))
+
+
+def equal_indices(leaves: list) -> dict[int, int]:
+    """View leaves whose indices equal an earlier view's of the same kind: {view: earlier}."""
+    views = [i for i, x in enumerate(leaves) if type(x) is synk_data.Batch]
+    shared = {}
+    for k, i in enumerate(views):
+        a = leaves[i]
+        for j in views[:k]:
+            b = leaves[j]
+            alike = j not in shared and a.local == b.local and a.index.shape == b.index.shape
+            alike = alike and a.data.sharded == b.data.sharded  # the indices travel alike
+            if alike and (a.index is b.index or np.array_equal(a.index, b.index)):
+                shared[i] = j
+                break
+    return shared
+
+
+# --------------------------------------------------------------------------
+# The batch
+
+
+def batch_split(core, descs: list[Leaf], slices: int) -> Split | None:
+    """How the sliced leaves' rows are dealt; None when no leaf is sliced."""
+    sliced = [d for d in descs if d.role is Role.SLICED]
+    if not sliced:
+        if slices != 1:
+            raise ValueError(
+                f"{core.where}: num_slices={slices} needs an argument sliced along a batch "
+                "axis, but every argument is broadcast or per-device."
+            )
+        return None
+    first = sliced[0]
+    rows = first.aval.shape[first.axis]
+    for d in sliced[1:]:
+        other = d.aval.shape[d.axis]
+        if other != rows:
+            raise ValueError(
+                f"{core.where}: sliced arguments must share one batch length, but "
+                f"`{first.name}` has {rows} rows (axis {first.axis}) and `{d.name}` has "
+                f"{other} rows (axis {d.axis}). Pass batches of equal length, or mark "
+                "arguments that are not batched as broadcast with in_axes=None."
+            )
+    # Host arrays are each process's share, so each process splits its own
+    # rows (groups = processes). Views and global device arrays are the same
+    # on every process, so one split over all devices serves any batch length.
+    groups = core.groups if any(d.host for d in sliced) else 1
+    if rows % groups:
+        other = next(d for d in sliced if not d.host)
+        raise ValueError(
+            f"{core.where}: `{other.name}` holds {rows} rows of the global batch, which do "
+            f"not divide over {groups} processes, but the host arrays beside it are each "
+            "process's share of it. Use a global batch that is a multiple of the process "
+            "count, or pass every batched argument the same way."
+        )
+    return make_split(rows, len(core.devices), slices, groups=groups, where=core.where)
+
+
+# --------------------------------------------------------------------------
+# The outputs
+
+
+def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]:
+    """The leaves as the user's function sees them for a piece of `rows` rows."""
+    out = []
+    for d in descs:
+        shape = d.aval.shape
+        if d.role is Role.SLICED:
+            shape = (*shape[: d.axis], rows, *shape[d.axis + 1 :])
+        elif d.role is Role.PER_DEVICE:
+            shape = shape[1:]
+        out.append(jax.ShapeDtypeStruct(shape, d.aval.dtype, weak_type=d.aval.weak_type))
+    return out
+
+
+def trace_outputs(core, options, descs, split, call_user) -> tuple[red.OutPlan, bool]:
+    """Trace the function abstractly at every piece size: outputs, and synk.lax use."""
+    sizes = [None] if split is None else split.piece_sizes()
+    shapes, uses = [], False
+    for rows in sizes:
+        with synk_lax.tracing(bound=False) as t:
+            shapes.append(jax.eval_shape(call_user, _abstract(descs, rows)))
+            uses = uses or t.used
+    out = red.plan_outputs(options.reduce, shapes[0], core.where)
+    for rows, shape in zip(sizes[1:], shapes[1:]):
+        _check_same_outputs(core, out, sizes[0], shape, rows)
+    if split is not None:
+        for i in out.indices(red.GATHER):
+            aval = out.avals[i]
+            if aval.shape[0] != sizes[0]:
+                raise ValueError(
+                    f"{core.where}: output out{out.paths[i]} has reduce 'gather' but "
+                    f"{aval.shape[0]} rows for a piece of {sizes[0]} input rows; 'gather' "
+                    "needs one output row per input row along axis 0. Return per-row "
+                    "values, or use a reduction such as 'avg' or 'sum'."
+                )
+    return out, uses
+
+
+def _check_same_outputs(core, out: red.OutPlan, rows0: int, shape, rows: int) -> None:
+    leaves, treedef = jax.tree_util.tree_flatten(shape)
+    for op, a, b, path in zip(out.ops, out.avals, leaves, out.paths, strict=True):
+        if op is red.GATHER:
+            a_rest, b_rest = a.shape[1:], b.shape[1:]
+        else:
+            a_rest, b_rest = a.shape, b.shape
+        if a_rest != b_rest or a.dtype != b.dtype:
+            raise ValueError(
+                f"{core.where}: output out{path} changes with the number of rows: "
+                f"{a.dtype}{list(a.shape)} for {rows0} rows but {b.dtype}{list(b.shape)} for "
+                f"{rows}. A reduced output must not depend on the batch length (reduce it "
+                "over the rows in the function); a 'gather' output needs one row per input row."
+            )
+    assert treedef == out.treedef
+
+
+def check_whole_share(core, split: Split, uses_lax: bool) -> None:
+    """A function that talks across devices must run once per device on an equal share."""
+    why = "calls synk.lax collectives" if uses_lax else "has 'per_device' outputs"
+    if not split.even:
+        raise ValueError(
+            f"{core.where}: the function {why}, so it must run exactly once per device on "
+            f"an equal share; but a batch of {split.rows} rows does not divide over "
+            f"{split.devices} devices. Use a batch that is a multiple of {split.devices} "
+            f"(e.g. {split.rows - split.extra or split.devices} rows)."
+        )
+    if split.slices != 1:
+        raise ValueError(
+            f"{core.where}: the function {why}, so it must run exactly once per device on "
+            f"its whole share; num_slices={split.slices} would run it in pieces and give "
+            "partial results. Use num_slices=1."
+        )

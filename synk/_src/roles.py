@@ -1,0 +1,143 @@
+"""Each leaf's role in a call: sliced along a batch axis, broadcast, or per-device.
+
+`describe_leaves` turns the call's leaves and their in_axes entries into
+frozen `Leaf` records, from what a leaf is abstractly (its shape, dtype, weak
+type, and its sharding where it is already on the devices), and checks
+everything the user gave on the way. The plan and the body read only these
+records.
+
+Called by: `plan` (once per call signature). Calls: `signature` (each leaf's
+in_axes entry), `data` (synk.Data batch views).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import jax
+
+from synk._src import data as synk_data
+from synk._src.signature import PER_DEVICE, leaf_entries
+
+SCALARS = (int, float, bool, complex)
+
+
+class Role(enum.Enum):
+    SLICED = "sliced"  # split along its batch axis across the devices
+    BROADCAST = "broadcast"  # every device sees the whole value
+    PER_DEVICE = "per_device"  # device i sees entry i of the leading axis
+
+
+class Source(enum.Enum):
+    """Where a leaf's value is when the call starts."""
+
+    SCALAR = "a Python number"  # passed to jit as it is
+    HOST = "a host array"  # numpy and the like; with several processes, this process's share
+    DEVICE = "a jax.Array"  # already on the devices, with a known sharding
+    VIEW = "a synk.Data batch"  # rows of device-resident data, picked by indices
+
+
+class View(enum.Enum):
+    GLOBAL = "global"  # X[idx]: global row indices
+    LOCAL = "local"  # X.local[idx]: each device indexes its own shard
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One leaf of a call, as the plan sees it."""
+
+    name: str  # the argument as the user wrote it, with its pytree path
+    role: Role
+    axis: int | None  # the batch axis of a sliced leaf
+    aval: jax.ShapeDtypeStruct  # global shape, canonical dtype
+    source: Source
+    sharding: Any = None  # a DEVICE leaf's sharding
+    view: View | None = None  # a VIEW leaf's kind of indexing
+    data_layout: Any = None  # a view of sharded data: how its rows are dealt (ShardLayout)
+    shares: int | None = None  # a view whose indices equal those of view leaf `shares`
+
+    @property
+    def host(self) -> bool:
+        """Not yet on the devices: with several processes, each process holds its own."""
+        return self.source in (Source.SCALAR, Source.HOST)
+
+    @property
+    def sliced_array(self) -> bool:
+        """A sliced leaf that is an array (not a view): its rows travel with the call."""
+        return self.role is Role.SLICED and self.view is None
+
+
+def describe_leaves(core, dyn, leaves: list) -> list[Leaf]:
+    """Every leaf's record, in tree_flatten's order; bad input raises here."""
+    entries = leaf_entries(core.in_axes, core.signature, dyn, core.where)
+    out = [describe(core, name, leaf, entry) for name, leaf, entry in entries]
+    assert len(out) == len(leaves)
+    return out
+
+
+def describe(core, name: str, leaf, entry) -> Leaf:
+    where, n = core.where, len(core.devices)
+    if type(leaf) is synk_data.Batch:
+        return _describe_view(core, name, leaf, entry)
+    if type(leaf) in SCALARS:
+        aval = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(type(leaf)), weak_type=True)
+        return Leaf(name, Role.BROADCAST, None, aval, Source.SCALAR)
+    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+        raise TypeError(
+            f"{where}: argument `{name}` is a {type(leaf).__name__}, not an array. "
+            "Arrays (numpy or jax) and Python numbers can be traced; pass other values as "
+            "static arguments (static_argnums / static_argnames)."
+        )
+    dtype = jax.dtypes.canonicalize_dtype(leaf.dtype)
+    aval = jax.ShapeDtypeStruct(
+        tuple(leaf.shape), dtype, weak_type=getattr(leaf, "weak_type", False)
+    )
+    on_device = isinstance(leaf, jax.Array)
+    source = Source.DEVICE if on_device else Source.HOST
+    sharding = leaf.sharding if on_device else None
+    if entry is None or aval.ndim == 0:
+        return Leaf(name, Role.BROADCAST, None, aval, source, sharding)
+    if entry == PER_DEVICE:
+        if aval.shape[0] != n:
+            raise ValueError(
+                f"{where}: argument `{name}` has in_axes 'per_device', so its leading axis "
+                f"must have one entry per device ({n}); found shape {aval.shape} "
+                f"({aval.shape[0]}). Build it with synk.broadcast / synk.scatter, or stack one "
+                "entry per device."
+            )
+        return Leaf(name, Role.PER_DEVICE, None, aval, source, sharding)
+    axis = entry + aval.ndim if entry < 0 else entry
+    if not 0 <= axis < aval.ndim:
+        raise ValueError(
+            f"{where}: in_axes entry {entry} for argument `{name}` is out of range for its "
+            f"shape {aval.shape} ({aval.ndim} dims). Use an axis in "
+            f"[{-aval.ndim}, {aval.ndim - 1}], or None to broadcast it."
+        )
+    if not on_device and core.groups > 1:  # each process passes its share: the batch is larger
+        shape = list(aval.shape)
+        shape[axis] *= core.groups
+        aval = jax.ShapeDtypeStruct(tuple(shape), dtype, weak_type=aval.weak_type)
+    return Leaf(name, Role.SLICED, axis, aval, source, sharding)
+
+
+def _describe_view(core, name: str, view: synk_data.Batch, entry) -> Leaf:
+    where, data = core.where, view.data
+    data._live(f"{where}: argument `{name}` is a batch of a synk.Data that")
+    if entry is None or entry == PER_DEVICE or entry not in (0, -len(view.shape)):
+        raise ValueError(
+            f"{where}: argument `{name}` is a synk.Data batch (X[idx]), which is sliced "
+            f"along its rows, but its in_axes entry is {entry!r}. Give it in_axes 0, or pass "
+            "np.asarray(X) (the whole data set) to broadcast it."
+        )
+    if data._devices != core.devices:
+        raise ValueError(
+            f"{where}: argument `{name}` is a batch of a synk.Data on {len(data._devices)} "
+            f"devices, but this function runs on {len(core.devices)} devices "
+            f"({[d.id for d in core.devices]}). Use a function on every device "
+            "(devices=None)."
+        )
+    aval = jax.ShapeDtypeStruct(view.shape, data.dtype)
+    kind = View.LOCAL if view.local else View.GLOBAL
+    return Leaf(name, Role.SLICED, 0, aval, Source.VIEW, view=kind, data_layout=data.layout)

@@ -1,0 +1,202 @@
+"""The wrapped function's signature: binding a call, static arguments, in_axes.
+
+Called by: `function` (once per decorated function, and at every call to bind
+the arguments and take out the statics) and `roles` (each leaf's in_axes entry).
+Calls: `inspect` and ``jax.tree_util`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+PER_DEVICE = "per_device"
+
+
+# --------------------------------------------------------------------------
+# Binding a call
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """The wrapped function's parameters, read once."""
+
+    sig: inspect.Signature | None
+    positional: tuple[str, ...]
+    varargs: bool
+    kwonly: tuple[str, ...]
+
+    @classmethod
+    def of(cls, fn) -> Signature:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return cls(None, (), True, ())
+        kinds = inspect.Parameter
+        params = list(sig.parameters.values())
+        positional = tuple(
+            p.name for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+        )
+        varargs = any(p.kind == kinds.VAR_POSITIONAL for p in params)
+        kwonly = tuple(p.name for p in params if p.kind == kinds.KEYWORD_ONLY)
+        return cls(sig, positional, varargs, kwonly)
+
+    def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if not kwargs and (len(args) == len(self.positional) or self.sig is None):
+            return args, kwargs
+        bound = self.sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.args, bound.kwargs
+
+    def name(self, i: int) -> str:
+        """The name of positional argument i, as the user wrote it."""
+        return self.positional[i] if i < len(self.positional) else f"args[{i}]"
+
+    def names(self, n: int) -> str:
+        return ", ".join(f"`{self.name(i)}`" for i in range(n))
+
+
+# --------------------------------------------------------------------------
+# Static arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class Statics:
+    """Which arguments are compile-time constants; taking them out and putting them back."""
+
+    positions: frozenset[int]
+    names: tuple[str, ...]  # keyword-only statics
+
+    @classmethod
+    def of(cls, signature: Signature, argnums, argnames, where: str) -> Statics:
+        pos = set()
+        for i in as_tuple(argnums):
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"{where}: static_argnums entries must be ints, got {i!r}.")
+            if i < 0:
+                if signature.varargs:
+                    raise ValueError(
+                        f"{where}: negative static_argnums ({i}) are ambiguous for a "
+                        "function with *args; use a non-negative position."
+                    )
+                i += len(signature.positional)
+            pos.add(i)
+        kw = []
+        for name in as_tuple(argnames):
+            if name in signature.positional:
+                pos.add(signature.positional.index(name))
+            elif name in signature.kwonly or signature.sig is None:
+                kw.append(name)
+            else:
+                raise ValueError(
+                    f"{where}: static_argnames names {name!r}, which is not a parameter; the "
+                    f"parameters are {list(signature.positional) + list(signature.kwonly)}."
+                )
+        return cls(frozenset(pos), tuple(kw))
+
+    def split(self, args: tuple, kwargs: dict, signature: Signature, where: str):
+        """(statics, dyn): hashable static values (part of the key), and the traced pytree."""
+        if not self.positions and not self.names:
+            return (), (args, kwargs)
+        statics = tuple((i, args[i]) for i in sorted(self.positions) if i < len(args))
+        statics += tuple((k, kwargs[k]) for k in self.names if k in kwargs)
+        try:
+            hash(statics)
+        except TypeError:
+            _raise_unhashable(statics, signature, where)
+        dyn_args = tuple(None if i in self.positions else a for i, a in enumerate(args))
+        dyn_kw = {k: v for k, v in kwargs.items() if k not in self.names}
+        return statics, (dyn_args, dyn_kw)
+
+    @staticmethod
+    def merge(statics: tuple, dyn) -> tuple[tuple, dict]:
+        """The call's arguments again: the traced pytree with the statics put back."""
+        args, kwargs = dyn
+        if not statics:
+            return args, kwargs
+        args, kwargs = list(args), dict(kwargs)
+        for name, value in statics:
+            if isinstance(name, int):
+                args[name] = value
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
+
+
+def _raise_unhashable(statics: tuple, signature: Signature, where: str):
+    for name, value in statics:
+        try:
+            hash(value)
+        except TypeError:
+            label = signature.name(name) if isinstance(name, int) else name
+            raise TypeError(
+                f"{where}: static argument `{label}` is a {type(value).__name__}, which is not "
+                "hashable; static arguments are part of the compile cache key. Pass a tuple "
+                "instead of a list, or make it a traced argument."
+            ) from None
+
+
+def as_tuple(x) -> tuple:
+    if x is None:
+        return ()
+    return tuple(x) if isinstance(x, Sequence) and not isinstance(x, str) else (x,)
+
+
+# --------------------------------------------------------------------------
+# in_axes
+
+
+def check_in_axes(in_axes: Any, where: str) -> None:
+    """Every in_axes entry is an int, None or 'per_device'."""
+    leaves = jax.tree_util.tree_flatten_with_path(in_axes, is_leaf=lambda x: x is None)[0]
+    for path, leaf in leaves:
+        ok = leaf is None or leaf == PER_DEVICE
+        ok = ok or (isinstance(leaf, int) and not isinstance(leaf, bool))
+        if not ok:
+            raise ValueError(
+                f"{where}: in_axes{jax.tree_util.keystr(path)} is {leaf!r}; each in_axes "
+                "entry must be an int (slice along that axis), None (broadcast) or "
+                "'per_device' (one entry per device along axis 0)."
+            )
+
+
+def leaf_entries(in_axes, signature: Signature, dyn, where: str) -> list[tuple[str, Any, Any]]:
+    """(name, leaf, in_axes entry) for every leaf of the call, in tree_flatten's order.
+
+    The name is the argument as the user wrote it, with its pytree path.
+    """
+    args, kwargs = dyn
+    if isinstance(in_axes, tuple | list):
+        if len(in_axes) != len(args):
+            raise ValueError(
+                f"{where}: in_axes has {len(in_axes)} entries but the call has {len(args)} "
+                f"positional arguments ({signature.names(len(args))}). Give one entry per "
+                "positional argument (None for broadcast), or a single entry for all of them."
+            )
+        pos_axes, kw_axis = list(in_axes), None
+    else:
+        pos_axes, kw_axis = [in_axes] * len(args), in_axes
+    labelled = [(signature.name(i), a, ax) for i, (a, ax) in enumerate(zip(args, pos_axes))]
+    # In the order tree_flatten gives the leaves: a dict's keys sorted.
+    labelled += [(k, v, kw_axis) for k, v in sorted(kwargs.items())]
+    out = []
+    for label, arg, axes in labelled:
+        try:
+            subtrees = jax.tree_util.tree_structure(axes, is_leaf=lambda x: x is None)
+            subtrees = subtrees.flatten_up_to(arg)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"{where}: the in_axes entry for argument `{label}` is {axes!r}, which is not "
+                f"a pytree prefix of the argument (structure "
+                f"{jax.tree_util.tree_structure(arg)}). Give one entry for the whole argument, "
+                "or a tree of entries that matches it."
+            ) from None
+        entries = jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: x is None)[0]
+        for (prefix, entry), sub in zip(entries, subtrees, strict=True):
+            for path, leaf in jax.tree_util.tree_flatten_with_path(sub)[0]:
+                out.append((label + jax.tree_util.keystr((*prefix, *path)), leaf, entry))
+    return out
