@@ -2,8 +2,8 @@
 
 Each device runs `Body` on its share of the rows, in `split.py`'s layout:
 
-1. its inputs: broadcast values cast to varying, per-device values
-   unwrapped, synk.Data views turned into rows (`_view_rows`);
+1. its inputs: per-device values unwrapped, synk.Data views turned into
+   rows (`_view_rows`);
 2. the main block, as ``num_slices`` sequential pieces (a ``lax.scan`` per
    run of equal pieces), each piece's outputs folded into one local value
    per reduced output by its op (`reduce.py`);
@@ -17,7 +17,7 @@ input order.
 
 Called by: `plan` (once per plan). Calls: the user's function (through the
 plan's ``call_user``), `reduce`, `split`, `data` (rows of device-resident data),
-`compat` (varying casts), `lax` (binding synk.lax to the device axis).
+`lax` (binding synk.lax to the device axis).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
@@ -36,10 +35,6 @@ from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
 from synk._src.runtime import AXIS
 from synk._src.split import Split, reassemble, take_pieces
-
-
-def _varying(x):
-    return compat.varying(x, AXIS)
 
 
 class Body:
@@ -106,12 +101,7 @@ class Body:
         """The user's leaves on this device, and the extra rows of an uneven split."""
         base = []
         for d, x in zip(self.descs, flat):
-            if d.role is Role.BROADCAST:
-                # Cast replicated inputs to varying so that a gradient w.r.t. them
-                # stays local; otherwise shard_map's transpose would psum it
-                # implicitly and the reduction would count it n times.
-                x = _varying(x)
-            elif d.role is Role.PER_DEVICE:
+            if d.role is Role.PER_DEVICE:
                 x = x[0]
             base.append(x)
         extras = {i: flat[slot] for i, slot in self.layout.extra.items()}
@@ -138,7 +128,7 @@ class Body:
         return [op.accumulate(a, v) for op, a, v in zip(self.ops, acc, new, strict=True)]
 
     def identities(self) -> list:
-        return [_varying(op.identity(self.out.avals[i])) for op, i in zip(self.ops, self.reduced)]
+        return [op.identity(self.out.avals[i]) for op, i in zip(self.ops, self.reduced)]
 
     def main_block(self, base: list):
         """The main block's rows as num_slices sequential pieces; a scan per run of equal pieces."""
@@ -159,7 +149,7 @@ class Body:
             start += count * size
         if not rows_out:  # fewer rows than devices: the main block is empty
             avals = [self.out.avals[i] for i in self.gathered]
-            empty = [_varying(jnp.zeros((0, *a.shape[1:]), a.dtype)) for a in avals]
+            empty = [jnp.zeros((0, *a.shape[1:]), a.dtype) for a in avals]
             return acc, empty, per_device
         rows_out = [jnp.concatenate(p) if len(p) > 1 else p[0] for p in zip(*rows_out)]
         return acc, rows_out, per_device
@@ -170,10 +160,10 @@ class Body:
 
         def step(carry, piece):
             outs = self.run(base, piece)
-            folded = [_varying(v) for v in self.fold(carry, outs, size)]
+            folded = self.fold(carry, outs, size)
             return folded, [outs[i] for i in self.gathered]
 
-        init = self.identities() if acc is None else [_varying(v) for v in acc]
+        init = self.identities() if acc is None else acc
         acc, ys = lax.scan(step, init, xs)
         return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
 
@@ -183,11 +173,11 @@ class Body:
 
         def yes(_):
             outs = self.run(base, extras)
-            folded = [_varying(v) for v in self.fold(None, outs, 1)]
-            return folded, [_varying(outs[i]) for i in self.gathered]
+            folded = self.fold(None, outs, 1)
+            return folded, [outs[i] for i in self.gathered]
 
         def no(_):
-            rows = [_varying(jnp.zeros((1, *a.shape[1:]), a.dtype)) for a in gathered_avals]
+            rows = [jnp.zeros((1, *a.shape[1:]), a.dtype) for a in gathered_avals]
             return self.identities(), rows
 
         local_index = lax.axis_index(AXIS) % self.split.local_devices
@@ -221,7 +211,17 @@ def _view_rows(d: Leaf, data, index: list, split: Split):
 def executable(core, body: Body, donated: tuple[int, ...]):
     """``jit(shard_map(body))``, with outputs in the user's order and rows in input order."""
     specs = body.layout.specs
-    mapped = jax.shard_map(body, mesh=core.mesh, in_specs=specs, out_specs=body.out_specs())
+    # check_vma=False: the user's function is written for one device and must
+    # run as written. With value-varying types, a constant scan carry or cond
+    # branch (0.0) is a type error beside per-device values, and the implicit
+    # cast of a replicated input transposes to a psum that a gradient taken
+    # inside the function would count n times. Without them, JAX's untyped
+    # rules are consistent for every gradient, inside or outside: psum
+    # transposes to psum, and shard_map's transpose divides the cotangent of a
+    # replicated output by n and psums that of a replicated input.
+    mapped = jax.shard_map(
+        body, mesh=core.mesh, in_specs=specs, out_specs=body.out_specs(), check_vma=False
+    )
     split, n_out = body.split, len(body.out.ops)
 
     def outer(*flat):

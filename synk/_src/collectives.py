@@ -75,8 +75,9 @@ def _mapped(body, out_spec):
     def outer(*leaves):
         specs = tuple(P(AXIS) for _ in leaves)
         outs = [out_spec for _ in leaves]
+        # check_vma=False, as in a synk.function's body (see body.py).
         return jax.shard_map(
-            lambda *xs: list(body(*xs)), mesh=mesh, in_specs=specs, out_specs=outs
+            lambda *xs: list(body(*xs)), mesh=mesh, in_specs=specs, out_specs=outs, check_vma=False
         )(*leaves)
 
     return jax.jit(outer)

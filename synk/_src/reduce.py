@@ -148,7 +148,7 @@ class Prod(Reduction):
 
     def collective(self, values: list[jax.Array]) -> list[jax.Array]:
         # JAX has no pprod: gather the devices' products and multiply (exact).
-        gathered = lax.all_gather(values, AXIS, to="invarying")
+        gathered = lax.all_gather(values, AXIS)
         return [jnp.prod(g, axis=0) for g in gathered]
 
 

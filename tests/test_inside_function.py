@@ -1,0 +1,108 @@
+"""What a user's function may do inside: control flow with constants, and gradients
+taken inside through synk.lax collectives. Each equals the serial function."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import synk
+
+N = synk.device_count()
+P = synk.process_count()
+
+
+def _close(got, want, rtol=2e-5, atol=2e-5):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol)
+
+
+def _data(rows, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d,)).astype(np.float32)
+    x = rng.normal(size=(rows * P, d)).astype(np.float32)
+    return w, x  # numpy: each process passes its share of x; references take jnp.asarray(x)
+
+
+def loss(w, x):
+    return jnp.mean(jnp.tanh(x @ w) ** 2)
+
+
+# ---------------------------------------------------------------- control flow
+
+
+def scan_sum(w, x):
+    def step(carry, row):
+        return carry + jnp.tanh(row @ w) ** 2, row @ w
+
+    total, per_row = lax.scan(step, 0.0, x)  # a constant initial carry
+    return total / x.shape[0], per_row
+
+
+def fori_sum(w, x):
+    body = lambda i, acc: acc + jnp.tanh(x[i] @ w) ** 2  # noqa: E731
+    return lax.fori_loop(0, x.shape[0], body, 0.0) / x.shape[0], x @ w
+
+
+def while_sum(w, x):
+    def body(state):
+        i, acc = state
+        return i + 1, acc + jnp.tanh(x[i] @ w) ** 2
+
+    _, total = lax.while_loop(lambda s: s[0] < x.shape[0], body, (0, 0.0))
+    return total / x.shape[0], x @ w
+
+
+def cond_sum(w, x):
+    positive = lax.cond(w.sum() > 100.0, lambda: 0.0, lambda: jnp.mean(jnp.tanh(x @ w) ** 2))
+    return positive, x @ w
+
+
+@pytest.mark.parametrize("fn", [scan_sum, fori_sum, while_sum, cond_sum], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(("rows", "slices"), [(2 * N, 1), (2 * N, 2), (2 * N + 3, 1), (3, 1)])
+def test_control_flow_with_constant_carries_and_branches_equals_serial(fn, rows, slices):
+    w, x = _data(rows)
+    f = synk.function(fn, in_axes=(None, 0), reduce=("avg", "gather"), num_slices=slices)
+    mine = synk.process_share(x)
+    xj = jnp.asarray(x)
+    _close(f(w, mine), fn(w, xj))
+    if fn is while_sum:
+        return  # while_loop has no reverse-mode derivative, in JAX itself
+    # and a gradient through it, taken inside
+    g = synk.function(jax.grad(lambda w, x: fn(w, x)[0]), in_axes=(None, 0), num_slices=slices)
+    _close(g(w, mine), jax.grad(lambda w: fn(w, xj)[0])(w), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- gradients inside
+
+
+@pytest.mark.parametrize("through", ["pmean", "psum"])
+def test_gradient_taken_inside_through_synk_lax_equals_serial(through):
+    w, x = _data(2 * N)
+
+    def global_loss(w, x):  # every device's loss is the whole batch's
+        if through == "pmean":
+            return synk.lax.pmean(loss(w, x))
+        return synk.lax.psum(loss(w, x)) / synk.lax.psum(1.0)
+
+    step = synk.function(jax.value_and_grad(global_loss), in_axes=(None, 0))
+    value, grad = step(w, synk.process_share(x))
+    want_value, want_grad = jax.value_and_grad(loss)(w, x)
+    _close(value, want_value)
+    _close(grad, want_grad, rtol=1e-4)
+    _close(step.serial(w, x), (want_value, want_grad), rtol=1e-4)
+
+
+def test_gradient_inside_of_a_loss_normalised_across_devices_equals_serial():
+    """Synchronised normalisation: statistics averaged over every device's rows."""
+    w, x = _data(4 * N, d=5)
+
+    def normalised_loss(w, x):
+        h = x @ w
+        mean = synk.lax.pmean(h.mean())
+        var = synk.lax.pmean(((h - mean) ** 2).mean())
+        return jnp.mean(jnp.tanh((h - mean) / jnp.sqrt(var + 1e-5)) ** 2)
+
+    step = synk.function(jax.grad(normalised_loss), in_axes=(None, 0))
+    _close(step(w, synk.process_share(x)), jax.grad(normalised_loss)(w, x), rtol=1e-4, atol=1e-6)
