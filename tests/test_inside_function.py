@@ -106,3 +106,35 @@ def test_gradient_inside_of_a_loss_normalised_across_devices_equals_serial():
 
     step = synk.function(jax.grad(normalised_loss), in_axes=(None, 0))
     _close(step(w, synk.process_share(x)), jax.grad(normalised_loss)(w, x), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- synk.lax, found
+
+
+def test_collectives_in_a_jitted_helper_are_found_even_when_its_trace_is_cached():
+    helper = jax.jit(lambda x: synk.lax.psum(x.sum()))  # every device: the whole batch's sum
+    f = synk.function(lambda x: helper(x), reduce="max")
+    x = np.arange(4.0 * N * P, dtype=np.float32)
+    assert float(f.serial(x)) == float(x.sum())  # traces (and caches) the helper, unbound
+    assert float(f(synk.process_share(x))) == float(x.sum())
+    with pytest.raises(ValueError, match=r"calls synk.lax collectives.*num_slices=2"):
+        f.with_options(num_slices=2)(synk.process_share(x))
+    uneven = np.arange(4.0 * N * P + P, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"calls synk.lax collectives.*does not divide"):
+        f(synk.process_share(uneven))
+
+
+def test_a_collective_under_a_custom_derivative_or_scan_is_found():
+    @jax.custom_jvp
+    def total(x):
+        return synk.lax.psum(x.sum())
+
+    total.defjvp(lambda p, t: (total(*p), synk.lax.psum(t[0].sum())))
+
+    def scanned(x):
+        return lax.scan(lambda c, row: (c + synk.lax.psum(row.sum()), None), 0.0, x)[0]
+
+    for fn in (total, scanned):
+        f = synk.function(fn, reduce="max", num_slices=2)
+        with pytest.raises(ValueError, match=r"calls synk\.lax collectives"):
+            f(synk.process_share(np.ones(4 * N * P, np.float32)))

@@ -117,7 +117,8 @@ class Body:
         """The user's function on one piece: `piece` replaces the sliced leaves."""
         flat = [piece.get(i, x) for i, x in enumerate(base)]
         with synk_lax.tracing(bound=True):
-            return jax.tree_util.tree_leaves(self.call_user(flat))
+            outs = jax.tree_util.tree_leaves(self.call_user(flat))
+        return [jnp.asarray(o) for o in outs]  # Python numbers too (a row count, say)
 
     def fold(self, acc, outs: list, rows: int) -> list:
         """Add one piece's outputs to the local accumulation."""

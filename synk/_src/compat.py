@@ -1,7 +1,7 @@
 """Every private or version-dependent JAX access, in one place.
 
-Called by: `runtime` (has the backend started?) and ``synk info`` (the
-coordinator address).
+Called by: `runtime` (has the backend started?), `plan` (does a traced
+program talk across devices?) and ``synk info`` (the coordinator address).
 Calls: JAX only. When JAX moves one of these, this is the one file to change.
 """
 
@@ -29,3 +29,36 @@ def coordinator_address() -> str | None:
         return distributed.global_state.coordinator_address
     except (ImportError, AttributeError):
         return None
+
+
+def uses_axis(jaxpr, axis: str) -> bool:
+    """Whether a traced program names `axis` in any equation (a collective or axis_index).
+
+    Walks every sub-program (jit, scan, cond, custom derivatives). Read from the
+    program rather than recorded while tracing: a jitted helper traced earlier
+    is not traced again, so a side effect would miss it.
+    """
+    seen = set()
+
+    def names(value) -> bool:
+        if isinstance(value, str):
+            return value == axis
+        if isinstance(value, tuple | list | frozenset | set):
+            return any(names(v) for v in value)
+        return False
+
+    def walk(program) -> bool:
+        program = getattr(program, "jaxpr", program)  # a ClosedJaxpr holds a Jaxpr
+        if id(program) in seen:
+            return False
+        seen.add(id(program))
+        for eqn in program.eqns:
+            for value in eqn.params.values():
+                if names(value):
+                    return True
+                for sub in value if isinstance(value, tuple | list) else (value,):
+                    if hasattr(getattr(sub, "jaxpr", sub), "eqns") and walk(sub):
+                        return True
+        return False
+
+    return walk(jaxpr)

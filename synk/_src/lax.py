@@ -17,8 +17,7 @@ from synk._src.runtime import AXIS
 
 
 class _Trace(threading.local):
-    bound = False  # tracing the per-device body: the mesh axis exists
-    used = False  # the function called one of these collectives
+    bound = False  # tracing the per-device body: the device axis exists
 
 
 _trace = _Trace()
@@ -26,17 +25,16 @@ _trace = _Trace()
 
 @contextlib.contextmanager
 def tracing(*, bound: bool):
-    """Trace the user's function with the axis bound (or not); record collective use."""
-    saved = _trace.bound, _trace.used
-    _trace.bound, _trace.used = bound, False
+    """Trace the user's function with the device axis bound (or not: one device)."""
+    saved = _trace.bound
+    _trace.bound = bound
     try:
         yield _trace
     finally:
-        _trace.bound, _trace.used = saved
+        _trace.bound = saved
 
 
 def _bound() -> bool:
-    _trace.used = True
     return _trace.bound
 
 

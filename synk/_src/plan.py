@@ -26,12 +26,13 @@ import jax
 import numpy as np
 
 from synk._src import body as synk_body
+from synk._src import compat, placement, processes
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
-from synk._src import placement, processes
 from synk._src import reduce as red
 from synk._src.layout import Layout
 from synk._src.roles import SCALARS, Leaf, Role, describe_leaves
+from synk._src.runtime import AXIS
 from synk._src.signature import Statics
 from synk._src.split import Split, make_split
 
@@ -187,44 +188,65 @@ def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]
 
 
 def trace_outputs(core, options, descs, split, call_user) -> tuple[red.OutPlan, bool]:
-    """Trace the function abstractly at every piece size: outputs, and synk.lax use."""
+    """Trace the function abstractly at every piece size: its outputs, and whether it
+    talks across devices. Refuses outputs that depend on the number of rows."""
     sizes = [None] if split is None else split.piece_sizes()
-    shapes, uses = [], False
-    for rows in sizes:
-        with synk_lax.tracing(bound=False) as t:
-            shapes.append(jax.eval_shape(call_user, _abstract(descs, rows)))
-            uses = uses or t.used
-    out = red.plan_outputs(options.reduce, shapes[0], core.where)
-    for rows, shape in zip(sizes[1:], shapes[1:]):
-        _check_same_outputs(core, out, sizes[0], shape, rows)
-    if split is not None:
-        for i in out.indices(red.GATHER):
-            aval = out.avals[i]
-            if aval.shape[0] != sizes[0]:
-                raise ValueError(
-                    f"{core.where}: output out{out.paths[i]} has reduce 'gather' but "
-                    f"{aval.shape[0]} rows for a piece of {sizes[0]} input rows; 'gather' "
-                    "needs one output row per input row along axis 0. Return per-row "
-                    "values, or use a reduction such as 'avg' or 'sum'."
-                )
+    traced = [_trace(core, call_user, descs, rows) for rows in sizes]
+    out = red.plan_outputs(options.reduce, traced[0][0], core.where)
+    uses = any(u for _, u in traced)
+    if split is None:
+        return out, uses
+    # One more size than the function will meet: a reduced output whose shape
+    # follows the rows (a forgotten reduction) shows even when every piece is equal.
+    probe = max(sizes) + 1
+    try:
+        traced.append(_trace(core, call_user, descs, probe))
+        sizes = [*sizes, probe]
+    except Exception:  # a function for some sizes only: nothing more to compare
+        pass
+    for rows, (shape, _) in zip(sizes, traced, strict=True):
+        _check_outputs_at(core, out, sizes[0], shape, rows)
     return out, uses
 
 
-def _check_same_outputs(core, out: red.OutPlan, rows0: int, shape, rows: int) -> None:
+def _trace(core, call_user, descs, rows):
+    """(output shapes, talks across devices) for pieces of `rows` rows."""
+    with synk_lax.tracing(bound=True):
+        jaxpr, shape = jax.make_jaxpr(
+            call_user, axis_env=[(AXIS, len(core.devices))], return_shape=True
+        )(_abstract(descs, rows))
+    return shape, compat.uses_axis(jaxpr, AXIS)
+
+
+def _check_outputs_at(core, out: red.OutPlan, rows0: int, shape, rows: int) -> None:
+    """The outputs for pieces of `rows` rows fit the plan made for `rows0` rows."""
     leaves, treedef = jax.tree_util.tree_flatten(shape)
-    for op, a, b, path in zip(out.ops, out.avals, leaves, out.paths, strict=True):
-        if op is red.GATHER:
-            a_rest, b_rest = a.shape[1:], b.shape[1:]
-        else:
-            a_rest, b_rest = a.shape, b.shape
-        if a_rest != b_rest or a.dtype != b.dtype:
+    if treedef != out.treedef:
+        raise ValueError(
+            f"{core.where}: the function's output structure changes with the number of "
+            f"rows: {out.treedef} for {rows0} rows but {treedef} for {rows}. Return the "
+            "same structure for any batch length."
+        )
+    for i, (op, a, b) in enumerate(zip(out.ops, out.avals, leaves, strict=True)):
+        path = out.paths[i]
+        if op is red.GATHER and b.shape[:1] != (rows,):
+            raise ValueError(
+                f"{core.where}: output out{path} has reduce 'gather' but "
+                f"{b.shape[0] if b.ndim else 'no'} rows for a piece of {rows} input rows "
+                f"(shape {list(b.shape)}); 'gather' needs one output row per input row along "
+                "axis 0. Return per-row values, or use a reduction such as 'avg' or 'sum'."
+            )
+        if op is red.PER_DEVICE:
+            continue  # every device has an equal share (check_whole_share)
+        same = a.shape[1:] == b.shape[1:] if op is red.GATHER else a.shape == b.shape
+        if not same or a.dtype != b.dtype:
             raise ValueError(
                 f"{core.where}: output out{path} changes with the number of rows: "
                 f"{a.dtype}{list(a.shape)} for {rows0} rows but {b.dtype}{list(b.shape)} for "
-                f"{rows}. A reduced output must not depend on the batch length (reduce it "
-                "over the rows in the function); a 'gather' output needs one row per input row."
+                f"{rows}. A reduced output must not depend on the batch length: reduce it "
+                "over the rows in the function (e.g. .mean(0) or .sum(0)), or give it "
+                "reduce 'gather' if it has one row per input row."
             )
-    assert treedef == out.treedef
 
 
 def check_whole_share(core, split: Split, uses_lax: bool) -> None:

@@ -150,7 +150,7 @@ def describe_call(options, statics, dyn, leaves, shared: dict) -> str:
             parts.append(f"{name}: {np.dtype(leaf.dtype)}{list(leaf.shape)}")
         else:  # refused later, alike on every process
             parts.append(f"{name}: {type(leaf).__name__}")
-    for name, value in statics:
+    for name, _, value in statics:
         simple = isinstance(value, int | float | str | bool | type(None) | tuple)
         parts.append(f"static {name}={value!r}" if simple else f"static {name}: {type(value)}")
     parts.append(f"reduce={options.reduce!r} num_slices={options.num_slices}")

@@ -46,10 +46,14 @@ class Signature:
         return cls(sig, positional, varargs, kwonly)
 
     def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if not kwargs and (len(args) == len(self.positional) or self.sig is None):
+        """The call's arguments by position and name, as the caller passed them.
+
+        Parameters left to their defaults stay out: the function sees its own
+        Python default, as under ``jax.jit``, and nothing is traced for it.
+        """
+        if not kwargs or self.sig is None:
             return args, kwargs
         bound = self.sig.bind(*args, **kwargs)
-        bound.apply_defaults()
         return bound.args, bound.kwargs
 
     def name(self, i: int) -> str:
@@ -102,8 +106,11 @@ class Statics:
         """(statics, dyn): hashable static values (part of the key), and the traced pytree."""
         if not self.positions and not self.names:
             return (), (args, kwargs)
-        statics = tuple((i, args[i]) for i in sorted(self.positions) if i < len(args))
-        statics += tuple((k, kwargs[k]) for k in self.names if k in kwargs)
+        # (name, type, value): the type too, as jax.jit keys them (1 == 1.0, same hash).
+        statics = tuple(
+            (i, type(args[i]), args[i]) for i in sorted(self.positions) if i < len(args)
+        )
+        statics += tuple((k, type(kwargs[k]), kwargs[k]) for k in self.names if k in kwargs)
         try:
             hash(statics)
         except TypeError:
@@ -119,7 +126,7 @@ class Statics:
         if not statics:
             return args, kwargs
         args, kwargs = list(args), dict(kwargs)
-        for name, value in statics:
+        for name, _, value in statics:
             if isinstance(name, int):
                 args[name] = value
             else:
@@ -128,7 +135,7 @@ class Statics:
 
 
 def _raise_unhashable(statics: tuple, signature: Signature, where: str):
-    for name, value in statics:
+    for name, _, value in statics:
         try:
             hash(value)
         except TypeError:
@@ -171,18 +178,24 @@ def leaf_entries(in_axes, signature: Signature, dyn, where: str) -> list[tuple[s
     """
     args, kwargs = dyn
     if isinstance(in_axes, tuple | list):
-        if len(in_axes) != len(args):
+        # Entries may name parameters the caller left to their defaults (not
+        # traced), or passed by keyword: an entry goes with its parameter.
+        known = len(signature.positional) if signature.sig is not None else len(args)
+        if len(in_axes) < len(args) or len(in_axes) > max(known, len(args)):
             raise ValueError(
                 f"{where}: in_axes has {len(in_axes)} entries but the call has {len(args)} "
                 f"positional arguments ({signature.names(len(args))}). Give one entry per "
                 "positional argument (None for broadcast), or a single entry for all of them."
             )
-        pos_axes, kw_axis = list(in_axes), None
+        pos_axes = list(in_axes)
+        by_name = dict(zip(signature.positional, in_axes))
+        kw_axes = [by_name.get(k) for k in sorted(kwargs)]  # keyword-only: broadcast
     else:
-        pos_axes, kw_axis = [in_axes] * len(args), in_axes
+        pos_axes, kw_axes = [in_axes] * len(args), [in_axes] * len(kwargs)
     labelled = [(signature.name(i), a, ax) for i, (a, ax) in enumerate(zip(args, pos_axes))]
     # In the order tree_flatten gives the leaves: a dict's keys sorted.
-    labelled += [(k, v, kw_axis) for k, v in sorted(kwargs.items())]
+    keywords = sorted(kwargs.items())
+    labelled += [(k, v, ax) for (k, v), ax in zip(keywords, kw_axes, strict=True)]
     out = []
     for label, arg, axes in labelled:
         try:
