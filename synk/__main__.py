@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="show the devices and processes synk runs on")
-    # bench has its own parser (synk/_src/bench.py), imported only when it runs.
+    # bench has its own parser (synk/_src/bench/cli.py), imported only when it runs.
     sub.add_parser(
         "bench",
         add_help=False,
