@@ -14,6 +14,9 @@ import time
 import jax
 
 import synk
+from synk._src import data
+
+fmt_bytes = data._fmt_bytes  # bytes read alike here and in synk.data's reprs
 
 
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -44,14 +47,6 @@ def machine() -> dict:
         "python": platform.python_version(),
         "synk": synk.__version__,
     }
-
-
-def fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:g} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def shared_cores_note(devices) -> str:
