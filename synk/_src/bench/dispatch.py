@@ -38,9 +38,9 @@ from synk._src.bench.workloads import (
 
 # What a lean call must not do again once its plan exists: (label, file, function).
 REPEATS = (
-    ("synk plans built", "synk/_src/function.py", "build"),
-    ("argument descriptions (in_axes trees)", "synk/_src/function.py", "_describe_leaves"),
-    ("batch splits made", "synk/_src/function.py", "_batch_split"),
+    ("synk plans built", "synk/_src/plan.py", "build"),
+    ("argument descriptions (in_axes trees)", "synk/_src/roles.py", "describe_leaves"),
+    ("batch splits made", "synk/_src/plan.py", "batch_split"),
     ("jaxprs traced", "jax/_src/interpreters/partial_eval.py", "trace_to_jaxpr"),
     # NamedSharding is built in C++, out of cProfile's sight; synk builds each
     # of its shardings from a new PartitionSpec, which is counted.
