@@ -22,7 +22,7 @@ import jax
 
 import synk
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import machine, print_table
+from synk._src.bench.report import machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -154,12 +154,12 @@ def _own_functions(table: dict, calls: int) -> list[tuple[float, str]]:
 
 
 def _print(args, n, per_round, total, host, extra, repeats, first, own) -> None:
-    print_table(
+    print_stats(
         f"Host CPU time per call (this thread only), {n} devices, value_and_grad of an MLP "
         f"16-8-4 on {8 * n} rows; {args.rounds} rounds x {per_round} calls, blocks of "
         f"{args.calls}",
-        ["variant", "median us", "q1 us", "q3 us"],
-        [[k, *(f"{v[c]:.1f}" for c in ("median_us", "q1_us", "q3_us"))] for k, v in host.items()],
+        host,
+        digits=1,
     )
     print(
         "synk's host time over hand-written: "

@@ -27,7 +27,7 @@ import numpy as np
 import synk
 from synk._src import processes
 from synk._src.bench.harness import check_close, measure, paired, stats, time_block
-from synk._src.bench.report import machine, print_table
+from synk._src.bench.report import machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -246,13 +246,13 @@ def _ratios(samples: dict[str, list[float]], st: dict[str, dict]) -> list[Ratio]
 
 
 def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio], check_us):
-    print_table(
+    print_stats(
         f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es); "
         f"{sizes.rows} rows (uneven {sizes.uneven}), MLP {'-'.join(map(str, sizes.small))}; "
         f"compute-bound: {sizes.big_rows} rows, MLP {'-'.join(map(str, sizes.big))}; "
         f"{args.rounds} rounds x {args.calls} calls",
-        ["variant", "median us", "q1 us", "q3 us"],
-        [[k, *(f"{v[c]:.0f}" for c in ("median_us", "q1_us", "q3_us"))] for k, v in st.items()],
+        st,
+        digits=0,
     )
     print_table(
         "Ratios (of the medians; paired: median of the per-round ratios)",

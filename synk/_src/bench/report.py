@@ -1,8 +1,9 @@
 """How the benchmarks show their figures: plain-text tables, the machine, a plot.
 
-Called by every subcommand module (`print_table`, `machine`, `fmt_bytes`,
-`shared_cores_note`) and by ``cli`` (`plot`, for ``--plot``). Calls synk for
-the device and process counts, and matplotlib, imported only to plot.
+Called by every subcommand module (`print_table`, `print_stats`, `machine`,
+`fmt_bytes`, `shared_cores_note`) and by ``cli`` (`plot`, for ``--plot``).
+Calls synk for the device and process counts, and matplotlib, imported only
+to plot.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
     print("-" * len(line(headers)))
     for r in rows:
         print(line(r))
+
+
+def print_stats(title: str, stats: dict[str, dict], digits: int) -> None:
+    """A table of variants: median and quartiles (microseconds), ``digits`` after the point."""
+    print_table(
+        title,
+        ["variant", "median us", "q1 us", "q3 us"],
+        [
+            [name, *(f"{s[c]:.{digits}f}" for c in ("median_us", "q1_us", "q3_us"))]
+            for name, s in stats.items()
+        ],
+    )
 
 
 def machine() -> dict:
