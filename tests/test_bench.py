@@ -189,6 +189,39 @@ def test_scaling_alone_and_plot(tmp_path):
         assert png.stat().st_size > 0
 
 
+def test_indexing(tmp_path_factory):
+    # 60 rows do not split evenly over 8 devices: no one sharding for (r).
+    out = run_json(
+        tmp_path_factory,
+        "indexing",
+        *("--rows", "500", "--features", "4", "--hidden", "4", "--batches", "16,60"),
+        *("--rounds", "3", "--calls", "2"),
+    )
+    cfg = out["config"]
+    assert cfg["batches"] == [16, 60] and cfg["devices"] == DEVICES
+    assert cfg["data_bytes"] == 500 * 4 * 4
+    assert set(out["labels"]) == {"a", "b", "c", "r", "h", "d"}
+    timed = ["16/a", "16/b", "16/c", "16/h", "16/r", "60/a", "60/b", "60/c", "60/h", "d"]
+    assert sorted(out["stats_us"]) == sorted(timed)
+    for key, s in out["stats_us"].items():
+        assert all(positive(s[k]) for k in ("median_us", "q1_us", "q3_us")), key
+        assert s["q1_us"] <= s["median_us"] <= s["q3_us"], key
+        assert len(out["samples_us"][key]) == 3, key
+    assert out["device_put_us"] == out["stats_us"]["d"]
+    even, uneven = out["table"]
+    assert [even["batch"], uneven["batch"]] == [16, 60]
+    for row in (even, uneven):
+        b = row["batch"]
+        for v in ("a", "b", "c", "h"):
+            assert row[v] == out["stats_us"][f"{b}/{v}"]["median_us"], (b, v)
+        assert row["a_over_c"] == pytest.approx(row["a"] / row["c"])
+        assert row["h2d_bytes_c"] == b * (4 * 4 + 4)  # a float32 row of x and its int32 label
+    assert even["r"] == out["stats_us"]["16/r"]["median_us"] and math.isnan(uneven["r"])
+    # One int32 index per row; uneven: each device also gets one extra-row index.
+    assert even["h2d_bytes_a"] == 4 * 16 and uneven["h2d_bytes_a"] == 4 * (56 + 8)
+    assert "(d) device_put of x" in out["stdout"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -197,6 +230,8 @@ def test_scaling_alone_and_plot(tmp_path):
         (["nonsense"], "invalid choice: 'nonsense'"),
         (["scaling", "--calls", "50"], "at most 20 on the CPU backend"),
         (["predict", "--latency-us", "-1"], "--latency-us must be >= 0"),
+        (["indexing", "--batches", "8,x"], "--batches: expected comma-separated integers"),
+        (["indexing", "--rows", "10", "--batches", "8,64"], "every batch must be at most --rows"),
     ],
 )
 def test_bad_flags_give_a_clear_error(args, message, capsys):

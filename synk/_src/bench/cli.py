@@ -17,7 +17,7 @@ import sys
 import jax
 
 import synk
-from synk._src.bench import collectives, dispatch, overhead, predict, scaling
+from synk._src.bench import collectives, dispatch, indexing, overhead, predict, scaling
 from synk._src.bench.report import plot
 
 CPU_MAX_CALLS = 20  # XLA's CPU collectives abort past ~50 un-blocked calls in flight
@@ -28,6 +28,7 @@ COMMANDS = {
     "collectives": collectives.run,
     "scaling": scaling.run,
     "predict": predict.run,
+    "indexing": indexing.run,
 }
 
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
     if getattr(args, "latency_us", 0) < 0:
         p.error(f"--latency-us must be >= 0, got {args.latency_us}")
+    if args.bench == "indexing" and max(args.batches) > args.rows:
+        p.error(f"--batches: every batch must be at most --rows ({args.rows}), got {args.batches}")
     if args.cpu_devices is not None:  # else synk configures itself (SYNK_CPU_DEVICES)
         synk.init(cpu_devices=args.cpu_devices)
     if synk.process_count() > 1 and args.bench not in MULTI_PROCESS:
@@ -73,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
         description="Benchmarks of synk on this machine's devices. Simulate CPU devices "
         "with SYNK_CPU_DEVICES=N or --cpu-devices N.",
     )
-    names = "{overhead,dispatch,collectives,scaling,predict}"
+    names = "{overhead,dispatch,collectives,scaling,predict,indexing}"
     sub = p.add_subparsers(dest="bench", required=True, metavar=names)
     pos_int, pos_float = _positive(int), _positive(float)
 
@@ -124,6 +127,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-us", type=float, default=10.0, help="per all-reduce latency, us")
     s.add_argument("--max-devices", type=pos_int, help="predict up to N (default 64)")
     s.add_argument("--no-measure", action="store_true", help="do not run scaling beside it")
+
+    s = common(
+        "indexing", "batches as indices into synk.data vs numpy batches from the host", 40, 10
+    )
+    s.add_argument("--rows", type=pos_int, default=200_000, help="rows of the data set")
+    s.add_argument("--features", type=pos_int, default=64, help="float32 columns of x")
+    s.add_argument("--hidden", type=pos_int, default=64, help="hidden width of the MLP")
+    s.add_argument(
+        "--batches",
+        type=_batch_sizes,
+        default="64,256,1024,4096",
+        help="comma-separated batch sizes (rows)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="seed for data, params, indices")
     return p
 
 
@@ -138,3 +155,15 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes, got {text!r}")
+    return sizes

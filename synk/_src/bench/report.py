@@ -89,6 +89,8 @@ def plot(result: dict, path: str) -> None:
         _per_call_bars(ax, result)
     elif kind == "collectives":
         _bandwidth(ax, result)
+    elif kind == "indexing":
+        _per_batch(ax, result)
     else:
         _speedup(ax, result)
     ax.set_title(f"synk bench {kind} ({result['machine']['devices']} devices)")
@@ -110,6 +112,18 @@ def _bandwidth(ax, result: dict) -> None:
         ax.loglog([r["size"] for r in rs], [r["busbw_gbs"] for r in rs], "o-", label=op)
     ax.set_xlabel("message size (bytes)")
     ax.set_ylabel("busbw (GB/s)")
+    ax.legend()
+
+
+def _per_batch(ax, result: dict) -> None:
+    """Time per call over batch size, one line per way of feeding the batch."""
+    for v in ("a", "b", "c", "r", "h"):
+        rows = [r for r in result["table"] if r[v] == r[v]]  # nan: not measured
+        if rows:
+            label = result["labels"][v]
+            ax.loglog([r["batch"] for r in rows], [r[v] for r in rows], "o-", label=label)
+    ax.set_xlabel("batch (rows)")
+    ax.set_ylabel("median time per call (us)")
     ax.legend()
 
 

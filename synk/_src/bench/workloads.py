@@ -1,9 +1,9 @@
 """What the benchmarks run: an MLP training step, its batches, and the same step by hand.
 
 Called by ``overhead``, ``dispatch``, ``scaling`` and ``predict`` (the step,
-the batches, the meshes) and by ``collectives`` (the meshes). Calls JAX and
-numpy only: the hand-written variants are what synk is compared with, so they
-use no synk at all.
+the batches, the meshes), by ``indexing`` (the classifier step, the mesh) and
+by ``collectives`` (the mesh). Calls JAX and numpy only: the hand-written
+variants are what synk is compared with, so they use no synk at all.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 AXIS = "d"  # the hand-written variants' mesh axis
 D_IN, D_OUT = 16, 4
+CLASSES = 10  # of the classifier
 
 
 # --------------------------------------------------------------------------
@@ -56,6 +57,32 @@ def mlp_loss(params, x, y):
         if i < layers - 1:
             h = jnp.tanh(h)
     return jnp.mean((h - y) ** 2)
+
+
+# --------------------------------------------------------------------------
+# A classifier: value_and_grad of a one-hidden-layer MLP's softmax cross-entropy
+
+
+def init_classifier(key: jax.Array, features: int, hidden: int) -> dict[str, jax.Array]:
+    k1, k2 = jax.random.split(key)
+    return {
+        "w1": jax.random.normal(k1, (features, hidden), jnp.float32) / np.sqrt(features),
+        "b1": jnp.zeros((hidden,), jnp.float32),
+        "w2": jax.random.normal(k2, (hidden, CLASSES), jnp.float32) / np.sqrt(hidden),
+        "b2": jnp.zeros((CLASSES,), jnp.float32),
+    }
+
+
+def classifier_step(params, x, y):
+    """The single-device step: (mean loss, its gradients) over the rows; y holds classes."""
+    return jax.value_and_grad(classifier_loss)(params, x, y)
+
+
+def classifier_loss(params, x, y):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"])
+    logits = h @ params["w2"] + params["b2"]
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
 
 # --------------------------------------------------------------------------
