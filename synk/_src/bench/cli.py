@@ -2,7 +2,9 @@
 
 Called by ``synk/__main__.py`` (``synk bench ...``) and ``benchmarks/*.py``
 (`main`). Calls the ``run`` of the chosen subcommand's module, then
-``report.plot`` for ``--plot``; synk to set up the devices.
+``report.plot`` for ``--plot``; synk to set up the devices. The subcommands
+and their one-line descriptions come from ``synk._src.commands``, which
+``synk --help`` lists too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax
 import synk
 from synk._src.bench import collectives, dispatch, indexing, overhead, predict, scaling
 from synk._src.bench.report import plot
+from synk._src.commands import BENCHMARKS
 
 CPU_MAX_CALLS = 20  # XLA's CPU collectives abort past ~50 un-blocked calls in flight
 MULTI_PROCESS = ("overhead", "collectives")  # the others time 1..n devices of one process
@@ -76,12 +79,12 @@ def parser() -> argparse.ArgumentParser:
         description="Benchmarks of synk on this machine's devices. Simulate CPU devices "
         "with SYNK_CPU_DEVICES=N or --cpu-devices N.",
     )
-    names = "{overhead,dispatch,collectives,scaling,predict,indexing}"
+    names = "{" + ",".join(BENCHMARKS) + "}"
     sub = p.add_subparsers(dest="bench", required=True, metavar=names)
     pos_int, pos_float = _positive(int), _positive(float)
 
-    def common(name: str, help: str, rounds: int, calls: int) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, help=help, description=help)
+    def common(name: str, rounds: int, calls: int) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=BENCHMARKS[name], description=BENCHMARKS[name])
         s.add_argument("--rounds", type=pos_int, default=rounds, help="samples per variant")
         s.add_argument(
             "--calls",
@@ -95,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--cpu-devices", type=pos_int, help="simulate N CPU devices")
         return s
 
-    s = common("overhead", "per-call time: synk vs hand-written jit(shard_map) vs pmap", 20, 10)
+    s = common("overhead", 20, 10)
     s.add_argument("--batch", type=pos_int, help="rows of the even batch (default 32/device)")
     s.add_argument("--hidden", type=pos_int, default=64, help="hidden width of the small MLP")
     s.add_argument(
@@ -105,12 +108,12 @@ def parser() -> argparse.ArgumentParser:
         "--compute-hidden", type=pos_int, default=128, help="hidden width, compute-bound case"
     )
 
-    s = common("dispatch", "host time per call, and a profile of synk's per-call path", 5, 10)
+    s = common("dispatch", 5, 10)
     s.add_argument(
         "--total", type=pos_int, default=10_000, help="calls profiled (and timed per variant)"
     )
 
-    s = common("collectives", "all-reduce, all-gather, reduce-scatter, broadcast bandwidth", 5, 10)
+    s = common("collectives", 5, 10)
     s.add_argument(
         "--max-bytes", type=pos_int, help="largest message (default 16 MiB on CPU, 256 MiB else)"
     )
@@ -119,8 +122,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--batch", type=pos_int, default=2048, help="rows per step")
         s.add_argument("--hidden", type=pos_int, default=256, help="width of the 2 hidden layers")
 
-    model(common("scaling", "a compute-bound step on 1, 2, 4, ... devices", 8, 5))
-    s = common("predict", "predicted step time and speedup for 1..N devices", 8, 5)
+    model(common("scaling", 8, 5))
+    s = common("predict", 8, 5)
     model(s)
     s.add_argument("--compute-ms", type=pos_float, help="one-device step time (default: measure)")
     s.add_argument("--link-gbps", type=pos_float, default=100.0, help="link bandwidth, Gbit/s")
@@ -128,9 +131,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-devices", type=pos_int, help="predict up to N (default 64)")
     s.add_argument("--no-measure", action="store_true", help="do not run scaling beside it")
 
-    s = common(
-        "indexing", "batches as indices into synk.data vs numpy batches from the host", 40, 10
-    )
+    s = common("indexing", 40, 10)
     s.add_argument("--rows", type=pos_int, default=200_000, help="rows of the data set")
     s.add_argument("--features", type=pos_int, default=64, help="float32 columns of x")
     s.add_argument("--hidden", type=pos_int, default=64, help="hidden width of the MLP")
