@@ -40,7 +40,6 @@ from synk._src.bench.workloads import (
     mesh_of,
     pmapped,
     replicated,
-    sharer,
     train_step,
 )
 
@@ -135,11 +134,11 @@ def _cases(devices, procs: int, sizes: Sizes) -> list[Case]:
     mesh = mesh_of(devices)
     params = global_arrays(init_mlp(sizes.small), replicated(mesh))
     big_params = global_arrays(init_mlp(sizes.big, seed=1), replicated(mesh))
-    # Global batches, the same in every process; `share` gives this process's rows.
+    # Global batches, the same in every process, and this process's rows of them.
     x, y = make_batch(sizes.rows, seed=0)
     xu, yu = make_batch(sizes.uneven, seed=1)
     xb, yb = make_batch(sizes.big_rows, seed=2)
-    xs, ys, xus, yus, xbs, ybs = map(sharer(procs), (x, y, xu, yu, xb, yb))
+    xs, ys, xus, yus, xbs, ybs = synk.process_share((x, y, xu, yu, xb, yb))
     f = synk.function(train_step, in_axes=(None, 0, 0))
     f_sliced = f.with_options(num_slices=SLICES)
     hand = _hand_call(mesh, procs)

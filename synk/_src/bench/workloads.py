@@ -108,17 +108,6 @@ def global_arrays(tree, sharding: NamedSharding):
     )
 
 
-def sharer(procs: int) -> Callable[[np.ndarray], np.ndarray]:
-    """This process's rows of a global batch: what it hands to a synk.function."""
-    rank = jax.process_index()
-
-    def share(a: np.ndarray) -> np.ndarray:
-        per = a.shape[0] // procs
-        return a[rank * per : (rank + 1) * per]
-
-    return share
-
-
 # --------------------------------------------------------------------------
 # The same step written by hand
 
