@@ -43,7 +43,7 @@ test-notebooks: $(STAMP)
 bench: $(STAMP)
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench overhead
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench dispatch
-	SYNK_CPU_DEVICES=8 $(BIN)/python benchmarks/indexing.py
+	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench indexing
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

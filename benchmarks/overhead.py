@@ -1,6 +1,6 @@
 """Per-call overhead of ``synk.function`` against hand-written JAX and ``jax.pmap``.
 
-This is ``python -m synk bench overhead`` (``synk/_src/bench.py``), which any
+This is ``python -m synk bench overhead`` (``synk/_src/bench/``), which any
 user can run on their own machine; the flags are the same::
 
     python benchmarks/overhead.py                       # or: make bench

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from synk._src.commands import BENCHMARKS
+
 
 def info() -> str:
     """The process layout synk sees, as printable text (run on every rank)."""
@@ -46,15 +48,16 @@ def _collectives(backend: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="synk", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="synk",
+        description=__doc__,
+        epilog=_benchmarks_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="show the devices and processes synk runs on")
-    # bench has its own parser (synk/_src/bench.py), imported only when it runs.
-    sub.add_parser(
-        "bench",
-        add_help=False,
-        help="benchmarks: overhead, collectives, scaling, predict (synk bench -h)",
-    )
+    # bench has its own parser (synk/_src/bench/cli.py), imported only when it runs.
+    sub.add_parser("bench", add_help=False, help="benchmarks of synk on this machine (below)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         from synk._src import bench
@@ -65,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print(info(), flush=True)  # on every rank under mpiexec
     return 0
+
+
+def _benchmarks_help() -> str:
+    width = max(map(len, BENCHMARKS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in BENCHMARKS.items()]
+    return "\n".join(["synk bench subcommands (synk bench NAME -h for their flags):", *lines])
 
 
 if __name__ == "__main__":

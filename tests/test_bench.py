@@ -9,6 +9,7 @@ definition (busbw from algbw, the 1-device prediction).
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from helpers import clean_env, single_process
 
 DEVICES = 8
+SUBCOMMANDS = ("overhead", "dispatch", "collectives", "scaling", "predict", "indexing")
 pytestmark = single_process("each test launches its own one-process benchmark")
 
 
@@ -99,13 +101,26 @@ def test_overhead(overhead):
     assert "Ratios (of the medians" in overhead["stdout"]
 
 
+# What the dispatch profile counts per call.
+PROFILED = (
+    "synk plans built",
+    "argument descriptions (in_axes trees)",
+    "batch splits made",
+    "jaxprs traced",
+    "PartitionSpecs constructed",
+    "tree_flatten calls",
+    "tree_unflatten calls",
+    "tree_structure calls",
+)
+
+
 def test_dispatch_profile_shows_nothing_redone_per_call(tmp_path_factory):
     out = run_json(tmp_path_factory, "dispatch", "--total", "400", "--rounds", "2")
     host = out["host_us"]
     for name in ("synk, numpy", "hand-written, numpy", "synk, device-resident"):
         assert positive(host[name]["median_us"]), name
     per_call = out["per_call"]
-    assert set(per_call) == {label for label, _, _ in bench_repeats()}
+    assert set(per_call) == set(PROFILED)
     for label in (
         "synk plans built",
         "argument descriptions (in_axes trees)",
@@ -117,18 +132,12 @@ def test_dispatch_profile_shows_nothing_redone_per_call(tmp_path_factory):
         assert per_call[label] == 0, label
     # The counters do see these functions: the first call of a new function runs them.
     first = out["first_call"]
-    for label, _, _ in bench_repeats():
+    for label in PROFILED:
         assert first[label] >= 1, label
     # One flatten of the arguments and one unflatten of the outputs per call.
     assert per_call["tree_flatten calls"] == 1
     assert per_call["tree_unflatten calls"] == 1
     assert "Profile of 400 calls" in out["stdout"]
-
-
-def bench_repeats():
-    from synk._src.bench import REPEATS
-
-    return REPEATS
 
 
 def test_collectives(collectives):
@@ -182,6 +191,39 @@ def test_scaling_alone_and_plot(tmp_path):
         assert png.stat().st_size > 0
 
 
+def test_indexing(tmp_path_factory):
+    # 60 rows do not split evenly over 8 devices: no one sharding for (r).
+    out = run_json(
+        tmp_path_factory,
+        "indexing",
+        *("--rows", "500", "--features", "4", "--hidden", "4", "--batches", "16,60"),
+        *("--rounds", "3", "--calls", "2"),
+    )
+    cfg = out["config"]
+    assert cfg["batches"] == [16, 60] and cfg["devices"] == DEVICES
+    assert cfg["data_bytes"] == 500 * 4 * 4
+    assert set(out["labels"]) == {"a", "b", "c", "r", "h", "d"}
+    timed = ["16/a", "16/b", "16/c", "16/h", "16/r", "60/a", "60/b", "60/c", "60/h", "d"]
+    assert sorted(out["stats_us"]) == sorted(timed)
+    for key, s in out["stats_us"].items():
+        assert all(positive(s[k]) for k in ("median_us", "q1_us", "q3_us")), key
+        assert s["q1_us"] <= s["median_us"] <= s["q3_us"], key
+        assert len(out["samples_us"][key]) == 3, key
+    assert out["device_put_us"] == out["stats_us"]["d"]
+    even, uneven = out["table"]
+    assert [even["batch"], uneven["batch"]] == [16, 60]
+    for row in (even, uneven):
+        b = row["batch"]
+        for v in ("a", "b", "c", "h"):
+            assert row[v] == out["stats_us"][f"{b}/{v}"]["median_us"], (b, v)
+        assert row["a_over_c"] == pytest.approx(row["a"] / row["c"])
+        assert row["h2d_bytes_c"] == b * (4 * 4 + 4)  # a float32 row of x and its int32 label
+    assert even["r"] == out["stats_us"]["16/r"]["median_us"] and math.isnan(uneven["r"])
+    # One int32 index per row; uneven: each device also gets one extra-row index.
+    assert even["h2d_bytes_a"] == 4 * 16 and uneven["h2d_bytes_a"] == 4 * (56 + 8)
+    assert "(d) device_put of x" in out["stdout"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -190,6 +232,8 @@ def test_scaling_alone_and_plot(tmp_path):
         (["nonsense"], "invalid choice: 'nonsense'"),
         (["scaling", "--calls", "50"], "at most 20 on the CPU backend"),
         (["predict", "--latency-us", "-1"], "--latency-us must be >= 0"),
+        (["indexing", "--batches", "8,x"], "--batches: expected comma-separated integers"),
+        (["indexing", "--rows", "10", "--batches", "8,64"], "every batch must be at most --rows"),
     ],
 )
 def test_bad_flags_give_a_clear_error(args, message, capsys):
@@ -250,14 +294,22 @@ def test_scaling_refuses_several_processes(tmp_path):
     assert "synk bench scaling runs in one process" in res.stderr
 
 
-def test_help_lists_subcommands_and_import_stays_light(capsys):
-    from synk.__main__ import main
+@pytest.mark.parametrize("command", [["--help"], ["bench", "--help"]])
+def test_help_lists_every_subcommand_with_a_description(command):
+    res = subprocess.run(
+        [sys.executable, "-m", "synk", *command],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    for name in SUBCOMMANDS:
+        # "  name   what it measures": the name, then its one-line description.
+        assert re.search(rf"^ +{name} +\w", res.stdout, re.MULTILINE), (name, res.stdout)
 
-    with pytest.raises(SystemExit) as exit_:
-        main(["bench", "--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    assert all(name in out for name in ("overhead", "collectives", "scaling", "predict"))
+
+def test_import_synk_does_not_import_the_benchmarks():
     code = "import sys, synk; print('synk._src.bench' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "False", res.stdout + res.stderr

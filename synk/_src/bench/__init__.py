@@ -1,0 +1,20 @@
+"""``python -m synk bench``: what synk costs, what the links give, and how far it scales.
+
+One module per subcommand (``overhead``, ``dispatch``, ``collectives``,
+``scaling``, ``predict``, ``indexing``), each with a ``run(args) -> dict``;
+``cli`` parses the flags and writes the output; ``harness`` checks and times
+every variant the same way; ``workloads`` holds the steps that are timed and
+their hand-written forms; ``report`` prints tables and draws plots.
+
+Every wall-clock timing uses ``harness.measure``: every round runs each
+variant once, in a new shuffled order (the same in every process), each
+sample is a block of ``--calls`` calls followed by one ``block_until_ready``,
+and the figures are medians (and quartiles, ``np.percentile``) over
+``--rounds`` samples. Every variant is checked against a reference before it
+is timed.
+
+Imported only when ``synk bench`` runs (``synk/__main__.py``), never by
+``import synk``.
+"""
+
+from synk._src.bench.cli import main as main

@@ -1,0 +1,303 @@
+"""``synk bench overhead``: per-call time of a ``synk.function`` step against the same step by hand.
+
+The step (value_and_grad of an MLP) runs as a ``synk.function``, as
+``jax.jit(jax.shard_map(...))`` with ``in_shardings`` and as ``jax.pmap``; on
+numpy batches, device-resident batches, ``synk.data`` views, an uneven batch
+and, compute-bound, with ``num_slices``. Under several processes each process
+hands over its share of every host batch (the hand-written form builds its
+global arrays from the shares in the call, as such code must), pmap is left
+out, and the per-call check that all processes make the same call is timed on
+and off.
+
+Called by ``cli`` (`run`). Calls ``workloads`` for the step and its
+hand-written forms, ``harness`` to check and time them, ``report`` for the
+tables, and ``synk._src.processes`` for the per-call check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+import synk
+from synk._src import processes
+from synk._src.bench.harness import check_close, measure, paired, stats, time_block
+from synk._src.bench.report import machine, print_stats, print_table
+from synk._src.bench.workloads import (
+    D_IN,
+    D_OUT,
+    by_rows,
+    global_arrays,
+    hand_written,
+    hand_written_indexed,
+    init_mlp,
+    make_batch,
+    mesh_of,
+    pmapped,
+    replicated,
+    train_step,
+)
+
+EXTRA_ROWS = 3  # the uneven batch has this many rows more per process than the even one
+SLICES = 4
+UNEVEN = f"synk, numpy, uneven (+{EXTRA_ROWS})"
+BIG_HAND = "compute-bound: hand-written"
+BIG_SYNK = "compute-bound: synk, num_slices=1"
+BIG_SLICED = f"compute-bound: synk, num_slices={SLICES}"
+
+# (ratio, numerator, denominator, target as (op, limit) or None)
+PAIRS = (
+    ("synk / hand-written, numpy", "synk, numpy", "hand-written, numpy", ("<=", 1.05)),
+    (
+        "synk / hand-written, device-resident",
+        "synk, device-resident",
+        "hand-written, device-resident",
+        ("<=", 1.05),
+    ),
+    (
+        "synk X[idx] / hand-written indexed",
+        "synk, synk.data X[idx]",
+        "hand-written, indices into resident data",
+        None,
+    ),
+    ("synk / pmap, numpy", "synk, numpy", "pmap, numpy", ("<", 1.0)),
+    ("call check: on / off", "synk, numpy", "synk, numpy, no call check", None),
+    ("synk uneven / synk even", UNEVEN, "synk, numpy", ("<=", 1.25)),
+    (f"num_slices={SLICES} / num_slices=1, compute-bound", BIG_SLICED, BIG_SYNK, ("<=", 1.15)),
+    ("synk / hand-written, compute-bound", BIG_SYNK, BIG_HAND, None),
+)
+
+# (name, call, the serial step's inputs to check it against; None: checked where made)
+Case = tuple[str, Callable[[], object], tuple | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The batches (rows) and MLPs (layer widths) of one run, from the flags."""
+
+    rows: int
+    uneven: int
+    big_rows: int  # the compute-bound case
+    small: list[int]
+    big: list[int]
+
+
+class Ratio(NamedTuple):
+    name: str
+    value: float  # of the medians
+    paired: float  # the median of the per-round ratios
+    target: tuple[str, float] | None
+
+
+def run(args) -> dict:
+    """Per-call time of synk.function against jit(shard_map) and pmap, and ratios."""
+    devices = synk.devices()
+    procs = synk.process_count()
+    sizes = _sizes(args, len(devices), procs)
+    cases = _cases(devices, procs, sizes)
+    _check(cases, args.quiet)
+    samples = measure(
+        {name: call for name, call, _ in cases},
+        rounds=args.rounds,
+        calls=args.calls,
+        desc="overhead",
+        quiet=args.quiet,
+    )
+    st = {k: stats(v) for k, v in samples.items()}
+    check_us = check_alone_us() if procs > 1 else None
+    ratios = _ratios(samples, st)
+    _print(args, len(devices), procs, sizes, st, ratios, check_us)
+    return _result(args, sizes, st, ratios, samples, check_us)
+
+
+def _sizes(args, n: int, procs: int) -> Sizes:
+    rows = args.batch if args.batch is not None else 32 * n
+    big_rows = args.compute_batch if args.compute_batch is not None else 256 * n
+    if rows % procs or big_rows % procs:
+        raise SystemExit(f"--batch and --compute-batch must be multiples of {procs} processes")
+    return Sizes(
+        rows=rows,
+        uneven=rows + EXTRA_ROWS * procs,  # each process's share: EXTRA_ROWS more
+        big_rows=big_rows,
+        small=[D_IN, args.hidden, D_OUT],
+        big=[D_IN, args.compute_hidden, args.compute_hidden, D_OUT],
+    )
+
+
+def _cases(devices, procs: int, sizes: Sizes) -> list[Case]:
+    """Every variant, in the order of the table."""
+    mesh = mesh_of(devices)
+    params = global_arrays(init_mlp(sizes.small), replicated(mesh))
+    big_params = global_arrays(init_mlp(sizes.big, seed=1), replicated(mesh))
+    # Global batches, the same in every process, and this process's rows of them.
+    x, y = make_batch(sizes.rows, seed=0)
+    xu, yu = make_batch(sizes.uneven, seed=1)
+    xb, yb = make_batch(sizes.big_rows, seed=2)
+    xs, ys, xus, yus, xbs, ybs = synk.process_share((x, y, xu, yu, xb, yb))
+    f = synk.function(train_step, in_axes=(None, 0, 0))
+    f_sliced = f.with_options(num_slices=SLICES)
+    hand = _hand_call(mesh, procs)
+    return [
+        ("synk, numpy", lambda: f(params, xs, ys), (params, x, y)),
+        ("hand-written, numpy", lambda: hand(params, xs, ys), (params, x, y)),
+        _pmap_case(devices, params, x, y) if procs == 1 else _unchecked_case(params, x, y, xs, ys),
+        *_resident_cases(mesh, procs, f, hand, params, x, y),
+        (UNEVEN, lambda: f(params, xus, yus), (params, xu, yu)),
+        (BIG_HAND, lambda: hand(big_params, xbs, ybs), (big_params, xb, yb)),
+        (BIG_SYNK, lambda: f(big_params, xbs, ybs), (big_params, xb, yb)),
+        (BIG_SLICED, lambda: f_sliced(big_params, xbs, ybs), (big_params, xb, yb)),
+    ]
+
+
+def _hand_call(mesh, procs: int) -> Callable:
+    """The hand-written step; under several processes it makes global arrays of the shares."""
+    jitted = hand_written(mesh)
+    if procs == 1:
+        return jitted
+    rows_sharding = by_rows(mesh)
+
+    def hand(p, *batch):
+        if isinstance(batch[0], np.ndarray):
+            batch = [jax.make_array_from_process_local_data(rows_sharding, b) for b in batch]
+        return jitted(p, *batch)
+
+    return hand
+
+
+def _pmap_case(devices, params, x, y) -> Case:
+    call = pmapped(devices)
+    return ("pmap, numpy", lambda: call(params, x, y), (params, x, y))
+
+
+def _unchecked_case(params, x, y, xs, ys) -> Case:
+    """synk without the per-call check that every process makes the same call."""
+    with processes.checking(False):  # the check is fixed when a call is first planned
+        f = synk.function(train_step, in_axes=(None, 0, 0))
+        check_close("unchecked", f(params, xs, ys), jax.jit(train_step)(params, x, y))
+    return ("synk, numpy, no call check", lambda: f(params, xs, ys), None)
+
+
+def _resident_cases(mesh, procs: int, f, hand, params, x, y) -> list[Case]:
+    """Batches already on the devices, and rows picked by index from data on every device."""
+    rows = x.shape[0]
+    x_dev, y_dev = global_arrays((x, y), by_rows(mesh))
+    pool_x, pool_y = make_batch(4 * rows, seed=3)
+    data_x, data_y = synk.data(pool_x), synk.data(pool_y)
+    idx = np.random.default_rng(4).choice(4 * rows, rows, replace=False)
+    hand_indexed = hand_written_indexed(mesh)
+    resident_x, resident_y = global_arrays((pool_x, pool_y), replicated(mesh))
+
+    def global_idx():  # one process: jit places numpy; several: a global array, per call
+        return idx if procs == 1 else global_arrays(idx, by_rows(mesh))
+
+    picked = (params, pool_x[idx], pool_y[idx])
+    return [
+        ("synk, device-resident", lambda: f(params, x_dev, y_dev), (params, x, y)),
+        ("hand-written, device-resident", lambda: hand(params, x_dev, y_dev), (params, x, y)),
+        ("synk, synk.data X[idx]", lambda: f(params, data_x[idx], data_y[idx]), picked),
+        (
+            "hand-written, indices into resident data",
+            lambda: hand_indexed(params, resident_x, resident_y, global_idx()),
+            picked,
+        ),
+    ]
+
+
+def _check(cases: list[Case], quiet: bool) -> None:
+    serial = jax.jit(train_step)
+    for name, call, ref in cases:
+        if ref is None:
+            continue
+        got = call()
+        if name.startswith("pmap"):  # one identical copy per device
+            got = jax.tree_util.tree_map(lambda a: a[0], got)
+        check_close(name, got, serial(*ref))
+    if not quiet:
+        print(f"checked: all {len(cases)} variants give the serial loss and grads", file=sys.stderr)
+
+
+def check_alone_us(calls: int = 2000) -> float:
+    """Microseconds of the per-call cross-process check alone (every process runs it)."""
+    text = "synk bench: the same call everywhere"
+    digest = processes.signature_hash(text)
+    processes.agree("synk bench", text, digest)
+    samples = [
+        time_block(lambda: processes.agree("synk bench", text, digest), calls // 5)
+        for _ in range(5)
+    ]
+    return float(np.median(samples) * 1e6)
+
+
+def _ratios(samples: dict[str, list[float]], st: dict[str, dict]) -> list[Ratio]:
+    # Also the median of per-round ratios: samples of one round ran back to
+    # back, so this cancels slow drifts of a shared machine.
+    med = {k: v["median_us"] for k, v in st.items()}
+    return [
+        Ratio(name, med[a] / med[b], paired(samples[a], samples[b]), target)
+        for name, a, b, target in PAIRS
+        if a in med and b in med
+    ]
+
+
+def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio], check_us):
+    print_stats(
+        f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es); "
+        f"{sizes.rows} rows (uneven {sizes.uneven}), MLP {'-'.join(map(str, sizes.small))}; "
+        f"compute-bound: {sizes.big_rows} rows, MLP {'-'.join(map(str, sizes.big))}; "
+        f"{args.rounds} rounds x {args.calls} calls",
+        st,
+        digits=0,
+    )
+    print_table(
+        "Ratios (of the medians; paired: median of the per-round ratios)",
+        ["ratio", "value", "paired", "target", "met"],
+        [[r.name, f"{r.value:.3f}", f"{r.paired:.3f}", *_verdict(r)] for r in ratios],
+    )
+    if check_us is not None:
+        print(f"\nthe per-call check alone (one allgather of a hash): {check_us:.1f} us per call")
+
+
+def _verdict(ratio: Ratio) -> list[str]:
+    """The target and whether it is met, as table cells (empty without a target)."""
+    if ratio.target is None:
+        return ["", ""]
+    op, limit = ratio.target
+    met = ratio.value <= limit if op == "<=" else ratio.value < limit
+    return [f"{op} {limit}", "yes" if met else "no"]
+
+
+def _result(args, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict, check_us) -> dict:
+    return {
+        "check_alone_us": check_us,
+        "command": "overhead",
+        "machine": machine(),
+        "config": {
+            "rounds": args.rounds,
+            "calls": args.calls,
+            "batch": sizes.rows,
+            "uneven_batch": sizes.uneven,
+            "mlp": sizes.small,
+            "compute_batch": sizes.big_rows,
+            "compute_mlp": sizes.big,
+            "num_slices": SLICES,
+        },
+        "stats_us": st,
+        "ratios": {r.name: r.value for r in ratios},
+        "paired_ratios": {r.name: r.paired for r in ratios},
+        "targets": {
+            r.name: {
+                "op": r.target[0],
+                "limit": r.target[1],
+                "value": r.value,
+                "met": _verdict(r)[1] == "yes",
+            }
+            for r in ratios
+            if r.target
+        },
+        "samples_us": {k: [s * 1e6 for s in v] for k, v in samples.items()},
+    }

@@ -1,0 +1,151 @@
+"""How the benchmarks show their figures: plain-text tables, the machine, a plot.
+
+Called by every subcommand module (`print_table`, `print_stats`, `machine`,
+`fmt_bytes`, `shared_cores_note`) and by ``cli`` (`plot`, for ``--plot``).
+Calls synk for the device and process counts, and matplotlib, imported only
+to plot.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import jax
+
+import synk
+from synk._src import data
+
+fmt_bytes = data._fmt_bytes  # bytes read alike here and in synk.data's reprs
+
+
+def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells):
+        first = f"{cells[0]:<{widths[0]}}"
+        return "  ".join([first, *(f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:]))])
+
+    print(f"\n{title}")
+    print(line(headers))
+    print("-" * len(line(headers)))
+    for r in rows:
+        print(line(r))
+
+
+def print_stats(title: str, stats: dict[str, dict], digits: int) -> None:
+    """A table of variants: median and quartiles (microseconds), ``digits`` after the point."""
+    print_table(
+        title,
+        ["variant", "median us", "q1 us", "q3 us"],
+        [
+            [name, *(f"{s[c]:.{digits}f}" for c in ("median_us", "q1_us", "q3_us"))]
+            for name, s in stats.items()
+        ],
+    )
+
+
+def machine() -> dict:
+    devs = synk.devices()
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "platform": devs[0].platform,
+        "device_kind": devs[0].device_kind,
+        "devices": len(devs),
+        "processes": synk.process_count(),
+        "cpu_cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "synk": synk.__version__,
+    }
+
+
+def shared_cores_note(devices) -> str:
+    """On simulated CPU devices, why measured speedups stay near 1 (empty elsewhere)."""
+    if devices[0].platform != "cpu" or len(devices) == 1:
+        return ""
+    return (
+        f"note: these {len(devices)} CPU devices are simulated on {os.cpu_count()} cores "
+        "and share them: the measured speedup is bounded by the cores, not by synk"
+    )
+
+
+# --------------------------------------------------------------------------
+# Plots (matplotlib, imported only when asked for)
+
+
+def plot(result: dict, path: str) -> None:
+    """Write one figure of the result to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    kind = result["command"]
+    if kind == "overhead":
+        _per_call_bars(ax, result)
+    elif kind == "collectives":
+        _bandwidth(ax, result)
+    elif kind == "indexing":
+        _per_batch(ax, result)
+    else:
+        _speedup(ax, result)
+    ax.set_title(f"synk bench {kind} ({result['machine']['devices']} devices)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _per_call_bars(ax, result: dict) -> None:
+    names = list(result["stats_us"])
+    med = [result["stats_us"][k]["median_us"] for k in names]
+    ax.barh(names, med)
+    ax.invert_yaxis()
+    ax.set_xlabel("median time per call (us)")
+
+
+def _bandwidth(ax, result: dict) -> None:
+    for op in dict.fromkeys(r["op"] for r in result["results"]):
+        rs = [r for r in result["results"] if r["op"] == op]
+        ax.loglog([r["size"] for r in rs], [r["busbw_gbs"] for r in rs], "o-", label=op)
+    ax.set_xlabel("message size (bytes)")
+    ax.set_ylabel("busbw (GB/s)")
+    ax.legend()
+
+
+def _per_batch(ax, result: dict) -> None:
+    """Time per call over batch size, one line per way of feeding the batch."""
+    for v in ("a", "b", "c", "r", "h"):
+        rows = [r for r in result["table"] if r[v] == r[v]]  # nan: not measured
+        if rows:
+            label = result["labels"][v]
+            ax.loglog([r["batch"] for r in rows], [r[v] for r in rows], "o-", label=label)
+    ax.set_xlabel("batch (rows)")
+    ax.set_ylabel("median time per call (us)")
+    ax.legend()
+
+
+def _speedup(ax, result: dict) -> None:
+    """Speedup over devices: measured (scaling), or predicted beside measured (predict)."""
+    rs = result["results"]
+    ks = [r["devices"] for r in rs]
+    ax.plot(ks, ks, "k:", label="ideal")
+    if result["command"] == "scaling":
+        ax.plot(ks, [r["speedup"] for r in rs], "o-", label="measured")
+    else:
+        ax.plot(ks, [r["predicted_speedup"] for r in rs], "o-", label="predicted")
+        meas = [r for r in rs if "measured_speedup" in r]
+        if meas:
+            ax.plot(
+                [r["devices"] for r in meas],
+                [r["measured_speedup"] for r in meas],
+                "s--",
+                label="measured",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("devices")
+    ax.set_ylabel("speedup over 1 device")
+    ax.legend()

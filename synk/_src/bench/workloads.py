@@ -1,0 +1,157 @@
+"""What the benchmarks run: an MLP training step, its batches, and the same step by hand.
+
+Called by ``overhead``, ``dispatch``, ``scaling`` and ``predict`` (the step,
+the batches, the meshes), by ``indexing`` (the classifier step, the mesh) and
+by ``collectives`` (the mesh). Calls JAX and numpy only: the hand-written
+variants are what synk is compared with, so they use no synk at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "d"  # the hand-written variants' mesh axis
+D_IN, D_OUT = 16, 4
+CLASSES = 10  # of the classifier
+
+
+# --------------------------------------------------------------------------
+# The computation: value_and_grad of an MLP's mean squared error
+
+
+def init_mlp(sizes: list[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """MLP parameters ``w0, b0, w1, b1, ...`` as float32 numpy arrays."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        params[f"w{i}"] = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        params[f"b{i}"] = np.zeros(b, np.float32)
+    return params
+
+
+def make_batch(rows: int, seed: int = 0, d_in: int = D_IN) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, d_in), dtype=np.float32)
+    return x, rng.standard_normal((rows, D_OUT), dtype=np.float32)
+
+
+def train_step(params, x, y):
+    """The single-device step: (mean loss, its gradients) over the rows."""
+    return jax.value_and_grad(mlp_loss)(params, x, y)
+
+
+def mlp_loss(params, x, y):
+    """Mean squared error of a tanh MLP over the rows of ``x``."""
+    layers = len(params) // 2
+    h = x
+    for i in range(layers):
+        h = h @ params[f"w{i}"] + params[f"b{i}"]
+        if i < layers - 1:
+            h = jnp.tanh(h)
+    return jnp.mean((h - y) ** 2)
+
+
+# --------------------------------------------------------------------------
+# A classifier: value_and_grad of a one-hidden-layer MLP's softmax cross-entropy
+
+
+def init_classifier(key: jax.Array, features: int, hidden: int) -> dict[str, jax.Array]:
+    k1, k2 = jax.random.split(key)
+    return {
+        "w1": jax.random.normal(k1, (features, hidden), jnp.float32) / np.sqrt(features),
+        "b1": jnp.zeros((hidden,), jnp.float32),
+        "w2": jax.random.normal(k2, (hidden, CLASSES), jnp.float32) / np.sqrt(hidden),
+        "b2": jnp.zeros((CLASSES,), jnp.float32),
+    }
+
+
+def classifier_step(params, x, y):
+    """The single-device step: (mean loss, its gradients) over the rows; y holds classes."""
+    return jax.value_and_grad(classifier_loss)(params, x, y)
+
+
+def classifier_loss(params, x, y):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"])
+    logits = h @ params["w2"] + params["b2"]
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+# --------------------------------------------------------------------------
+# Meshes and global arrays, as hand-written JAX builds them
+
+
+def mesh_of(devices) -> Mesh:
+    return Mesh(np.array(devices, dtype=object), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def by_rows(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def global_arrays(tree, sharding: NamedSharding):
+    """Global arrays of host values that every process holds whole (any process count)."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_callback(a.shape, sharding, lambda i: a[i]), tree
+    )
+
+
+# --------------------------------------------------------------------------
+# The same step written by hand
+
+
+def hand_written(mesh: Mesh, step: Callable = train_step):
+    """The fastest hand-written form: jit(shard_map) with in_shardings (jit places numpy)."""
+
+    def body(params, x, y):
+        # Without the cast, the gradient w.r.t. the replicated params would be
+        # psum'd implicitly by shard_map's transpose: n times too large.
+        params = jax.tree_util.tree_map(lambda p: lax.pcast(p, AXIS, to="varying"), params)
+        return lax.pmean(step(params, x, y), AXIS)
+
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
+    return jax.jit(mapped, in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)))
+
+
+def hand_written_indexed(mesh: Mesh, step: Callable = train_step):
+    """The hand-written step on rows picked by index from data already on every device."""
+
+    def body(params, data_x, data_y, idx):  # idx: this device's rows
+        params = jax.tree_util.tree_map(lambda p: lax.pcast(p, AXIS, to="varying"), params)
+        x, y = (jnp.take(d, idx, axis=0, mode="clip") for d in (data_x, data_y))
+        return lax.pmean(step(params, x, y), AXIS)
+
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS)), out_specs=P())
+    everywhere, rows = replicated(mesh), by_rows(mesh)
+    return jax.jit(mapped, in_shardings=(everywhere, everywhere, everywhere, rows))
+
+
+def pmapped(devices, step: Callable = train_step) -> Callable:
+    """The step under ``jax.pmap``: a global batch, split into one block of rows per device.
+
+    Its outputs are one identical copy per device.
+    """
+    n = len(devices)
+    mapped = jax.pmap(
+        lambda p, xs, ys: lax.pmean(step(p, xs, ys), AXIS),
+        axis_name=AXIS,
+        in_axes=(None, 0, 0),
+        devices=devices,
+    )
+
+    def call(p, x, y):
+        return mapped(p, x.reshape(n, -1, *x.shape[1:]), y.reshape(n, -1, *y.shape[1:]))
+
+    return call
