@@ -1,5 +1,19 @@
-"""What the tests share to run alike in one process and under ``mpiexec -n 2``."""
+"""What the tests share to run alike in one process and under ``mpiexec -n 2``.
 
+The observations here use public interfaces only (synk's and JAX's), so that
+a test keeps passing while its behaviour holds, however synk is built inside.
+"""
+
+import contextlib
+import functools
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
 import pytest
 
 import synk
@@ -21,8 +35,51 @@ def clean_env(**extra: str) -> dict[str, str]:
     A subprocess started from a test under mpiexec must not think that it,
     too, is one rank of an MPI launch.
     """
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCH_PREFIXES)}
     env.update(extra)
     return env
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python (JAX not yet started), in `clean_env(**env)`."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_tree_close(got, want, rtol=2e-5, atol=2e-5):
+    """Same tree structure, shapes and dtypes, and values equal up to float rounding."""
+    got_leaves, got_def = jax.tree.flatten(got)
+    want_leaves, want_def = jax.tree.flatten(want)
+    assert got_def == want_def
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, g.dtype, w.shape, w.dtype)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+
+
+def counting(fn):
+    """`fn`, and a list that grows by one each time JAX traces it (or it runs eagerly)."""
+    traces = []
+
+    @functools.wraps(fn)  # keeps fn's signature: synk binds arguments by it
+    def wrapped(*args, **kwargs):
+        traces.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapped, traces
+
+
+@contextlib.contextmanager
+def compilations(caplog: pytest.LogCaptureFixture):
+    """A list of what XLA compiles inside the block, from JAX's ``log_compiles`` messages."""
+    compiled: list[str] = []
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        start = len(caplog.records)
+        yield compiled
+        messages = [r.getMessage() for r in caplog.records[start:]]
+    compiled += [m for m in messages if m.startswith("Compiling ")]

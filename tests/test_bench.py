@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, single_process
+from helpers import clean_env, run_python, single_process
 
 DEVICES = 8
 SUBCOMMANDS = ("overhead", "dispatch", "collectives", "scaling", "predict", "indexing")
@@ -119,8 +119,8 @@ def test_dispatch_profile_shows_nothing_redone_per_call(tmp_path_factory):
     host = out["host_us"]
     for name in ("synk, numpy", "hand-written, numpy", "synk, device-resident"):
         assert positive(host[name]["median_us"]), name
-    per_call = out["per_call"]
-    assert set(per_call) == set(PROFILED)
+    per_call, first = out["per_call"], out["first_call"]
+    assert set(per_call) == set(first) == set(PROFILED)  # the same counters, later and first
     for label in (
         "synk plans built",
         "argument descriptions (in_axes trees)",
@@ -131,9 +131,8 @@ def test_dispatch_profile_shows_nothing_redone_per_call(tmp_path_factory):
     ):
         assert per_call[label] == 0, label
     # The counters do see these functions: the first call of a new function runs them.
-    first = out["first_call"]
-    for label in PROFILED:
-        assert first[label] >= 1, label
+    for label, count in first.items():
+        assert count >= 1, label
     # One flatten of the arguments and one unflatten of the outputs per call.
     assert per_call["tree_flatten calls"] == 1
     assert per_call["tree_unflatten calls"] == 1
@@ -310,6 +309,6 @@ def test_help_lists_every_subcommand_with_a_description(command):
 
 
 def test_import_synk_does_not_import_the_benchmarks():
-    code = "import sys, synk; print('synk._src.bench' in sys.modules)"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert res.stdout.strip() == "False", res.stdout + res.stderr
+    code = "import sys, synk; print(sorted(m for m in sys.modules if 'bench' in m))"
+    res = run_python(code)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr  # no benchmark code on import

@@ -1,14 +1,17 @@
 """Per-device values, collectives on them, and synk.lax inside a function."""
 
+import os
 import re
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import compilations, run_python
 
 import synk
-from synk._src import collectives
 
 N = synk.device_count()
 OPS = {"avg": np.mean, "sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}
@@ -83,13 +86,18 @@ def test_get_value_and_set_value():
         synk.set_value(x["a"], 0, np.zeros(3))
 
 
-def test_collectives_compile_once_per_shape():
+def test_collectives_compile_once_per_shape(caplog):
     x = per_device_values((4, 7))
-    synk.all_reduce(x, "sum")
-    compiled = collectives._reduce_fn("sum", None, True)._cache_size()
-    for _ in range(3):
-        synk.all_reduce(x + 1, "sum")
-    assert collectives._reduce_fn("sum", None, True)._cache_size() == compiled
+    with compilations(caplog) as first:
+        synk.all_reduce(x, "sum")
+    assert first  # a new shape compiles
+    with compilations(caplog) as again:
+        for _ in range(3):
+            synk.all_reduce(x + 1, "sum")
+    assert again == []
+    with compilations(caplog) as other:
+        synk.all_reduce(per_device_values((4, 8)), "sum")
+    assert other  # and another shape compiles anew
 
 
 def test_a_value_without_one_entry_per_device_is_refused():
@@ -197,7 +205,7 @@ def test_in_function_collectives_need_an_even_batch_and_one_slice():
         g(np.ones(4 * N))
 
 
-# ------------------------------------------------------- comm_dtype
+# ------------------------------------------------------- what is compiled
 
 
 def all_reduce_types(stablehlo: str) -> list[str]:
@@ -205,6 +213,36 @@ def all_reduce_types(stablehlo: str) -> list[str]:
     # XLA's CPU compiler later promotes bf16 all-reduces to f32 (it has no bf16
     # reduction); the lowered program is what GPUs (NCCL) run as written.
     return re.findall(r'"stablehlo.all_reduce".*?\}\) : \((.*?)\) ->', stablehlo, re.DOTALL)
+
+
+def compiled_modules(code: str) -> list[tuple[str, str]]:
+    """Run `code` in a fresh Python on 4 CPU devices and read what XLA compiled.
+
+    The per-device collectives have no ``lower``: XLA dumps each module it
+    compiles. Returns the HLO text of each module with an all-reduce, before
+    and after XLA's optimisations, in compile order.
+    """
+    with tempfile.TemporaryDirectory() as dump:
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
+        res = run_python(
+            "import numpy as np, jax.numpy as jnp, synk\n" + code,
+            SYNK_CPU_DEVICES="4",
+            XLA_FLAGS=flags,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        modules = []
+        for before in sorted(Path(dump).glob("*.before_optimizations.txt")):
+            stem = before.name.removesuffix(".before_optimizations.txt")
+            (after,) = Path(dump).glob(f"{stem}.*after_optimizations.txt")
+            if "all-reduce" in before.read_text():
+                modules.append((before.read_text(), after.read_text()))
+        return modules
+
+
+def all_reduces(hlo: str) -> list[str]:
+    """The result type of each all-reduce in HLO text, without its layout."""
+    types = re.findall(r"= (\(.*?\)|\S+) all-reduce(?:-start)?\(", hlo)
+    return [re.sub(r"\{[\d,]*\}", "", t) for t in types]
 
 
 def test_comm_dtype_on_a_function_travels_in_bfloat16():
@@ -226,15 +264,21 @@ def test_comm_dtype_on_reduce_and_all_reduce():
         assert got.dtype == np.float32
         value = np.asarray(got if fn is synk.reduce else synk.gather(got)[0])
         np.testing.assert_allclose(value, x.mean(0), rtol=1e-2)
-    fn = collectives._reduce_fn("avg", jnp.dtype("bfloat16"), False)
-    assert all_reduce_types(fn.lower(x).as_text()) == ["tensor<5xbf16>"]
+    # The program as synk writes it (before XLA's CPU compiler promotes bf16
+    # all-reduces to f32): the values travel in bfloat16.
+    modules = compiled_modules("""
+x = np.arange(20, dtype=np.float32).reshape(4, 5)
+synk.reduce(x, "avg", comm_dtype=jnp.bfloat16)
+synk.all_reduce(x, "avg", comm_dtype=jnp.bfloat16)
+""")
+    assert [all_reduces(before) for before, _ in modules] == [["bf16[5]"], ["bf16[5]"]]
 
 
 def test_k_outputs_of_one_op_are_one_all_reduce():
-    k = 5
-    f = synk.function(lambda x: [x.mean(0) * i for i in range(k)], reduce="avg")
-    hlo = f.lower(np.ones((4 * N, 2), np.float32)).compile().as_text()
-    assert hlo.count("all-reduce(") + hlo.count("all-reduce-start(") == 1
-    tree = [per_device_values() * i for i in range(k)]
-    hlo = collectives._reduce_fn("sum", None, True).lower(*tree).compile().as_text()
-    assert hlo.count("all-reduce(") + hlo.count("all-reduce-start(") == 1
+    modules = compiled_modules("""
+x = np.arange(8, dtype=np.float32).reshape(4, 2)
+synk.all_reduce([x * i for i in range(5)], "sum")
+synk.reduce([x * i for i in range(5)], "max")
+""")
+    carrying_all_five = f"({', '.join(['f32[2]'] * 5)})"
+    assert [all_reduces(after) for _, after in modules] == [[carrying_all_five]] * 2

@@ -1,10 +1,12 @@
 """synk.data: device-resident data sets and batches passed as indices."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PROCESSES, single_process
+from helpers import PROCESSES, assert_tree_close, counting, single_process
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,11 +27,6 @@ def model(x, y):
         "prod": jnp.prod(1.0 + 0.1 * jnp.tanh(y)),
         "gather": h * y[:, None],
     }
-
-
-def assert_tree_close(got, want):
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=2e-5)
 
 
 # ------------------------------------------------------------- the object
@@ -162,23 +159,39 @@ def test_local_views_index_each_shard(rows):
         np.testing.assert_allclose(np.asarray(total), want.sum(0), rtol=1e-5)
 
 
-@single_process("inspects the arguments handed to jit, which several processes make global")
-def test_only_the_indices_cross_from_host_to_device():
+def executable_arguments(lowered) -> list[tuple[tuple[int, ...], np.dtype]]:
+    """The (shape, dtype) of each argument of a lowered synk.Function call."""
+    return [(arg.shape, arg.dtype) for arg in jax.tree.leaves(lowered.args_info)]
+
+
+@single_process("several processes build the indices into global arrays, another transfer")
+def test_only_the_indices_cross_from_host_to_device(capfd):
     x = RNG.normal(size=(1000, 16)).astype(np.float32)
     X, Y = synk.data(x), synk.data(x[:, 0])
     f = synk.function(lambda a, b: (a.mean(0), b.mean()))
     k = 32 * N  # an even batch: one index array, k / N indices per device
     idx = RNG.integers(0, 1000, k)
     f(X[idx], Y[idx])  # compile first
-    (plan,) = f._core.cache.values()
-    args = plan.place([X[idx], Y[idx]])
-    host = [a for a in args if not isinstance(a, jax.Array)]  # what jit will transfer
-    # The indices, nothing else; X[idx] and Y[idx] have equal indices: sent once.
-    assert [(a.dtype, a.nbytes) for a in host] == [(np.int32, k * 4)]
-    on_device = [a for a in args if isinstance(a, jax.Array)]
-    assert on_device[0] is X._array and on_device[1] is Y._array  # the data, not a copy
+    lowered = f.lower(X[idx], Y[idx])
+    # The executable takes the data whole and, X[idx] and Y[idx] having equal
+    # indices, one index array: sent once.
+    index = ((k,), np.dtype(np.int32))
+    assert executable_arguments(lowered) == [(x.shape, x.dtype), ((1000,), x.dtype), index]
+    capfd.readouterr()
+    # The data stays where it is (nothing moves between devices or back to the
+    # host), and what crosses from the host is the indices alone.
+    with (
+        jax.transfer_guard_device_to_device("disallow"),
+        jax.transfer_guard_device_to_host("disallow"),
+        jax.transfer_guard_host_to_device("log"),
+    ):
+        got = f(X[idx], Y[idx])
+        jax.block_until_ready(got)
+    sent = re.findall(r"host-to-device transfer: aval=(\S+?),", capfd.readouterr().err)
+    assert sent and set(sent) == {f"ShapedArray(int32[{k}])"}, sent
+    assert_tree_close(got, f.serial(x[idx], x[idx, 0]))
     # Replicated data: each device receives only its own k / N indices.
-    index_sharding = plan.jitted.lower(*args).compile().input_shardings[0][-1]
+    index_sharding = lowered.compile().input_shardings[0][-1]
     assert index_sharding.shard_shape((k,)) == (32,)
 
 
@@ -186,17 +199,25 @@ def test_only_the_indices_cross_from_host_to_device():
 def test_views_share_equal_indices_and_only_equal_ones(sharded):
     x = RNG.normal(size=(300, 3)).astype(np.float32)
     X, Y = synk.data(x, sharded=sharded), synk.data(x[:, 0], sharded=sharded)
-    f = synk.function(lambda a, b: (a * 2, b + 1), reduce="gather")
+    fn, traces = counting(lambda a, b: (a * 2, b + 1))
+    f = synk.function(fn, reduce="gather")
     a, b = RNG.integers(0, 300, (2, 4 * N + 3))
+    seen = []
     for i, j in [(a, a), (a, b), (b, b), (a, a.copy()), (b, a)]:  # equal, then not, ...
         assert_tree_close(f(X[i], Y[j]), f.serial(x[i], x[j, 0]))
-    shared = [p for p in f._core.cache.values() if p.shared]
-    assert len(shared) == 1 and len(f._core.cache) == 2  # one plan shares, one does not
-    if PROCESSES == 1:
-        n_args = {len(p.place([X[a], Y[a]])) for p in f._core.cache.values()}
-        # data, data, then the indices once (shared) or twice: for sharded data the
-        # whole index; for replicated data each device's own rows and extra row.
-        assert n_args == ({3, 4} if sharded else {4, 6})
+        seen.append(len(traces))
+    # Two signatures: one where the views share their indices, one where they do not;
+    # later calls, equal indices or not, reuse them.
+    assert seen[0] < seen[1] == seen[-1] and repr(f).endswith("compiled=2)")
+
+    def index_arguments(lowered) -> int:  # the data is float32, the indices int32
+        return sum(dtype == np.int32 for _, dtype in executable_arguments(lowered))
+
+    # The executable takes the indices once (shared) or twice: for sharded data
+    # the whole index; for replicated data each device's own rows and extra row.
+    once = 1 if sharded else 2
+    assert index_arguments(f.lower(X[a], Y[a.copy()])) == once
+    assert index_arguments(f.lower(X[a], Y[b])) == 2 * once
     if sharded:  # local views with equal indices share one index too
         held = X.rows_per_device
         starts = np.cumsum([0, *held[:-1]])
@@ -204,8 +225,8 @@ def test_views_share_equal_indices_and_only_equal_ones(sharded):
         want = np.concatenate([x[starts[d] + k[d]] for d in range(N)])
         g = synk.function(lambda a, b: a[:, 0] + b, reduce="gather")
         np.testing.assert_allclose(np.asarray(g(X.local[k], Y.local[k])), 2 * want[:, 0])
-        (plan,) = g._core.cache.values()
-        assert plan.shared
+        assert index_arguments(g.lower(X.local[k], Y.local[k])) == 1
+        assert index_arguments(g.lower(X.local[k], Y.local[k[::-1]])) == 2
 
 
 # ------------------------------------------------------------- errors

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PROCESSES, single_process
+from helpers import PROCESSES, assert_tree_close, single_process
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,16 +13,6 @@ import synk
 # Under several processes a function spans every process's devices.
 DEVICE_COUNTS = [n for n in (1, 2, 3, 8) if n <= synk.device_count()] if PROCESSES == 1 else [None]
 OPS = ("avg", "sum", "max", "min", "prod", "gather")
-
-
-def assert_tree_close(got, want, rtol=2e-5, atol=2e-5):
-    got_leaves, got_def = jax.tree.flatten(got)
-    want_leaves, want_def = jax.tree.flatten(want)
-    assert got_def == want_def
-    for g, w in zip(got_leaves, want_leaves, strict=True):
-        g, w = np.asarray(g), np.asarray(w)
-        assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, g.dtype, w.shape, w.dtype)
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
 
 
 def model(params, x, z):

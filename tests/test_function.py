@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import single_process
+from helpers import counting, single_process
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -99,13 +99,19 @@ def test_static_argnums_and_static_argnames():
         y = x**power
         return y.max() if mode == "max" else y.sum()
 
-    by_num = synk.function(f, static_argnums=1, static_argnames="mode", reduce="max")
+    counted, traces = counting(f)
+    by_num = synk.function(counted, static_argnums=1, static_argnames="mode", reduce="max")
     by_name = synk.function(f, static_argnames=("power", "mode"), reduce="sum")
     x = rand(17)
     np.testing.assert_allclose(by_num(x, 3, mode="max"), (x**3).max(), rtol=1e-5)
     np.testing.assert_allclose(by_name(x, power=2, mode="sum"), (x**2).sum(), rtol=1e-5)
-    by_num(x, 2, mode="max")
-    assert len(by_num._core.cache) == 2  # one executable per static value
+    first = len(traces)
+    np.testing.assert_allclose(by_num(x, 2, mode="max"), (x**2).max(), rtol=1e-5)
+    assert len(traces) > first  # a new static value traces anew
+    assert repr(by_num).endswith("compiled=2)")  # one executable per static value
+    again = len(traces)
+    by_num(x, 3, mode="max")
+    assert len(traces) == again  # a static value seen before does not
 
 
 def test_donate_argnums_reuses_device_buffers():
@@ -130,23 +136,20 @@ def test_devices_subset(n):
 
 
 def test_with_options_shares_the_cache_and_is_cached_itself():
-    calls = []
-
-    def f(x):
-        calls.append(1)  # counts traces
-        return x.sum()
-
+    f, traces = counting(lambda x: x.sum())
     g = synk.function(f, reduce="sum")
     x = rand(32)
     g(x)
     h = g.with_options(num_slices=4)
     assert h is g.with_options(num_slices=4)  # cheap in a loop: the same object
+    assert repr(h).endswith("compiled=1)")  # it sees g's compiled signature
     np.testing.assert_allclose(h(x), x.sum(), rtol=1e-5)
-    assert h._core.cache is g._core.cache and len(g._core.cache) == 2
-    traced = len(calls)
+    assert repr(g).endswith("compiled=2)") and repr(h).endswith("compiled=2)")  # one cache
+    traced = len(traces)
     for _ in range(3):
         g.with_options(num_slices=4)(x)
-    assert len(calls) == traced
+        g(x)
+    assert len(traces) == traced
     assert h.options == {"reduce": "sum", "num_slices": 4, "comm_dtype": None}
 
 
@@ -164,20 +167,27 @@ def test_with_options_reduce_and_comm_dtype():
 
 def test_serial_runs_the_undecorated_function_on_one_device():
     f = synk.function(lambda x: x * 2, reduce="gather")
-    out = f.serial(rand(5))
+    x = rand(5)
+    out = f.serial(x)
     assert len(out.sharding.device_set) == 1
+    np.testing.assert_allclose(out, x * 2)
 
 
-def test_lower_shows_the_collectives():
-    f = synk.function(lambda x: (x.mean(), x.max()), reduce=("avg", "max"))
-    text = f.lower(rand(16)).as_text()
-    assert "all_reduce" in text or "all-reduce" in text
+@pytest.mark.parametrize("rows", [16, 19])
+def test_lower_shows_one_all_reduce_per_reduce_op(rows):
+    """What f.lower shows: the collectives, all outputs of one op in one all-reduce."""
 
+    def stats(x):
+        return x.mean(), (x**2).mean(), x.mean(axis=0)[None], x.max(), x.max(axis=0)
 
-def test_outputs_of_one_op_are_reduced_in_one_collective():
-    f = synk.function(lambda x: (x.mean(), (x**2).mean(), x.mean(axis=0)[None]), reduce="avg")
-    hlo = f.lower(rand(16, 3)).compile().as_text()
-    assert hlo.count("all-reduce(") + hlo.count("all-reduce-start(") == 1
+    f = synk.function(stats, reduce=("avg", "avg", "avg", "max", "max"))
+    x = rand(rows, 3)
+    lowered = f.lower(x)
+    assert "all_reduce" in lowered.as_text()
+    hlo = lowered.compile().as_text()
+    assert hlo.count("all-reduce(") + hlo.count("all-reduce-start(") == 2  # avg, max
+    for got, want in zip(f(x), stats(x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_repr_names_the_function_and_options():

@@ -70,8 +70,14 @@ def test_info_shows_the_layout_on_every_rank():
         ({"SYNK_CPU_DEVICES": "1"}, 1, "{rank}"),
         # One process per node driving its GPUs: the ids SYNK_LOCAL_DEVICES names.
         ({"SYNK_CPU_DEVICES": "2", "SYNK_LOCAL_DEVICES": "0,1"}, 2, "0,1"),
+        # ... or all the GPUs it sees, renumbered from 0.
+        (
+            {"SYNK_CPU_DEVICES": "2", "SYNK_LOCAL_DEVICES": "all", "CUDA_VISIBLE_DEVICES": "3,5"},
+            2,
+            "0,1",
+        ),
     ],
-    ids=["one-device-per-process", "several-devices-per-process"],
+    ids=["one-device-per-process", "several-devices-per-process", "all-visible-devices"],
 )
 def test_both_layouts_reduce_over_every_device(env, local, visible):
     # CPU devices stand in for GPUs; the GPU ids each process is given are what

@@ -6,7 +6,6 @@ Run by tests/test_launch.py under mpiexec -n 2. Each process passes its share
 
 import jax
 import numpy as np
-from jax._src import xla_bridge  # the GPUs jax.distributed was told to use (no public read)
 
 import synk
 
@@ -14,7 +13,7 @@ synk.init()
 f = synk.function(lambda x: x.sum(), reduce="sum")
 share = np.arange(4, dtype=np.float32) + 4 * synk.process_index()
 total = float(f(share))
-visible = xla_bridge.CUDA_VISIBLE_DEVICES.value
+visible = jax.config.read("jax_cuda_visible_devices")  # the GPUs jax.distributed was given
 print(
     f"rank {synk.process_index()}: {len(jax.local_devices())} local of {synk.device_count()} "
     f"devices, sum {total}, visible {visible}",
