@@ -90,6 +90,31 @@ def test_delete_frees_and_later_use_is_an_error():
         len(X)
 
 
+# ------------------------------------------------------------- views
+
+
+def double(x):
+    return x * 2
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_a_view_keeps_its_own_copy_of_the_indices(dtype):
+    x = RNG.normal(size=(3 * N, 2)).astype(np.float32)
+    X, S = synk.data(x), synk.data(x, sharded=True)
+    f = synk.function(double, reduce="gather")
+    idx = np.array([3, 1, 4, 1, 5], dtype)
+    local = np.tile(np.array([2, 0, 1], dtype), (N, 1))  # (n, k): one row per device
+    view, local_view = X[idx], S.local[local]
+    want = 2 * x[idx]
+    want_local = 2 * np.concatenate([x[3 * d + np.array([2, 0, 1])] for d in range(N)])
+    idx[:] = 0  # the caller reuses its index arrays
+    local[:] = 0
+    np.testing.assert_array_equal(np.asarray(f(view)), want)
+    np.testing.assert_array_equal(np.asarray(f(local_view)), want_local)
+    with pytest.raises(ValueError, match="read-only"):
+        view.index[0] = 7
+
+
 # ------------------------------------------------------------- batches
 
 

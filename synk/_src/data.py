@@ -263,7 +263,8 @@ class Batch:
     """A lazy batch view of a `Data`: rows picked on the devices at the call."""
 
     data: Data
-    index: np.ndarray  # int32: (k,) global rows, or (n_devices, k) rows of each shard
+    index: np.ndarray  # int32, read-only, never the caller's array: (k,) global rows,
+    # or (n_devices, k) rows of each shard
     local: bool
 
     @property
@@ -321,7 +322,7 @@ def _check_range(array: np.ndarray, rows: int, what: str) -> np.ndarray:
             )
         if low < 0:
             array = np.where(array < 0, array + rows, array)
-    return array.astype(np.int32, copy=False)
+    return _frozen(array)
 
 
 def _global_index(idx, rows: int) -> np.ndarray:
@@ -331,7 +332,7 @@ def _global_index(idx, rows: int) -> np.ndarray:
                 f"X[{idx.start}:{idx.stop}:{idx.step}]: slices with a step are not supported; "
                 "pass the rows as an index array, e.g. X[np.arange(start, stop, step)]."
             )
-        return np.arange(*idx.indices(rows), dtype=np.int32)
+        return _frozen(np.arange(*idx.indices(rows), dtype=np.int32))
     array = _as_index_array(idx, "X[idx]")
     if array.ndim != 1:
         raise ValueError(
@@ -365,7 +366,14 @@ def _local_index(idx, data: Data) -> np.ndarray:
             f"{int(np.asarray(idx).max())}). Each device's indices must be below the rows it "
             "holds."
         )
-    return np.ascontiguousarray(array, dtype=np.int32)
+    return _frozen(array)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only int32 copy: a view must not change when the caller's index array does."""
+    out = np.array(array, dtype=np.int32, order="C", copy=True)
+    out.flags.writeable = False
+    return out
 
 
 # ------------------------------------------------------- rows on each device
