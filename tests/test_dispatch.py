@@ -103,6 +103,32 @@ def test_device_arrays_with_another_layout_are_resharded():
     assert float(f(x)) == float(np.arange(5 * N + 2).sum())
 
 
+def each_process_reversed():
+    """Every device, each process's own in reverse: another order, valid for any process count."""
+    devices = synk.devices()
+    per = len(devices) // PROCESSES
+    return [d for p in range(PROCESSES) for d in reversed(devices[p * per : (p + 1) * per])]
+
+
+@pytest.mark.parametrize("rows", [3 * N, 3 * N + 5])
+def test_device_arrays_on_the_same_devices_in_another_order_are_placed(rows):
+    backwards = synk.function(
+        lambda x: (x * 2, x.sum(0)), reduce=("gather", "sum"), devices=each_process_reversed()
+    )
+    x = RNG.normal(size=(rows * PROCESSES, 3)).astype(np.float32)  # the global batch
+    doubled, total = backwards(synk.process_share(x))
+    assert list(doubled.sharding.mesh.devices.flat) == each_process_reversed()
+    assert list(total.sharding.mesh.devices.flat) == each_process_reversed()
+    # Sliced (an uneven batch for rows=3N+5: the device splitter) and broadcast.
+    f = synk.function(
+        lambda a, t: (a * t, (a * t).sum(0)), in_axes=(0, None), reduce=("gather", "sum")
+    )
+    rows_out, summed = f(doubled, total)
+    want = 2 * x * x.sum(0)
+    np.testing.assert_allclose(np.asarray(rows_out), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(summed), want.sum(0), rtol=1e-4, atol=1e-4)
+
+
 def test_hundreds_of_calls_in_a_row_without_blocking():
     """XLA's CPU collectives abort when too many calls queue up; synk bounds them."""
     f = synk.function(lambda w, x: ((x @ w) ** 2).mean() + w.sum(), in_axes=(None, 0))

@@ -1,7 +1,7 @@
 """Every private or version-dependent JAX access, in one place.
 
-Called by: `runtime` (has the backend started?) and ``synk info`` (the
-coordinator address).
+Called by: `runtime` (has the backend started?), ``synk info`` (the
+coordinator address), `placement` and `collectives` (a sharding's device order).
 Calls: JAX only. When JAX moves one of these, this is the one file to change.
 """
 
@@ -28,4 +28,17 @@ def coordinator_address() -> str | None:
 
         return distributed.global_state.coordinator_address
     except (ImportError, AttributeError):
+        return None
+
+
+def device_order(sharding) -> tuple | None:
+    """The devices of a sharding in its order (None if unknown).
+
+    jit takes committed arguments only on its devices in its order ("Received
+    incompatible devices"), so an array on the same devices in another order
+    must be moved first. Shardings have no public accessor for the order.
+    """
+    try:
+        return tuple(sharding._device_assignment)
+    except AttributeError:
         return None
