@@ -47,6 +47,17 @@ def test_scatter_splits_axis_zero_and_refuses_uneven():
         synk.scatter({"x": np.ones(3 * N + 1)})
 
 
+@pytest.mark.parametrize("collective", ["broadcast", "scatter"])
+def test_broadcast_and_scatter_take_an_array_committed_to_one_device(collective):
+    x = np.arange(4.0 * N, dtype=np.float32).reshape(2 * N, 2)
+    # On one of this process's own devices (the value is equal on every process).
+    one = jax.device_put(x, jax.local_devices()[-1])
+    assert one.committed
+    got = synk.gather(getattr(synk, collective)(one))
+    want = np.broadcast_to(x, (N, *x.shape)) if collective == "broadcast" else x.reshape(N, 2, 2)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("concat", [False, True])
 def test_gather_and_all_gather(concat):
     x = per_device_values((2,))

@@ -87,6 +87,79 @@ def test_delete_frees_and_later_use_is_an_error():
         len(X)
 
 
+# ------------------------------------------------------------- views and set_value
+
+
+def double(x):
+    return x * 2
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_view_that_set_value_shrank_the_data_below_is_refused(sharded):
+    X = synk.data(np.arange(4.0 * N), sharded=sharded)
+    f = synk.function(double, reduce="gather")
+    stale = X[[1, 4 * N - 1, 0]]
+    X.set_value(np.arange(2.0 * N) + 100)
+    fresh = X[[1, 2 * N - 1, 0]]  # the same key as `stale` but for fitting the data
+    np.testing.assert_array_equal(np.asarray(f(fresh)), 2 * np.array([101, 2 * N + 99, 100]))
+    with pytest.raises(
+        IndexError,
+        match=rf"argument `x` is a batch of a synk.Data that had {4 * N} rows when the batch "
+        rf"was made and now has {2 * N} \(set_value shrank it\); its largest index is "
+        rf"{4 * N - 1}, out of range for {2 * N} rows",
+    ):
+        f(stale)
+    with pytest.raises(IndexError, match=r"argument `x` is a batch"):
+        f(stale)  # refused every time, not only when its plan is first built
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_view_whose_indices_still_fit_after_set_value_reads_the_new_rows(sharded):
+    X = synk.data(np.arange(4.0 * N), sharded=sharded)
+    f = synk.function(double, reduce="gather")
+    idx = [2, N + 1, 0, N + 1]
+    view = X[idx]
+    for rows in (N + 2, 6 * N):  # shrunk but still in range, then grown
+        new = RNG.normal(size=rows).astype(np.float32)
+        X.set_value(new)
+        np.testing.assert_array_equal(np.asarray(f(view)), 2 * new[idx])
+
+
+def test_a_local_view_that_set_value_shrank_the_shards_below_is_refused():
+    X = synk.data(np.arange(4.0 * N), sharded=True)  # 4 rows per device
+    f = synk.function(double, reduce="gather")
+    stale, kept = X.local[[3]], X.local[[2, 0]]
+    new = RNG.normal(size=4 * N - 1).astype(np.float32)  # the last device now holds 3
+    X.set_value(new)
+    with pytest.raises(
+        IndexError,
+        match=rf"argument `x` .* now has {4 * N - 1} .* its indices into each device's shard "
+        rf"need at least {4 * N} rows dealt over {N} devices",
+    ):
+        f(stale)
+    starts = np.cumsum([0, *X.rows_per_device[:-1]])
+    want = np.concatenate([new[s + np.array([2, 0])] for s in starts])
+    np.testing.assert_array_equal(np.asarray(f(kept)), 2 * want)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_a_view_keeps_its_own_copy_of_the_indices(dtype):
+    x = RNG.normal(size=(3 * N, 2)).astype(np.float32)
+    X, S = synk.data(x), synk.data(x, sharded=True)
+    f = synk.function(double, reduce="gather")
+    idx = np.array([3, 1, 4, 1, 5], dtype)
+    local = np.tile(np.array([2, 0, 1], dtype), (N, 1))  # (n, k): one row per device
+    view, local_view = X[idx], S.local[local]
+    want = 2 * x[idx]
+    want_local = 2 * np.concatenate([x[3 * d + np.array([2, 0, 1])] for d in range(N)])
+    idx[:] = 0  # the caller reuses its index arrays
+    local[:] = 0
+    np.testing.assert_array_equal(np.asarray(f(view)), want)
+    np.testing.assert_array_equal(np.asarray(f(local_view)), want_local)
+    with pytest.raises(ValueError, match="read-only"):
+        view.index[0] = 7
+
+
 # ------------------------------------------------------------- batches
 
 

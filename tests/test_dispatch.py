@@ -1,9 +1,10 @@
 """The call path: one plan per signature, one device_put, no copies, bounded queue."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import compilations, counting, single_process
+from helpers import PROCESSES, compilations, counting, single_process
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -93,6 +94,32 @@ def test_device_arrays_with_another_layout_are_resharded():
     assert float(f(x)) == float(np.arange(5 * N + 2).sum())
 
 
+def each_process_reversed():
+    """Every device, each process's own in reverse: another order, valid for any process count."""
+    devices = synk.devices()
+    per = len(devices) // PROCESSES
+    return [d for p in range(PROCESSES) for d in reversed(devices[p * per : (p + 1) * per])]
+
+
+@pytest.mark.parametrize("rows", [3 * N, 3 * N + 5])
+def test_device_arrays_on_the_same_devices_in_another_order_are_placed(rows):
+    backwards = synk.function(
+        lambda x: (x * 2, x.sum(0)), reduce=("gather", "sum"), devices=each_process_reversed()
+    )
+    x = RNG.normal(size=(rows * PROCESSES, 3)).astype(np.float32)  # the global batch
+    doubled, total = backwards(synk.process_share(x))
+    assert list(doubled.sharding.mesh.devices.flat) == each_process_reversed()
+    assert list(total.sharding.mesh.devices.flat) == each_process_reversed()
+    # Sliced (an uneven batch for rows=3N+5: the device splitter) and broadcast.
+    f = synk.function(
+        lambda a, t: (a * t, (a * t).sum(0)), in_axes=(0, None), reduce=("gather", "sum")
+    )
+    rows_out, summed = f(doubled, total)
+    want = 2 * x * x.sum(0)
+    np.testing.assert_allclose(np.asarray(rows_out), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(summed), want.sum(0), rtol=1e-4, atol=1e-4)
+
+
 def test_hundreds_of_calls_in_a_row_without_blocking():
     """XLA's CPU collectives abort when too many calls queue up; synk bounds them."""
     f = synk.function(lambda w, x: ((x @ w) ** 2).mean() + w.sum(), in_axes=(None, 0))
@@ -102,3 +129,78 @@ def test_hundreds_of_calls_in_a_row_without_blocking():
     want = ((x @ w) ** 2).mean() + 4
     np.testing.assert_allclose(np.asarray(outs[-1]), want, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(outs[0]), want, rtol=1e-5)
+
+
+# ------------------------------------------------------- outputs the user donates or deletes
+# The bound above waits on outputs it holds; the user may have donated or
+# deleted every one of them since. A loop longer than the bound (8) shows it.
+
+STEPS = 30
+
+
+def loss_and_grad(w, x, y):
+    return jax.value_and_grad(lambda w: jnp.mean((x @ w - y) ** 2))(w)
+
+
+def momentum(w, velocity, total, loss, grad):
+    velocity = 0.9 * velocity + grad
+    return w - 0.05 * velocity, velocity, total + loss
+
+
+def regression(rows: int):
+    x = RNG.normal(size=(rows, 3)).astype(np.float32)
+    return x, (x @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32)
+
+
+def test_a_loop_that_donates_every_output_to_a_jitted_update():
+    """The optax pattern: a jitted update that donates synk's outputs, loss and gradient."""
+    step = synk.function(loss_and_grad, in_axes=(None, 0, 0))
+    # Donated buffers are reused for outputs of their shape: grad for w or velocity,
+    # loss for total (a donation with no such output would not delete the input).
+    update = jax.jit(momentum, donate_argnums=(3, 4))
+    x, y = regression((2 * N + 3) * PROCESSES)  # an uneven split on every process
+    xs, ys = synk.process_share(x), synk.process_share(y)
+    w, velocity, total = jnp.zeros(3), jnp.zeros(3), jnp.zeros(())
+    want = (np.zeros(3, np.float32), np.zeros(3, np.float32), np.float32(0))
+    for _ in range(STEPS):
+        loss, grad = step(w, xs, ys)
+        w, velocity, total = update(w, velocity, total, loss, grad)
+        assert grad.is_deleted() and loss.is_deleted()  # donated: the update took them
+        want = momentum(*want, *step.serial(want[0], x, y))
+    for got, expected in zip((w, velocity, total), want, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-6)
+
+
+def test_a_loop_that_deletes_every_output():
+    f = synk.function(lambda w, x: ((x @ w) ** 2).mean(), in_axes=(None, 0))
+    w = np.ones(3, np.float32)
+    x, _ = regression((2 * N + 3) * PROCESSES)
+    xs = synk.process_share(x)
+    per_device = synk.broadcast(np.ones(3, np.float32))
+    for _ in range(STEPS):
+        f(w, xs).delete()
+        synk.all_reduce(per_device, "sum").delete()  # per-device collectives are bounded too
+    np.testing.assert_allclose(np.asarray(f(w, xs)), ((x @ w) ** 2).mean(), rtol=1e-5)
+
+
+def test_donate_argnums_feeding_outputs_back():
+    """Local SGD: each call donates the replicas the previous call returned."""
+
+    def sgd_step(w, x, y):
+        return w - 0.1 * loss_and_grad(w, x, y)[1]
+
+    local_step = synk.function(
+        sgd_step, in_axes=("per_device", 0, 0), reduce="per_device", donate_argnums=0
+    )
+    x, y = regression(4 * N)
+    xs, ys = synk.process_share(x), synk.process_share(y)
+    first = w = synk.broadcast(np.zeros(3, np.float32))
+    for _ in range(STEPS):
+        w = local_step(w, xs, ys)
+    assert first.is_deleted()  # really donated
+    replicas = synk.gather(w)
+    for i in range(N):  # replica i trains on rows 4i .. 4i+3 only
+        want = np.zeros(3, np.float32)
+        for _ in range(STEPS):
+            want = sgd_step(want, x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4])
+        np.testing.assert_allclose(replicas[i], want, rtol=1e-4, atol=1e-6)

@@ -17,8 +17,8 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from synk._src import compat, runtime
 from synk._src import reduce as red
-from synk._src import runtime
 from synk._src.runtime import AXIS
 
 
@@ -55,11 +55,25 @@ def _place(tree, where: str):
 
 
 def _to_devices(x, sharding: NamedSharding) -> jax.Array:
-    if jax.process_count() == 1 or isinstance(x, jax.Array):
-        return jax.device_put(x, sharding)
-    # Several processes: every process holds the whole value; each device takes its part.
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jax.device_put(x, sharding)  # moves, reshards, or reorders shards
+    # Several processes: every process holds the whole value (on the host or on
+    # its own devices); each device takes its part.
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _on_mesh(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+    """A device array as it is if it is on the mesh's devices in the mesh's order, else moved.
+
+    A jit whose out_shardings lie on the mesh refuses an argument committed to
+    other devices, or to the same ones in another order ("incompatible
+    devices"): an array on one device, or a synk.Function's output with
+    devices in another order.
+    """
+    if compat.device_order(x.sharding) == tuple(sharding.mesh.devices.flat):
+        return x
+    return _to_devices(x, sharding)
 
 
 def _dispatch(fn, leaves, treedef):
@@ -96,10 +110,11 @@ def broadcast(x):
       True
     """
     n, sharding = runtime.device_count(), _per_device_sharding()
+    replicated = NamedSharding(sharding.mesh, P())
 
     def one(leaf):
         if isinstance(leaf, jax.Array):
-            return _broadcast_fn(sharding)(leaf)
+            return _broadcast_fn(sharding)(_on_mesh(leaf, replicated))
         leaf = np.asarray(leaf)
         return _to_devices(np.broadcast_to(leaf, (n, *leaf.shape)), sharding)
 
@@ -139,7 +154,7 @@ def scatter(x):
                 "synk.function, which handles uneven batches."
             )
         if isinstance(leaf, jax.Array):
-            out.append(_reshape_fn(n, sharding)(leaf))
+            out.append(_reshape_fn(n, sharding)(_on_mesh(leaf, sharding)))
         else:
             leaf = np.asarray(leaf)
             out.append(_to_devices(leaf.reshape(n, shape[0] // n, *shape[1:]), sharding))

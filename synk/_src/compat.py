@@ -1,7 +1,8 @@
 """Every private or version-dependent JAX access, in one place.
 
 Called by: `runtime` (has the backend started?), `plan` (does a traced
-program talk across devices?) and ``synk info`` (the coordinator address).
+program talk across devices?), `placement` and `collectives` (a sharding's
+device order) and ``synk info`` (the coordinator address).
 Calls: JAX only. When JAX moves one of these, this is the one file to change.
 """
 
@@ -62,3 +63,16 @@ def uses_axis(jaxpr, axis: str) -> bool:
         return False
 
     return walk(jaxpr)
+
+
+def device_order(sharding) -> tuple | None:
+    """The devices of a sharding in its order (None if unknown).
+
+    jit takes committed arguments only on its devices in its order ("Received
+    incompatible devices"), so an array on the same devices in another order
+    must be moved first. Shardings have no public accessor for the order.
+    """
+    try:
+        return tuple(sharding._device_assignment)
+    except AttributeError:
+        return None

@@ -149,6 +149,13 @@ class Data:
     def set_value(self, value) -> None:
         """Replace the data (same or new shape). On any error the old value stays intact.
 
+        A batch view holds indices, not rows: one made before ``set_value``
+        reads the new value's rows at its indices. Negative indices were
+        resolved against the length the data had when the view was made. A
+        view whose indices no longer fit the new length (the data shrank
+        below them) is refused at the call, before anything runs; views
+        whose indices all still fit stay valid.
+
         Raises:
           TypeError: the new value's dtype cannot be cast safely to this data's dtype.
 
@@ -178,7 +185,9 @@ class Data:
     def __getitem__(self, idx) -> Batch:
         """A lazy batch of global rows: a slice (step 1) or 1-D int indices."""
         self._live()
-        return Batch(self, _global_index(idx, self._rows), local=False)
+        index = _global_index(idx, self._rows)
+        reach = int(index.max()) + 1 if index.size else 0
+        return Batch(self, index, local=False, rows=self._rows, reach=reach)
 
     @property
     def local(self) -> _LocalIndexer:
@@ -255,7 +264,8 @@ class _LocalIndexer:
 
     def __getitem__(self, idx) -> Batch:
         data = self._data
-        return Batch(data, _local_index(idx, data), local=True)
+        index = _local_index(idx, data)
+        return Batch(data, index, local=True, rows=len(data), reach=_local_reach(index))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -263,8 +273,15 @@ class Batch:
     """A lazy batch view of a `Data`: rows picked on the devices at the call."""
 
     data: Data
-    index: np.ndarray  # int32: (k,) global rows, or (n_devices, k) rows of each shard
+    index: np.ndarray  # int32, read-only, never the caller's array: (k,) global rows,
+    # or (n_devices, k) rows of each shard
     local: bool
+    rows: int  # the data's length when the view was made (its indices were checked for it)
+    reach: int  # the fewest rows the data may have for every index to be in range
+
+    def fits(self) -> bool:
+        """Whether every index is still in range for the data's current length (hot path)."""
+        return self.reach <= self.data._rows
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -321,7 +338,7 @@ def _check_range(array: np.ndarray, rows: int, what: str) -> np.ndarray:
             )
         if low < 0:
             array = np.where(array < 0, array + rows, array)
-    return array.astype(np.int32, copy=False)
+    return _frozen(array)
 
 
 def _global_index(idx, rows: int) -> np.ndarray:
@@ -331,7 +348,7 @@ def _global_index(idx, rows: int) -> np.ndarray:
                 f"X[{idx.start}:{idx.stop}:{idx.step}]: slices with a step are not supported; "
                 "pass the rows as an index array, e.g. X[np.arange(start, stop, step)]."
             )
-        return np.arange(*idx.indices(rows), dtype=np.int32)
+        return _frozen(np.arange(*idx.indices(rows), dtype=np.int32))
     array = _as_index_array(idx, "X[idx]")
     if array.ndim != 1:
         raise ValueError(
@@ -365,7 +382,27 @@ def _local_index(idx, data: Data) -> np.ndarray:
             f"{int(np.asarray(idx).max())}). Each device's indices must be below the rows it "
             "holds."
         )
-    return np.ascontiguousarray(array, dtype=np.int32)
+    return _frozen(array)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only int32 copy: a view must not change when the caller's index array does."""
+    out = np.array(array, dtype=np.int32, order="C", copy=True)
+    out.flags.writeable = False
+    return out
+
+
+def _local_reach(index: np.ndarray) -> int:
+    """The fewest rows sharded data may have for every device's index to be in its shard.
+
+    Rows are dealt so that device d of n holds its k-th row once the data has
+    (k - 1) * n + d + 1 rows (`ShardLayout`): device d's largest index j needs
+    j * n + d + 1 rows.
+    """
+    if not index.size:
+        return 0
+    n = index.shape[0]
+    return int((index.max(axis=1) * n + np.arange(n) + 1).max())
 
 
 # ------------------------------------------------------- rows on each device

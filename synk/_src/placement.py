@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from synk._src import compat
 from synk._src import data as synk_data
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
@@ -112,7 +113,9 @@ def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, sharding
         parts = functools.partial(synk_data.host_requests, split=split) if own else None
         return _ViewIndices(layout.index[i], f"{core.where}: argument `{d.name}`", parts)
     if d.role is Role.SLICED and uneven and d.source is Source.DEVICE:
-        away = d.sharding.device_set != set(core.devices)
+        # Other devices, or the same in another order (a function's output with
+        # devices=synk.devices()[::-1]): the splitter's jit would refuse it.
+        away = compat.device_order(d.sharding) != core.devices
         return _Split(layout.extra[i], _device_splitter(core, d, split, shardings[i], away))
     if d.role is Role.SLICED and uneven:
         return _Split(layout.extra[i], functools.partial(_host_parts, d.axis, split))
@@ -126,7 +129,8 @@ def _device_splitter(core, d: Leaf, split: Split, target: NamedSharding, away: b
     if not away:
         return parts
     replicated = NamedSharding(core.mesh, P())
-    return lambda x: parts(jax.device_put(x, replicated))  # jit needs it on the mesh
+    # jit needs it on the mesh, in the mesh's order; device_put reorders shards.
+    return lambda x: parts(jax.device_put(x, replicated))
 
 
 def _host_parts(axis: int, split: Split, x) -> list[np.ndarray]:

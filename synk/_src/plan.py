@@ -50,7 +50,10 @@ def leaf_key(x):
         if array is None:
             return (t, id(x))  # deleted: the plan refuses it, naming the argument
         layout = x.data.layout  # sharded rows: the owner of a row depends on the count
-        return (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
+        # fits: a view made before set_value shrank the data may no longer fit it;
+        # it gets its own plan, which refuses it (`roles`).
+        key = (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
+        return (*key, x.fits())
     if isinstance(x, jax.Array):
         return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
     try:

@@ -138,6 +138,31 @@ def _describe_view(core, name: str, view: synk_data.Batch, entry) -> Leaf:
             f"({[d.id for d in core.devices]}). Use a function on every device "
             "(devices=None)."
         )
+    if not view.fits():
+        raise IndexError(_stale_view_error(where, name, view))
     aval = jax.ShapeDtypeStruct(view.shape, data.dtype)
     kind = View.LOCAL if view.local else View.GLOBAL
     return Leaf(name, Role.SLICED, 0, aval, Source.VIEW, view=kind, data_layout=data.layout)
+
+
+# --------------------------------------------------------------------------
+# Error text
+
+
+def _stale_view_error(where: str, name: str, view: synk_data.Batch) -> str:
+    rows = len(view.data)
+    if view.local:
+        reach = (
+            f"its indices into each device's shard need at least {view.reach} rows dealt "
+            f"over {len(view.data._devices)} devices"
+        )
+        remake = "X.local[idx] with indices below each device's X.rows_per_device"
+    else:
+        reach = f"its largest index is {view.reach - 1}"
+        remake = "X[idx] with indices below its length"
+    return (
+        f"{where}: argument `{name}` is a batch of a synk.Data that had {view.rows} rows "
+        f"when the batch was made and now has {rows} (set_value shrank it); {reach}, out "
+        f"of range for {rows} rows. Make the batch again from the current data ({remake}). "
+        "Batches whose indices all still fit stay valid."
+    )

@@ -285,6 +285,15 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 # the calling thread CPU on an oversubscribed machine (host time per call,
 # measured: 141 us waiting once per 4 calls, 125 us once per 6, 115 us with
 # no bound; the same wall time).
+#
+# We hold one output of each call, and the user may have donated it (jit's
+# donate_argnums, the standard optax loop, synk's own donate_argnums) or
+# deleted it since: blocking on a deleted buffer raises. So we wait on the
+# newest output still alive among those that leave the queue, which bounds
+# the older ones just as well (calls run in order). If all of those are gone,
+# we wait on the oldest live one that stays, at worst this call's own output,
+# which cannot be gone yet: the queue stays bounded by 8 whatever the user
+# deletes, at the price of a full drain once per 6 calls in that case.
 _MAX_IN_FLIGHT = 8
 _KEEP = 2
 _in_flight: collections.deque = collections.deque()
@@ -296,6 +305,12 @@ def throttle(leaf, platform: str) -> None:
         return
     _in_flight.append(leaf)
     if len(_in_flight) >= _MAX_IN_FLIGHT:
+        wait = None
         while len(_in_flight) > _KEEP:
             oldest = _in_flight.popleft()
-        oldest.block_until_ready()  # calls run in order: the older ones are done too
+            if not oldest.is_deleted():
+                wait = oldest
+        if wait is None:
+            wait = next((x for x in _in_flight if not x.is_deleted()), None)
+        if wait is not None:  # None only if the user deleted this call's output already
+            wait.block_until_ready()  # calls run in order: the older ones are done too
