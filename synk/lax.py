@@ -6,5 +6,6 @@ from synk._src.lax import pmax as pmax
 from synk._src.lax import pmean as pmean
 from synk._src.lax import pmin as pmin
 from synk._src.lax import psum as psum
+from synk._src.lax import row_keys as row_keys
 
-__all__ = ["all_gather", "device_index", "pmax", "pmean", "pmin", "psum"]
+__all__ = ["all_gather", "device_index", "pmax", "pmean", "pmin", "psum", "row_keys"]

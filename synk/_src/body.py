@@ -28,6 +28,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from synk._src import compat
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
@@ -113,10 +114,13 @@ class Body:
                 extras[i] = extra
         return base, extras
 
-    def run(self, base: list, piece: dict) -> list:
-        """The user's function on one piece: `piece` replaces the sliced leaves."""
+    def run(self, base: list, piece: dict, rows=None) -> list:
+        """The user's function on one piece: `piece` replaces the sliced leaves.
+
+        `rows` is ``(first, count)``: the piece's global rows, for synk.lax.row_keys.
+        """
         flat = [piece.get(i, x) for i, x in enumerate(base)]
-        with synk_lax.tracing(bound=True):
+        with synk_lax.tracing(bound=True, rows=rows):
             outs = jax.tree_util.tree_leaves(self.call_user(flat))
         return [jnp.asarray(o) for o in outs]  # Python numbers too (a row count, say)
 
@@ -140,7 +144,8 @@ class Body:
                     i: lax.slice_in_dim(base[i], start, start + size, axis=self.descs[i].axis)
                     for i in self.sliced
                 }
-                outs = self.run(base, piece)
+                first = lambda start=start: self.first_row() + start  # noqa: E731
+                outs = self.run(base, piece, (first, size))
                 acc = self.fold(acc, outs, size)
                 rows_out.append([outs[i] for i in self.gathered])
                 per_device = [outs[i] for i in self.per_device]
@@ -150,7 +155,7 @@ class Body:
             start += count * size
         if not rows_out:  # fewer rows than devices: the main block is empty
             avals = [self.out.avals[i] for i in self.gathered]
-            empty = [jnp.zeros((0, *a.shape[1:]), a.dtype) for a in avals]
+            empty = [compat.zeros((0, *a.shape[1:]), a.dtype) for a in avals]
             return acc, empty, per_device
         rows_out = [jnp.concatenate(p) if len(p) > 1 else p[0] for p in zip(*rows_out)]
         return acc, rows_out, per_device
@@ -158,27 +163,43 @@ class Body:
     def _scan(self, base: list, acc, start: int, count: int, size: int):
         """`count` pieces of `size` rows, one after another."""
         xs = {i: take_pieces(base[i], self.descs[i].axis, start, count, size) for i in self.sliced}
+        firsts = start + size * jnp.arange(count, dtype=jnp.int32)  # each piece's first row
 
-        def step(carry, piece):
-            outs = self.run(base, piece)
+        def step(carry, piece_and_first):
+            piece, first = piece_and_first
+            outs = self.run(base, piece, (lambda: self.first_row() + first, size))
             folded = self.fold(carry, outs, size)
             return folded, [outs[i] for i in self.gathered]
 
         init = self.identities() if acc is None else acc
-        acc, ys = lax.scan(step, init, xs)
+        acc, ys = lax.scan(step, init, (xs, firsts))
         return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
+
+    def first_row(self):
+        """The global index of this device's first main-block row (`split.py`'s layout)."""
+        process, local, s = *self._place(), self.split
+        return process * s.local_rows + local * s.main
+
+    def extra_row_index(self):
+        """The global index of this device's extra row (if it has one)."""
+        process, local, s = *self._place(), self.split
+        return process * s.local_rows + s.local_devices * s.main + local
+
+    def _place(self):
+        device = lax.axis_index(AXIS)
+        return device // self.split.local_devices, device % self.split.local_devices
 
     def extra_row(self, base: list, extras: dict, acc):
         """Devices j < r run the function on their one extra row; the others skip it."""
         gathered_avals = [self.out.avals[i] for i in self.gathered]
 
         def yes(_):
-            outs = self.run(base, extras)
+            outs = self.run(base, extras, (self.extra_row_index, 1))
             folded = self.fold(None, outs, 1)
             return folded, [outs[i] for i in self.gathered]
 
         def no(_):
-            rows = [jnp.zeros((1, *a.shape[1:]), a.dtype) for a in gathered_avals]
+            rows = [compat.zeros((1, *a.shape[1:]), a.dtype) for a in gathered_avals]
             return self.identities(), rows
 
         local_index = lax.axis_index(AXIS) % self.split.local_devices

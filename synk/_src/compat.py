@@ -8,6 +8,8 @@ Calls: JAX only. When JAX moves one of these, this is the one file to change.
 
 from __future__ import annotations
 
+import jax
+
 
 def backend_started() -> bool:
     """Whether JAX has started its backends (the device count can no longer change)."""
@@ -76,3 +78,14 @@ def device_order(sharding) -> tuple | None:
         return tuple(sharding._device_assignment)
     except AttributeError:
         return None
+
+
+def zeros(shape: tuple, dtype):
+    """Zeros of any dtype; for typed PRNG keys, keys made of zero bits (a placeholder)."""
+    import jax.numpy as jnp
+
+    if not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return jnp.zeros(shape, dtype)
+    impl = dtype._impl  # a key dtype's implementation has no public accessor
+    data = jnp.zeros((*shape, *impl.key_shape), jnp.uint32)
+    return jax.random.wrap_key_data(data, impl=impl)

@@ -39,7 +39,7 @@ from synk._src import lax as synk_lax
 from synk._src import processes, runtime
 from synk._src import reduce as red
 from synk._src.plan import Plan, leaf_key
-from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
+from synk._src.signature import Signature, Statics, as_tuple, check_in_axes, leaf_entries
 
 # --------------------------------------------------------------------------
 # The decorator
@@ -244,7 +244,8 @@ class Function:
           >>> bool(np.isclose(f(x), f.serial(x)))
           True
         """
-        with synk_lax.tracing(bound=False):
+        rows = self._core.batch_rows(args, kwargs)
+        with synk_lax.tracing(bound=False, rows=None if rows is None else (lambda: 0, rows)):
             return self._core.serial(*args, **kwargs)
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
@@ -310,6 +311,15 @@ class _Core:
             static_argnums=tuple(sorted(self.statics.positions)),
             static_argnames=self.statics.names,
         )
+
+    def batch_rows(self, args: tuple, kwargs: dict) -> int | None:
+        """The batch length of a call: the rows of its first sliced leaf (None if none)."""
+        _, dyn = self.bind(args, kwargs)
+        for _, leaf, entry in leaf_entries(self.in_axes, self.signature, dyn, self.where):
+            shape = getattr(leaf, "shape", ())
+            if isinstance(entry, int) and len(shape) > 0:
+                return shape[entry]
+        return None
 
     def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, Any]:
         """(statics, dyn): the call bound to the signature, statics taken out."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -18,20 +19,26 @@ from synk._src.runtime import AXIS
 
 class _Trace(threading.local):
     bound = False  # tracing the per-device body: the device axis exists
+    rows = None  # (first global row index, a thunk; the rows of this piece), if known
 
 
 _trace = _Trace()
 
 
 @contextlib.contextmanager
-def tracing(*, bound: bool):
-    """Trace the user's function with the device axis bound (or not: one device)."""
-    saved = _trace.bound
-    _trace.bound = bound
+def tracing(*, bound: bool, rows=None):
+    """Trace the user's function with the device axis bound (or not: one device).
+
+    `rows` is ``(first, count)``: the piece's rows are global rows ``first()``
+    to ``first() + count``; `first` is a thunk, so that nothing is computed for
+    a function that never asks.
+    """
+    saved = _trace.bound, _trace.rows
+    _trace.bound, _trace.rows = bound, rows
     try:
         yield _trace
     finally:
-        _trace.bound = saved
+        _trace.bound, _trace.rows = saved
 
 
 def _bound() -> bool:
@@ -79,3 +86,56 @@ def all_gather(x, *, axis: int = 0, tiled: bool = False):
 def device_index():
     """This device's index in ``0 .. device_count()-1`` (0 under ``f.serial``)."""
     return lax.axis_index(AXIS) if _bound() else jnp.int32(0)
+
+
+def row_keys(key, num_rows: int | None = None):
+    """One PRNG key per row of this device's rows, folded from each row's global index.
+
+    Per-row randomness (dropout, noise per example) drawn from these keys is
+    the same on any number of devices, for any ``num_slices``, and under
+    ``f.serial``: row i of the global batch always gets ``fold_in(key, i)``.
+    A broadcast key used directly would give every device the same stream.
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``), passed
+        broadcast (the same on every device).
+      num_rows: the number of rows. Inside a synk.Function or ``f.serial``
+        synk knows it (the batch's rows on this device); elsewhere give it, and
+        the rows are 0 .. num_rows - 1.
+
+    Returns:
+      Keys of shape ``(rows,)``, one per row.
+
+    Raises:
+      ValueError: outside a synk.Function without ``num_rows``, or a
+        ``num_rows`` that is not this device's rows.
+
+    Example:
+      >>> import jax, numpy as np, synk
+      >>> @synk.function(in_axes=(None, 0), reduce="gather")
+      ... def noisy(key, x):
+      ...     keys = synk.lax.row_keys(key)
+      ...     return x + jax.vmap(jax.random.normal)(keys)
+      >>> key, x = jax.random.key(0), np.zeros(13, np.float32)
+      >>> bool(np.allclose(noisy(key, x), noisy.serial(key, x)))
+      True
+    """
+    rows = _trace.rows
+    if rows is None:
+        if num_rows is None:
+            raise ValueError(
+                "synk.lax.row_keys(key): the rows are unknown here (no sliced argument, or "
+                "outside a synk.Function and its f.serial). Pass num_rows=, the number of "
+                "rows to draw keys for."
+            )
+        first, count = (lambda: 0), num_rows
+    else:
+        first, count = rows
+        if num_rows is not None and num_rows != count:
+            raise ValueError(
+                f"synk.lax.row_keys(key, num_rows={num_rows}): this piece has {count} rows. "
+                "Leave num_rows out inside a synk.Function, or pass the rows of the batch "
+                "the function sees (x.shape[0])."
+            )
+    index = first() + jnp.arange(count, dtype=jnp.int32)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)

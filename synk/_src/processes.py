@@ -147,7 +147,7 @@ def describe_call(options, statics, dyn, leaves, shared: dict) -> str:
         elif type(leaf) in (int, float, bool, complex):
             parts.append(f"{name}: {type(leaf).__name__}")
         elif hasattr(leaf, "dtype") and hasattr(leaf, "shape"):
-            parts.append(f"{name}: {np.dtype(leaf.dtype)}{list(leaf.shape)}")
+            parts.append(f"{name}: {leaf.dtype}{list(leaf.shape)}")  # str: typed keys too
         else:  # refused later, alike on every process
             parts.append(f"{name}: {type(leaf).__name__}")
     for name, _, value in statics:

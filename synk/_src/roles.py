@@ -90,7 +90,9 @@ def describe(core, name: str, leaf, entry) -> Leaf:
             "Arrays (numpy or jax) and Python numbers can be traced; pass other values as "
             "static arguments (static_argnums / static_argnames)."
         )
-    dtype = jax.dtypes.canonicalize_dtype(leaf.dtype)
+    dtype = leaf.dtype
+    if not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):  # typed keys are as they are
+        dtype = jax.dtypes.canonicalize_dtype(dtype)
     aval = jax.ShapeDtypeStruct(
         tuple(leaf.shape), dtype, weak_type=getattr(leaf, "weak_type", False)
     )

@@ -1,0 +1,65 @@
+"""Per-row randomness that does not depend on the device count: synk.lax.row_keys."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import synk
+
+N = synk.device_count()
+P = synk.process_count()
+COUNTS = sorted({k for k in (1, 2, 3, 8) if k <= N} if P == 1 else {N})
+
+
+def dropout(key, x, rate=0.5):
+    keys = synk.lax.row_keys(key)
+    keep = jax.vmap(lambda k, row: jax.random.bernoulli(k, 1 - rate, row.shape))(keys, x)
+    return jnp.where(keep, x / (1 - rate), 0.0)
+
+
+@pytest.mark.parametrize("devices", COUNTS)
+@pytest.mark.parametrize(("rows", "slices"), [(1, 1), (5, 1), (16, 2), (19, 1), (19, 2), (26, 3)])
+def test_row_keys_give_the_same_rows_on_any_device_count(devices, rows, slices):
+    if slices > 1 and rows // devices < slices:
+        pytest.skip("num_slices larger than the rows a device gets")
+    x = np.random.default_rng(rows).normal(size=(rows * P, 4)).astype(np.float32)
+    key = jax.random.key(7)
+    f = synk.function(
+        dropout,
+        in_axes=(None, 0),
+        reduce="gather",
+        num_slices=slices,
+        devices=synk.devices()[:devices] if P == 1 else None,
+    )
+    got = np.asarray(f(key, synk.process_share(x)))
+    want = np.asarray(f.serial(key, x))
+    np.testing.assert_array_equal(got, want)
+    # Row i always gets fold_in(key, i): the same rows as a plain loop over rows.
+    by_row = [jax.random.bernoulli(jax.random.fold_in(key, i), 0.5, (4,)) for i in range(len(x))]
+    np.testing.assert_array_equal(got != 0, np.stack(by_row) & (x != 0))
+
+
+def test_row_keys_in_a_reduced_output_and_with_old_style_keys():
+    x = np.ones((3 * N * P + 1, 2), np.float32)
+    f = synk.function(lambda k, x: dropout(k, x).mean(), in_axes=(None, 0))
+    for key in (jax.random.key(1), jax.random.PRNGKey(1)):
+        np.testing.assert_allclose(
+            float(f(key, synk.process_share(x))), float(f.serial(key, x)), rtol=1e-6
+        )
+
+
+def test_row_keys_outside_a_function_need_the_number_of_rows():
+    keys = synk.lax.row_keys(jax.random.key(0), num_rows=3)
+    assert keys.shape == (3,)
+    want = jax.random.key_data(jax.random.fold_in(jax.random.key(0), 2))
+    np.testing.assert_array_equal(jax.random.key_data(keys[2]), want)
+    with pytest.raises(ValueError, match=r"the rows are unknown here.*Pass num_rows="):
+        synk.lax.row_keys(jax.random.key(0))
+
+
+def test_row_keys_with_a_wrong_row_count_is_refused():
+    f = synk.function(lambda k, x: synk.lax.row_keys(k, num_rows=99).shape[0] + x.sum(),
+                      in_axes=(None, 0), reduce="sum")  # fmt: skip
+    with pytest.raises(ValueError, match=r"num_rows=99\): this piece has"):
+        f(jax.random.key(0), np.ones(2 * N * P, np.float32))
