@@ -283,12 +283,17 @@ def reduce(x, op: str, *, comm_dtype=None):
     Args:
       x: per-device values.
       op: ``"avg"``, ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``; ``"avg"``
-        weighs every device equally.
+        weighs every device equally. float16 and bfloat16 entries are
+        combined in float32 and cast back.
       comm_dtype: floating entries travel in this dtype (e.g. ``jnp.bfloat16``)
-        and are cast back.
+        and are cast back; complex entries travel as their real and imaginary
+        parts in it. ``"avg"`` divides before the cast.
 
     Returns:
       The reduced value (without the device axis), replicated on every device.
+
+    Raises:
+      TypeError: boolean entries, integer entries with ``"avg"``.
 
     Example:
       >>> import numpy as np, synk
@@ -330,9 +335,10 @@ def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
     n = runtime.device_count()
 
     def body(*xs):
-        values = [x[0] for x in xs]
-        # All leaves of the op in one collective; 'avg' weighs devices equally.
-        out = red.combine([op] * len(values), values, n, comm_dtype)
+        # Each device's entry is one contribution of weight 1 (in the op's
+        # accumulation dtype); all leaves of the op go in one collective.
+        values = [op.contribution(x[0], 1) for x in xs]
+        out = red.combine([op] * len(values), values, n, comm_dtype, [x.dtype for x in xs])
         return [v[None] for v in out] if everywhere else out
 
     return _mapped(body, P(AXIS) if everywhere else P())
