@@ -127,6 +127,17 @@ def test_reduce_with_comm_dtype_keeps_the_imaginary_part(op):
 # --------------------------------------------------------------- special values
 
 
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_complex_max_min_are_refused_before_anything_runs(op):
+    z = np.ones((global_rows(N), 2), np.complex64)
+    f = synk.function(lambda z: (z.sum(0).real, z.sum(0)), reduce=op)
+    with pytest.raises(TypeError, match=r"out\[1\] has dtype complex64.*'" + op + r"'.*jnp.abs"):
+        f(synk.process_share(z))
+    for fn in (synk.reduce, synk.all_reduce):
+        with pytest.raises(TypeError, match=r"x\['z'\] has dtype complex64.*no order.*gather"):
+            fn({"z": np.ones((N, 2), np.complex64)}, op)
+
+
 @pytest.mark.parametrize("op", ["avg", "sum"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: np.dtype(d).name)
 def test_avg_sum_propagate_nan_and_infinities(dtype, op):

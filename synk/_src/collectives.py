@@ -293,7 +293,8 @@ def reduce(x, op: str, *, comm_dtype=None):
       The reduced value (without the device axis), replicated on every device.
 
     Raises:
-      TypeError: boolean entries, integer entries with ``"avg"``.
+      TypeError: boolean entries, integer entries with ``"avg"``, complex
+        entries with ``"max"``/``"min"``.
 
     Example:
       >>> import numpy as np, synk
@@ -305,7 +306,7 @@ def reduce(x, op: str, *, comm_dtype=None):
     op = red.parse_op(op, "synk.reduce", ops=red.REDUCTIONS)
     comm = red.parse_comm_dtype(comm_dtype, "synk.reduce")
     leaves, treedef = _place(x, "synk.reduce")
-    _check_dtypes(op, leaves, "synk.reduce")
+    _check_dtypes(op, x, leaves, "synk.reduce")
     return _dispatch(_reduce_fn(op, comm, False), leaves, treedef)
 
 
@@ -326,7 +327,7 @@ def all_reduce(x, op: str, *, comm_dtype=None):
     op = red.parse_op(op, "synk.all_reduce", ops=red.REDUCTIONS)
     comm = red.parse_comm_dtype(comm_dtype, "synk.all_reduce")
     leaves, treedef = _place(x, "synk.all_reduce")
-    _check_dtypes(op, leaves, "synk.all_reduce")
+    _check_dtypes(op, x, leaves, "synk.all_reduce")
     return _dispatch(_reduce_fn(op, comm, True), leaves, treedef)
 
 
@@ -344,6 +345,7 @@ def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
     return _mapped(body, P(AXIS) if everywhere else P())
 
 
-def _check_dtypes(op: red.Reduction, leaves: list, where: str) -> None:
-    for leaf in leaves:
-        op.check_dtype(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x")
+def _check_dtypes(op: red.Reduction, x, leaves: list, where: str) -> None:
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]]
+    for path, leaf in zip(paths, leaves, strict=True):
+        op.check_dtype(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x{path}")

@@ -151,6 +151,16 @@ class Extremum(Reduction):
 
     largest: bool = True
 
+    def check_dtype(self, aval, where: str) -> None:
+        super().check_dtype(aval, where)
+        dtype = np.dtype(aval.dtype)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{where} has dtype {dtype} and reduce {self.name!r}, but complex numbers "
+                "have no order. Reduce a real quantity instead (e.g. jnp.abs(z) or z.real), "
+                "or use reduce 'gather' and pick on the host."
+            )
+
     def acc_dtype(self, dtype) -> np.dtype:
         return np.dtype(dtype)  # exact in any dtype: no widening, no cast
 
