@@ -1,7 +1,7 @@
 """Special values and narrow dtypes: results as numpy's, in float64, would give them.
 
-Low-precision outputs accumulate in float32, complex values keep their
-imaginary part in a narrow comm_dtype.
+Low-precision outputs accumulate in float32, NaN wins max/min on every
+device, complex values keep their imaginary part in a narrow comm_dtype.
 Each test builds the same global batch on every process and passes this
 process's share (`synk.process_share`), so it passes in one process and under
 ``mpiexec -n 2`` alike. References are numpy in float64: on CPU, ``jnp.max``
@@ -10,6 +10,7 @@ itself drops NaN in large reductions.
 
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -124,7 +125,92 @@ def test_reduce_with_comm_dtype_keeps_the_imaginary_part(op):
         np.testing.assert_allclose(value, want, rtol=1e-2)
 
 
-# --------------------------------------------------------------- special values
+# --------------------------------------------------------------- NaN and max/min
+
+
+def nan_cases(dtype, rows: int):
+    """Batches of (rows, 3) with a NaN at the start, the middle, the end (and none)."""
+    base = np.linspace(-3, 3, rows * 3).reshape(rows, 3)
+    base[rows // 3, 1] = np.inf
+    base[rows // 2, 2] = -np.inf
+    cases = [base]
+    for at in (0, rows // 2, rows - 1):
+        x = base.copy()
+        x[at, 0] = np.nan
+        x[(at + 1) % rows, 1] = np.nan
+        cases.append(x)
+    return [x.astype(dtype) for x in cases]
+
+
+@pytest.mark.parametrize("num_slices", [1, 3])
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: np.dtype(d).name)
+def test_max_min_propagate_nan_from_any_row(dtype, op, num_slices):
+    rows = global_rows(3 * N + 1)  # uneven: some devices have an extra row
+    pick, ref = {"max": (jnp.max, np.max), "min": (jnp.min, np.min)}[op]
+    f = synk.function(lambda x: pick(x, axis=0), reduce=op, num_slices=num_slices)
+    for x in nan_cases(dtype, rows):
+        got = np.asarray(f(synk.process_share(x)))
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(f64(got), ref(f64(x), axis=0))
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: np.dtype(d).name)
+def test_max_min_of_per_device_values_propagate_nan(dtype, op):
+    ref = {"max": np.max, "min": np.min}[op]
+    for at in (0, N // 2, N - 1):
+        x = np.tile(np.array([1.0, -np.inf, np.inf, -2.0]), (N, 1))
+        x[at, 0] = np.nan
+        x[(at + 1) % N, 3] = np.nan
+        x = x.astype(dtype)
+        got = np.asarray(synk.reduce(x, op))
+        np.testing.assert_array_equal(f64(got), ref(f64(x), axis=0))
+        every = synk.gather(synk.all_reduce(x, op))
+        np.testing.assert_array_equal(f64(every), np.tile(ref(f64(x), axis=0), (N, 1)))
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_max_min_nan_survives_a_float16_comm_dtype(op):
+    x = np.arange(3.0 * global_rows(2 * N)).reshape(-1, 3).astype(np.float32)
+    x[-1, 0] = np.nan
+    pick = {"max": jnp.max, "min": jnp.min}[op]
+    got = call(lambda x: pick(x, axis=0), x, reduce=op, comm_dtype=jnp.float16)
+    assert np.isnan(got[0]) and not np.isnan(got[1:]).any()
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_max_min_of_infinities_signed_zeros_and_rows_fewer_than_devices(op):
+    pick, ref = {"max": (jnp.max, np.max), "min": (jnp.min, np.min)}[op]
+    f = synk.function(lambda x: pick(x, axis=0), reduce=op)
+    one_row_each = [  # one row per process: most devices have no rows (identities)
+        [-np.inf, np.inf, np.nan, -0.0],
+        [-np.inf, np.inf, 1.0, 0.0],
+    ]
+    for row in one_row_each:
+        x = np.tile(np.array(row, np.float32), (P, 1))
+        got = np.asarray(f(synk.process_share(x)))
+        np.testing.assert_array_equal(got, ref(x, axis=0))  # -0.0 == 0.0: sign of zero aside
+    # Across devices -0.0 orders below 0.0 (IEEE total order).
+    x = np.tile(np.array([[-0.0], [0.0]], np.float32), (global_rows(N), 1))
+    got = call(lambda x: pick(x, axis=0), x, reduce=op)
+    assert got[0] == 0 and np.signbit(got[0]) == (op == "min")
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint8, np.int32])
+def test_integer_max_min_identities_are_the_dtype_ends(dtype, op):
+    info = np.iinfo(dtype)
+    pick, ref = {"max": (jnp.max, np.max), "min": (jnp.min, np.min)}[op]
+    end = info.min if op == "max" else info.max  # a value only the identity could hide
+    f = synk.function(lambda x: pick(x, axis=0), reduce=op)
+    for rows in (P, global_rows(3 * N + 1)):  # fewer rows than devices, and an uneven split
+        x = np.full((rows, 3), end, dtype)
+        x[rows // 2, 2] = (info.min + info.max) // 2
+        got = np.asarray(f(synk.process_share(x)))
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, ref(x, axis=0))
+        np.testing.assert_array_equal(np.asarray(synk.reduce(x[:1].repeat(N, 0), op)), x[0])
 
 
 @pytest.mark.parametrize("op", ["max", "min"])
@@ -180,3 +266,48 @@ def test_float16_and_float32_avg_share_one_float32_all_reduce():
     assert re.search(r"\(f32\[3\]\{0\}, f32\[3\]\{0\}\) all-reduce", text)
     mean32, mean16 = f(x)
     assert mean32.dtype == np.float32 and mean16.dtype == np.float16
+
+
+def test_max_min_travel_as_one_integer_all_reduce_per_op():
+    x = synk.process_share(np.ones((global_rows(4 * N), 3), np.float32))
+    f = synk.function(
+        lambda x: (x.max(0), x.max(), x.min(0), x.min()), reduce=("max", "max", "min", "min")
+    )
+    text = hlo(f, x)
+    reduces = re.findall(r"= (\(.*?\)|\S+) all-reduce(?:-start)?\(", text)
+    assert len(reduces) == 2  # max, min
+    assert all("s32" in r and "f32" not in r for r in reduces)
+    assert "all-gather" not in text
+
+
+# --------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_gradient_through_the_max_min_combine_matches_serial(op):
+    # jnp.max's rule splits the tangent among ties; across devices the devices
+    # that hold the result share it. Floats cross devices as integer keys,
+    # which must not make this gradient silently zero.
+    from jax.sharding import PartitionSpec
+
+    from synk._src import reduce as red
+    from synk._src import runtime
+
+    reduction, pick = {"max": (red.MAX, jnp.max), "min": (red.MIN, jnp.min)}[op]
+    mesh = runtime.mesh(tuple(synk.devices()))
+
+    def across(parts):
+        def body(p):
+            return red.combine([reduction], [pick(p[0])], N, None, [p.dtype])[0]
+
+        spec = PartitionSpec(runtime.AXIS)
+        return jax.shard_map(
+            body, mesh=mesh, in_specs=spec, out_specs=PartitionSpec(), check_vma=False
+        )(parts)
+
+    x = np.random.default_rng(0).normal(size=(N, 3)).astype(np.float32)
+    for ties in ([(N - 1, 1)], [(0, 2), (N // 2, 0)]):  # one winner; then three devices tie
+        for i, j in ties:
+            x[i, j] = 9.0 if op == "max" else -9.0
+        got = synk.gather(jax.jit(jax.grad(across))(synk.scatter(x.reshape(-1))))
+        np.testing.assert_allclose(got.reshape(N, 3), jax.grad(pick)(x))

@@ -284,7 +284,8 @@ def reduce(x, op: str, *, comm_dtype=None):
       x: per-device values.
       op: ``"avg"``, ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``; ``"avg"``
         weighs every device equally. float16 and bfloat16 entries are
-        combined in float32 and cast back.
+        combined in float32 and cast back; a NaN in any entry makes
+        ``"max"``/``"min"`` NaN, as in numpy.
       comm_dtype: floating entries travel in this dtype (e.g. ``jnp.bfloat16``)
         and are cast back; complex entries travel as their real and imaginary
         parts in it. ``"avg"`` divides before the cast.

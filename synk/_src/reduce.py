@@ -6,8 +6,9 @@ the piece's rows), accumulates the contributions into one local value, and
 `combine` reduces the devices' local values with one collective per op.
 
 The numerics live here too: sums, means and products of float16/bfloat16
-accumulate and travel in float32; `comm_dtype` compresses what travels,
-complex values as their real and imaginary parts.
+accumulate and travel in float32; max/min of floats travel as integers in
+IEEE total order, so that NaN wins on every backend; `comm_dtype` compresses
+what travels, complex values as their real and imaginary parts.
 
 Called by: `function` (options), `plan` (outputs against the spec), `body`
 (the per-device accumulation and the final combine), `collectives`
@@ -17,6 +18,7 @@ Called by: `function` (options), `plan` (outputs against the spec), `body`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -147,7 +149,16 @@ class Avg(Reduction):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Extremum(Reduction):
-    """max (`largest`) or min: the identity is the other end of the dtype's range."""
+    """max (`largest`) or min: the identity is the other end of the dtype's range.
+
+    A NaN anywhere wins, as in ``np.max``: ``jnp.maximum`` keeps NaN across
+    pieces, but ``lax.pmax``/``pmin`` on CPU drop it, so floats cross devices
+    as integers in IEEE total order (`_ordered`), with every NaN at the
+    winning end: one integer collective of the same bytes. That order puts
+    -0.0 below 0.0, so max(-0.0, 0.0) is 0.0 and min is -0.0 across devices;
+    numpy's answer depends on the order of its inputs (only the sign of a
+    zero can differ).
+    """
 
     largest: bool = True
 
@@ -171,10 +182,39 @@ class Extremum(Reduction):
         return jnp.maximum(acc, value) if self.largest else jnp.minimum(acc, value)
 
     def collective(self, values: list[jax.Array], comm_dtype) -> list[jax.Array]:
-        got = (lax.pmax if self.largest else lax.pmin)(
-            [_encode(v, comm_dtype) for v in values], AXIS
-        )
-        return [_decode(g, v.dtype) for g, v in zip(got, values, strict=True)]
+        return _extremum(self.largest, comm_dtype, list(values))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _extremum(largest: bool, comm_dtype, values: list) -> list:
+    """Every device's max (or min) of `values`, NaN winning: one integer collective."""
+    return _extremum_and_winners(largest, comm_dtype, values)[0]
+
+
+def _extremum_and_winners(largest: bool, comm_dtype, values: list) -> tuple[list, list]:
+    """The results, and where this device holds them (compared as they travelled)."""
+    sent = [_encode(v, comm_dtype) for v in values]
+    keys = [_ordered(s, nan_wins_high=largest) for s in sent]
+    got = (lax.pmax if largest else lax.pmin)(keys, AXIS)
+    back = [_from_ordered(k, s.dtype) for k, s in zip(got, sent, strict=True)]
+    out = [_decode(b, v.dtype) for b, v in zip(back, values, strict=True)]
+    return out, [k == g for k, g in zip(keys, got, strict=True)]
+
+
+@_extremum.defjvp
+def _extremum_jvp(largest: bool, comm_dtype, primals, tangents):
+    # As jnp.max's own rule: the tangent of the winner, split among the ties
+    # (here among the devices that hold the result). pmax has no rule of its
+    # own, and the integer keys would silently give a zero gradient.
+    (values,), (dots,) = primals, tangents
+    out, winners = _extremum_and_winners(largest, comm_dtype, values)
+    inexact = [i for i, v in enumerate(values) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    hits = [winners[i].astype(dots[i].dtype) for i in inexact]
+    shares, counts = lax.psum(([dots[i] * h for i, h in zip(inexact, hits)], hits), AXIS)
+    out_dots = [np.zeros(v.shape, jax.dtypes.float0) for v in values]  # integers: no tangent
+    for i, share, count in zip(inexact, shares, counts, strict=True):
+        out_dots[i] = share / count
+    return out, out_dots
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -314,7 +354,7 @@ def combine(ops: list[Reduction], values: list, divisor: int, comm_dtype, dtypes
 
 
 # --------------------------------------------------------------------------
-# Dtypes: accumulation, the wire
+# Dtypes: accumulation, the wire, the order of floats
 
 
 def _widened(dtype) -> np.dtype:
@@ -354,3 +394,34 @@ def _end(dtype, *, low: bool):
         return -jnp.inf if low else jnp.inf
     info = jnp.iinfo(dtype)
     return info.min if low else info.max
+
+
+_SIGNED = {1: jnp.int8, 2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+def _ordered(x: jax.Array, *, nan_wins_high: bool) -> jax.Array:
+    """Floats as same-width integers in IEEE total order; NaN at the winning end.
+
+    Positive floats already order as their bits do; negative ones order
+    backwards, so their magnitude bits are flipped. Every NaN (either sign,
+    any payload) becomes the integer maximum for max, the minimum for min.
+    Integers pass as they are.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    key_dtype = _SIGNED[x.dtype.itemsize]
+    key = _flip_negatives(lax.bitcast_convert_type(x, key_dtype))
+    return jnp.where(jnp.isnan(x), _end(key_dtype, low=not nan_wins_high), key)
+
+
+def _from_ordered(key: jax.Array, dtype) -> jax.Array:
+    """`_ordered`'s integers back to floats; the integer ends decode to NaN."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return key
+    return lax.bitcast_convert_type(_flip_negatives(key), dtype)
+
+
+def _flip_negatives(bits: jax.Array) -> jax.Array:
+    """Flip every bit but the sign of negative integers: its own inverse."""
+    sign = bits >> (bits.dtype.itemsize * 8 - 1)  # arithmetic: all ones if negative
+    return bits ^ (sign & jnp.iinfo(bits.dtype).max)
