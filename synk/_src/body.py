@@ -57,6 +57,8 @@ class Body:
         self.gathered = out.indices(red.GATHER)
         self.per_device = out.indices(red.PER_DEVICE)
         self.ops = [out.ops[i] for i in self.reduced]
+        # Accumulations run in each op's acc_dtype; combine casts back to these.
+        self.dtypes = [out.avals[i].dtype for i in self.reduced]
         self.sliced = [i for i, d in enumerate(descs) if d.role is Role.SLICED]
         self.uneven = split is not None and not split.even
         # When every piece on every device has the same rows, an 'avg' needs no
@@ -92,7 +94,7 @@ class Body:
                 with jax.named_scope("synk_extra_row"):
                     acc, extra_rows = self.extra_row(base, extras, acc)
         with jax.named_scope("synk_reduce"):
-            reduced = red.combine(self.ops, acc, self.divisor, self.comm_dtype)
+            reduced = red.combine(self.ops, acc, self.divisor, self.comm_dtype, self.dtypes)
         per_device = [jnp.expand_dims(x, 0) for x in per_device]
         return reduced, rows, extra_rows, per_device
 

@@ -298,12 +298,19 @@ def reduce(x, op: str, *, comm_dtype=None):
     Args:
       x: per-device values.
       op: ``"avg"``, ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``; ``"avg"``
-        weighs every device equally.
+        weighs every device equally. float16 and bfloat16 entries are
+        combined in float32 and cast back; a NaN in any entry makes
+        ``"max"``/``"min"`` NaN, as in numpy.
       comm_dtype: floating entries travel in this dtype (e.g. ``jnp.bfloat16``)
-        and are cast back.
+        and are cast back; complex entries travel as their real and imaginary
+        parts in it. ``"avg"`` divides before the cast.
 
     Returns:
       The reduced value (without the device axis), replicated on every device.
+
+    Raises:
+      TypeError: boolean entries, integer entries with ``"avg"``, complex
+        entries with ``"max"``/``"min"``.
 
     Example:
       >>> import numpy as np, synk
@@ -315,7 +322,7 @@ def reduce(x, op: str, *, comm_dtype=None):
     op = red.parse_op(op, "synk.reduce", ops=red.REDUCTIONS)
     comm = red.parse_comm_dtype(comm_dtype, "synk.reduce")
     leaves, treedef = _place(x, "synk.reduce")
-    _check_dtypes(op, leaves, "synk.reduce")
+    _check_dtypes(op, x, leaves, "synk.reduce")
     return _dispatch(_reduce_fn(op, comm, False), leaves, treedef)
 
 
@@ -336,7 +343,7 @@ def all_reduce(x, op: str, *, comm_dtype=None):
     op = red.parse_op(op, "synk.all_reduce", ops=red.REDUCTIONS)
     comm = red.parse_comm_dtype(comm_dtype, "synk.all_reduce")
     leaves, treedef = _place(x, "synk.all_reduce")
-    _check_dtypes(op, leaves, "synk.all_reduce")
+    _check_dtypes(op, x, leaves, "synk.all_reduce")
     return _dispatch(_reduce_fn(op, comm, True), leaves, treedef)
 
 
@@ -345,14 +352,16 @@ def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
     n = runtime.device_count()
 
     def body(*xs):
-        values = [x[0] for x in xs]
-        # All leaves of the op in one collective; 'avg' weighs devices equally.
-        out = red.combine([op] * len(values), values, n, comm_dtype)
+        # Each device's entry is one contribution of weight 1 (in the op's
+        # accumulation dtype); all leaves of the op go in one collective.
+        values = [op.contribution(x[0], 1) for x in xs]
+        out = red.combine([op] * len(values), values, n, comm_dtype, [x.dtype for x in xs])
         return [v[None] for v in out] if everywhere else out
 
     return _mapped(body, P(AXIS) if everywhere else P())
 
 
-def _check_dtypes(op: red.Reduction, leaves: list, where: str) -> None:
-    for leaf in leaves:
-        op.check_dtype(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x")
+def _check_dtypes(op: red.Reduction, x, leaves: list, where: str) -> None:
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]]
+    for path, leaf in zip(paths, leaves, strict=True):
+        op.check_dtype(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x{path}")

@@ -105,7 +105,11 @@ def function(
       devices: the devices to run on: a sequence of jax devices, or an int
         (the first that many). Default: every device.
       comm_dtype: floating outputs are reduced in this dtype (e.g.
-        ``jnp.bfloat16``) and cast back.
+        ``jnp.bfloat16``) and cast back; complex outputs travel as their real
+        and imaginary parts in it. ``'avg'`` divides before the cast, so it
+        overflows only where the mean itself would; other reductions beyond
+        the dtype's range (65504 for float16) become inf. Without it, float16
+        and bfloat16 outputs are reduced in float32.
 
     Returns:
       A `synk.Function`: call it like ``fn``.

@@ -5,6 +5,11 @@ output's op turns a piece's value into a contribution (``avg`` weighs it by
 the piece's rows), accumulates the contributions into one local value, and
 `combine` reduces the devices' local values with one collective per op.
 
+The numerics live here too: sums, means and products of float16/bfloat16
+accumulate and travel in float32; max/min of floats travel as integers in
+IEEE total order, so that NaN wins on every backend; `comm_dtype` compresses
+what travels, complex values as their real and imaginary parts.
+
 Called by: `function` (options), `plan` (outputs against the spec), `body`
 (the per-device accumulation and the final combine), `collectives`
 (``synk.reduce`` / ``synk.all_reduce``). Calls: ``jax.lax`` collectives.
@@ -13,6 +18,7 @@ Called by: `function` (options), `plan` (outputs against the spec), `body`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -58,7 +64,14 @@ class Gather(Op):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Reduction(Op):
-    """An op that combines every device's value into one with a collective."""
+    """An op that combines every device's value into one with a collective.
+
+    Values accumulate and travel in `acc_dtype`, float32 for float16 and
+    bfloat16 outputs: a float16 mean of 64 rows of 1e4 would overflow as a
+    weighted sum in float16, and a divisor of 70,001 rows is inf there.
+    `finish` casts the result back to the output's dtype. float32 and wider
+    outputs stay as they are, without a cast.
+    """
 
     @property
     def reduces(self) -> bool:
@@ -71,24 +84,33 @@ class Reduction(Op):
                 "Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
             )
 
+    def acc_dtype(self, dtype) -> np.dtype:
+        """The dtype the local accumulation and the collective run in."""
+        return _widened(dtype)
+
     def identity(self, aval) -> jax.Array:
         """The neutral value: what a device with no rows contributes."""
-        return jnp.zeros(aval.shape, aval.dtype)
+        return jnp.zeros(aval.shape, self.acc_dtype(aval.dtype))
 
     def contribution(self, value: jax.Array, rows: int) -> jax.Array:
-        """A piece's output as it enters the local accumulation."""
-        return value
+        """A piece's output as it enters the local accumulation (in `acc_dtype`)."""
+        return _cast(value, self.acc_dtype(value.dtype))
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return acc + value
 
-    def collective(self, values: list[jax.Array]) -> list[jax.Array]:
-        """Every device's local values combined: one collective for the whole list."""
-        return lax.psum(values, AXIS)
+    def prepare(self, acc: jax.Array, divisor: int, comm_dtype) -> jax.Array:
+        """The local value as it goes into the collective."""
+        return acc
 
-    def finish(self, total: jax.Array, divisor: int) -> jax.Array:
-        """The combined value as the user sees it (in the output's own dtype)."""
-        return total
+    def collective(self, values: list[jax.Array], comm_dtype) -> list[jax.Array]:
+        """Every device's local values combined: one collective for the whole list."""
+        got = lax.psum([_encode(v, comm_dtype) for v in values], AXIS)
+        return [_decode(g, v.dtype) for g, v in zip(got, values, strict=True)]
+
+    def finish(self, total: jax.Array, divisor: int, comm_dtype, dtype) -> jax.Array:
+        """The combined value as the user sees it, in the output's own `dtype`."""
+        return _cast(total, dtype)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -111,48 +133,108 @@ class Avg(Reduction):
 
     def contribution(self, value: jax.Array, rows: int) -> jax.Array:
         # Weighing by the rows the piece really had makes uneven splits exact.
+        value = _cast(value, self.acc_dtype(value.dtype))
         return value if rows == 1 else value * jnp.asarray(rows, value.dtype)
 
-    def finish(self, total: jax.Array, divisor: int) -> jax.Array:
-        return total / jnp.asarray(divisor, total.dtype)
+    def prepare(self, acc: jax.Array, divisor: int, comm_dtype) -> jax.Array:
+        # A sum of weighted means can leave a narrow comm_dtype's range (float16
+        # ends at 65504) where the mean does not: compressed, divide first.
+        return acc if comm_dtype is None else acc / jnp.asarray(divisor, acc.dtype)
+
+    def finish(self, total: jax.Array, divisor: int, comm_dtype, dtype) -> jax.Array:
+        # Uncompressed, divide once after the sum, as a hand-written pmean does.
+        mean = total / jnp.asarray(divisor, total.dtype) if comm_dtype is None else total
+        return _cast(mean, dtype)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Extremum(Reduction):
-    """max or min: the identity is the other end of the dtype's range."""
+    """max (`largest`) or min: the identity is the other end of the dtype's range.
 
-    def _bound(self, dtype):
-        low = self.name == "max"
-        if jnp.issubdtype(dtype, jnp.inexact):
-            return -jnp.inf if low else jnp.inf
-        info = jnp.iinfo(dtype)
-        return info.min if low else info.max
+    A NaN anywhere wins, as in ``np.max``: ``jnp.maximum`` keeps NaN across
+    pieces, but ``lax.pmax``/``pmin`` on CPU drop it, so floats cross devices
+    as integers in IEEE total order (`_ordered`), with every NaN at the
+    winning end: one integer collective of the same bytes. That order puts
+    -0.0 below 0.0, so max(-0.0, 0.0) is 0.0 and min is -0.0 across devices;
+    numpy's answer depends on the order of its inputs (only the sign of a
+    zero can differ).
+    """
+
+    largest: bool = True
+
+    def check_dtype(self, aval, where: str) -> None:
+        super().check_dtype(aval, where)
+        dtype = np.dtype(aval.dtype)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{where} has dtype {dtype} and reduce {self.name!r}, but complex numbers "
+                "have no order. Reduce a real quantity instead (e.g. jnp.abs(z) or z.real), "
+                "or use reduce 'gather' and pick on the host."
+            )
+
+    def acc_dtype(self, dtype) -> np.dtype:
+        return np.dtype(dtype)  # exact in any dtype: no widening, no cast
 
     def identity(self, aval) -> jax.Array:
-        return jnp.full(aval.shape, self._bound(aval.dtype), aval.dtype)
+        return jnp.full(aval.shape, _end(aval.dtype, low=self.largest), aval.dtype)
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
-        return jnp.maximum(acc, value) if self.name == "max" else jnp.minimum(acc, value)
+        return jnp.maximum(acc, value) if self.largest else jnp.minimum(acc, value)
 
-    def collective(self, values: list[jax.Array]) -> list[jax.Array]:
-        return (lax.pmax if self.name == "max" else lax.pmin)(values, AXIS)
+    def collective(self, values: list[jax.Array], comm_dtype) -> list[jax.Array]:
+        return _extremum(self.largest, comm_dtype, list(values))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _extremum(largest: bool, comm_dtype, values: list) -> list:
+    """Every device's max (or min) of `values`, NaN winning: one integer collective."""
+    return _extremum_and_winners(largest, comm_dtype, values)[0]
+
+
+def _extremum_and_winners(largest: bool, comm_dtype, values: list) -> tuple[list, list]:
+    """The results, and where this device holds them (compared as they travelled)."""
+    sent = [_encode(v, comm_dtype) for v in values]
+    keys = [_ordered(s, nan_wins_high=largest) for s in sent]
+    got = (lax.pmax if largest else lax.pmin)(keys, AXIS)
+    back = [_from_ordered(k, s.dtype) for k, s in zip(got, sent, strict=True)]
+    out = [_decode(b, v.dtype) for b, v in zip(back, values, strict=True)]
+    return out, [k == g for k, g in zip(keys, got, strict=True)]
+
+
+@_extremum.defjvp
+def _extremum_jvp(largest: bool, comm_dtype, primals, tangents):
+    # As jnp.max's own rule: the tangent of the winner, split among the ties
+    # (here among the devices that hold the result). pmax has no rule of its
+    # own, and the integer keys would silently give a zero gradient.
+    (values,), (dots,) = primals, tangents
+    out, winners = _extremum_and_winners(largest, comm_dtype, values)
+    inexact = [i for i, v in enumerate(values) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    hits = [winners[i].astype(dots[i].dtype) for i in inexact]
+    shares, counts = lax.psum(([dots[i] * h for i, h in zip(inexact, hits)], hits), AXIS)
+    out_dots = [np.zeros(v.shape, jax.dtypes.float0) for v in values]  # integers: no tangent
+    for i, share, count in zip(inexact, shares, counts, strict=True):
+        out_dots[i] = share / count
+    return out, out_dots
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Prod(Reduction):
     def identity(self, aval) -> jax.Array:
-        return jnp.ones(aval.shape, aval.dtype)
+        return jnp.ones(aval.shape, self.acc_dtype(aval.dtype))
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return acc * value
 
-    def collective(self, values: list[jax.Array]) -> list[jax.Array]:
+    def collective(self, values: list[jax.Array], comm_dtype) -> list[jax.Array]:
         # JAX has no pprod: gather the devices' products and multiply (exact).
-        gathered = lax.all_gather(values, AXIS)
-        return [jnp.prod(g, axis=0) for g in gathered]
+        gathered = lax.all_gather([_encode(v, comm_dtype) for v in values], AXIS)
+        return [
+            jnp.prod(_decode(g, v.dtype), axis=0) for g, v in zip(gathered, values, strict=True)
+        ]
 
 
-AVG, SUM, MAX, MIN, PROD = Avg("avg"), Sum("sum"), Extremum("max"), Extremum("min"), Prod("prod")
+AVG, SUM, PROD = Avg("avg"), Sum("sum"), Prod("prod")
+MAX, MIN = Extremum("max", largest=True), Extremum("min", largest=False)
 GATHER, PER_DEVICE = Gather("gather"), Op("per_device")
 REDUCTIONS: dict[str, Reduction] = {op.name: op for op in (AVG, SUM, MAX, MIN, PROD)}
 OPS: dict[str, Op] = {**REDUCTIONS, "gather": GATHER, "per_device": PER_DEVICE}
@@ -252,24 +334,94 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
 # The final combine
 
 
-def combine(ops: list[Reduction], values: list, divisor: int, comm_dtype) -> list:
+def combine(ops: list[Reduction], values: list, divisor: int, comm_dtype, dtypes: list) -> list:
     """Reduce local values across devices: one collective per op (inside shard_map).
 
-    `divisor` divides 'avg' outputs: the global batch length, or the number of
-    pieces over all devices when every piece weighs 1 (equal pieces, or no
-    batch axis). Floating values travel in `comm_dtype` when one is given and
-    are cast back before 'avg' divides.
+    `values` are local accumulations in each op's `acc_dtype`; the results come
+    back in `dtypes`, the outputs' own. `divisor` divides 'avg' outputs: the
+    global batch length, or the number of pieces over all devices when every
+    piece weighs 1 (equal pieces, or no batch axis). Floating values travel in
+    `comm_dtype` when one is given, complex ones as their real and imaginary
+    parts in it.
     """
     out = list(values)
     for op in dict.fromkeys(ops):  # each op once, in order
         idx = [i for i, o in enumerate(ops) if o == op]
-        got = op.collective([_to_comm(values[i], comm_dtype) for i in idx])
+        got = op.collective([op.prepare(values[i], divisor, comm_dtype) for i in idx], comm_dtype)
         for i, g in zip(idx, got, strict=True):
-            out[i] = op.finish(g.astype(values[i].dtype), divisor)
+            out[i] = op.finish(g, divisor, comm_dtype, dtypes[i])
     return out
 
 
-def _to_comm(x: jax.Array, comm_dtype) -> jax.Array:
+# --------------------------------------------------------------------------
+# Dtypes: accumulation, the wire, the order of floats
+
+
+def _widened(dtype) -> np.dtype:
+    """float16, bfloat16 (and narrower floats) accumulate in float32; the rest as they are."""
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    return dtype
+
+
+def _cast(x: jax.Array, dtype) -> jax.Array:
+    """`x` in `dtype`; no op at all when it already is (the float32 path stays as it was)."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _encode(x: jax.Array, comm_dtype):
+    """`x` as it travels: floats in comm_dtype, complex as (real, imag) in comm_dtype."""
     if comm_dtype is None or not jnp.issubdtype(x.dtype, jnp.inexact):
         return x
-    return x.astype(comm_dtype)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        # A cast of complex to a real dtype drops the imaginary part.
+        return _cast(jnp.real(x), comm_dtype), _cast(jnp.imag(x), comm_dtype)
+    return _cast(x, comm_dtype)
+
+
+def _decode(y, dtype) -> jax.Array:
+    """`_encode`'s value back in `dtype`."""
+    if isinstance(y, tuple):
+        part = np.finfo(dtype).dtype  # complex64 -> float32
+        return lax.complex(_cast(y[0], part), _cast(y[1], part))
+    return _cast(y, dtype)
+
+
+def _end(dtype, *, low: bool):
+    """The lowest (or highest) value of a dtype: -inf/inf for floats."""
+    if jnp.issubdtype(dtype, jnp.inexact):
+        return -jnp.inf if low else jnp.inf
+    info = jnp.iinfo(dtype)
+    return info.min if low else info.max
+
+
+_SIGNED = {1: jnp.int8, 2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+def _ordered(x: jax.Array, *, nan_wins_high: bool) -> jax.Array:
+    """Floats as same-width integers in IEEE total order; NaN at the winning end.
+
+    Positive floats already order as their bits do; negative ones order
+    backwards, so their magnitude bits are flipped. Every NaN (either sign,
+    any payload) becomes the integer maximum for max, the minimum for min.
+    Integers pass as they are.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    key_dtype = _SIGNED[x.dtype.itemsize]
+    key = _flip_negatives(lax.bitcast_convert_type(x, key_dtype))
+    return jnp.where(jnp.isnan(x), _end(key_dtype, low=not nan_wins_high), key)
+
+
+def _from_ordered(key: jax.Array, dtype) -> jax.Array:
+    """`_ordered`'s integers back to floats; the integer ends decode to NaN."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return key
+    return lax.bitcast_convert_type(_flip_negatives(key), dtype)
+
+
+def _flip_negatives(bits: jax.Array) -> jax.Array:
+    """Flip every bit but the sign of negative integers: its own inverse."""
+    sign = bits >> (bits.dtype.itemsize * 8 - 1)  # arithmetic: all ones if negative
+    return bits ^ (sign & jnp.iinfo(bits.dtype).max)
