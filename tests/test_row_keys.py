@@ -63,3 +63,45 @@ def test_row_keys_with_a_wrong_row_count_is_refused():
                       in_axes=(None, 0), reduce="sum")  # fmt: skip
     with pytest.raises(ValueError, match=r"num_rows=99\): this piece has"):
         f(jax.random.key(0), np.ones(2 * N * P, np.float32))
+
+
+# ---------------------------------------------------------------- typed keys as values
+
+
+def _bits(keys):
+    return np.asarray(jax.random.key_data(keys))
+
+
+@pytest.mark.skipif(P > 1, reason="one process: key arrays made here live on this process only")
+@pytest.mark.parametrize("rows", [2 * N, 2 * N + 1])
+def test_typed_keys_pass_sliced_broadcast_and_per_device_and_come_back(rows):
+    keys = jax.random.split(jax.random.key(3), rows)  # sliced: one key per row
+    base = jax.random.key(5)  # broadcast
+    streams = jax.random.split(jax.random.key(9), N)  # per device
+
+    def draw(base, keys, x):
+        return x + jax.vmap(jax.random.uniform)(keys), jax.vmap(jax.random.fold_in)(keys, x)
+
+    f = synk.function(draw, in_axes=(None, 0, 0), reduce="gather")
+    x = np.arange(rows, dtype=np.int32)
+    got_values, got_keys = f(base, keys, x)
+    want_values, want_keys = draw(base, keys, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(got_values), np.asarray(want_values))
+    np.testing.assert_array_equal(_bits(got_keys), _bits(want_keys))
+
+    g = synk.function(
+        lambda s, b: jax.random.fold_in(s, 1), in_axes=("per_device", None), reduce="per_device"
+    )
+    out = g(streams, base)
+    assert jax.dtypes.issubdtype(out.dtype, jax.dtypes.prng_key) and out.shape == (N,)
+    np.testing.assert_array_equal(
+        _bits(out), _bits(jax.vmap(jax.random.fold_in, (0, None))(streams, 1))
+    )
+
+
+@pytest.mark.parametrize("op", ["avg", "sum", "max", "min", "prod"])
+def test_a_reduce_op_on_keys_is_a_clear_type_error(op):
+    f = synk.function(lambda k, x: (jax.random.fold_in(k, 1), x.sum()), in_axes=(None, 0),
+                      reduce=(op, "sum"))  # fmt: skip
+    with pytest.raises(TypeError, match=rf"output out\[0\] is a PRNG key array .*reduce {op!r}"):
+        f(jax.random.key(0), np.ones(2 * N * P, np.float32))

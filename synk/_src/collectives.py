@@ -364,4 +364,4 @@ def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
 def _check_dtypes(op: red.Reduction, x, leaves: list, where: str) -> None:
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]]
     for path, leaf in zip(paths, leaves, strict=True):
-        op.check_dtype(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x{path}")
+        op.check(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x{path}")

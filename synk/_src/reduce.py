@@ -45,6 +45,16 @@ class Op:
     def check_dtype(self, aval, where: str) -> None:
         """Raise before anything runs if this op cannot combine outputs like `aval`."""
 
+    def check(self, aval, where: str) -> None:
+        """`check_dtype`, after what holds for every reduction: keys do not reduce."""
+        if self.reduces and jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
+            raise TypeError(
+                f"{where} is a PRNG key array ({aval.dtype}) and has reduce {self.name!r}; keys "
+                "cannot be added, averaged or compared. Use reduce 'gather' (one key per row) "
+                "or 'per_device' (one per device), or return jax.random.key_data(k)."
+            )
+        self.check_dtype(aval, where)
+
     def __repr__(self) -> str:
         return repr(self.name)
 
@@ -326,7 +336,7 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
     paths = [jax.tree_util.keystr(p) for p, _ in flat]
     avals = [aval for _, aval in flat]
     for op, aval, path in zip(ops, avals, paths, strict=True):
-        op.check_dtype(aval, f"{where}: output out{path}")
+        op.check(aval, f"{where}: output out{path}")
     return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
 
 

@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax import lax
 
+from synk._src import compat
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -125,11 +127,10 @@ def device_parts(x: jax.Array, axis: int, split: Split) -> list[jax.Array]:
     rows = rows.reshape((g, split.local_rows, *rows.shape[1:]))  # one block per process
     main = rows[:, : m * q].reshape((g * m * q, *rows.shape[2:]))
     parts = [main]
-    if r:
-        pad = [(0, 0)] * rows.ndim
-        pad[1] = (0, m - r)
-        extra = jax.numpy.pad(rows[:, m * q :], pad).reshape((g * m, *rows.shape[2:]))
-        parts.append(extra)
+    if r:  # padded with placeholder rows (zeros; zero bits for typed keys): never computed on
+        filler = compat.zeros((g, m - r, *rows.shape[2:]), rows.dtype)
+        extra = jax.numpy.concatenate([rows[:, m * q :], filler], axis=1)
+        parts.append(extra.reshape((g * m, *rows.shape[2:])))
     return [jax.numpy.moveaxis(p, 0, axis) for p in parts]
 
 
