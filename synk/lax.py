@@ -1,6 +1,7 @@
 """Collectives inside a `synk.function` (identity under ``f.serial``)."""
 
 from synk._src.lax import all_gather as all_gather
+from synk._src.lax import axis_name as axis_name
 from synk._src.lax import device_index as device_index
 from synk._src.lax import pmax as pmax
 from synk._src.lax import pmean as pmean
@@ -8,4 +9,4 @@ from synk._src.lax import pmin as pmin
 from synk._src.lax import psum as psum
 from synk._src.lax import row_keys as row_keys
 
-__all__ = ["all_gather", "device_index", "pmax", "pmean", "pmin", "psum", "row_keys"]
+__all__ = ["all_gather", "axis_name", "device_index", "pmax", "pmean", "pmin", "psum", "row_keys"]

@@ -39,6 +39,7 @@ from synk._src import lax as synk_lax
 from synk._src import processes, runtime
 from synk._src import reduce as red
 from synk._src.plan import Plan, leaf_key
+from synk._src.runtime import AXIS
 from synk._src.signature import Signature, Statics, as_tuple, check_in_axes, leaf_entries
 
 # --------------------------------------------------------------------------
@@ -249,7 +250,7 @@ class Function:
           True
         """
         rows = self._core.batch_rows(args, kwargs)
-        with synk_lax.tracing(bound=False, rows=None if rows is None else (lambda: 0, rows)):
+        with synk_lax.tracing(bound=True, rows=None if rows is None else (lambda: 0, rows)):
             return self._core.serial(*args, **kwargs)
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
@@ -311,7 +312,7 @@ class _Core:
         self.cache: dict = {}  # plan key -> Plan, shared by every with_options variant
         self.variants: dict = {}  # options key -> Function
         self.serial = jax.jit(
-            fn,
+            _on_one_device(fn),
             static_argnums=tuple(sorted(self.statics.positions)),
             static_argnames=self.statics.names,
         )
@@ -329,3 +330,18 @@ class _Core:
         """(statics, dyn): the call bound to the signature, statics taken out."""
         args, kwargs = self.signature.bind(args, kwargs)
         return self.statics.split(args, kwargs, self.signature, self.where)
+
+
+def _on_one_device(fn):
+    """`fn` with synk's device axis bound at size 1, for `Function.serial`.
+
+    Collectives over the axis (synk.lax, or a library's ``lax.pmean(x,
+    synk.lax.axis_name)``) then act as on a single device.
+    """
+
+    @functools.wraps(fn)
+    def one(*args, **kwargs):
+        out = jax.vmap(lambda: fn(*args, **kwargs), axis_name=AXIS, axis_size=1)()
+        return jax.tree_util.tree_map(lambda o: o[0], out)
+
+    return one

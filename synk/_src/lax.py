@@ -1,8 +1,9 @@
 """Collectives for use inside a `synk.function`: synk.lax.
 
-Inside a synk.Function they run over every device; under ``f.serial`` (or
-anywhere outside a synk.Function) they act as on a single device, so the
-serial reference stays a plain single-device function.
+Inside a synk.Function they run over every device; under ``f.serial``, or
+anywhere outside a synk.Function, they act as on a single device, so the
+serial reference stays a plain single-device function. `row_keys` gives
+per-row randomness that does not depend on the device count.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def tracing(*, bound: bool, rows=None):
 
 def _bound() -> bool:
     return _trace.bound
+
+
+axis_name = AXIS
+"""The name of synk's device axis, for libraries that take an ``axis_name``.
+
+Inside a `synk.function` (and under ``f.serial``, where the axis has one
+device) ``lax.pmean(x, synk.lax.axis_name)`` averages over every device;
+e.g. ``flax.nnx.BatchNorm(..., axis_name=synk.lax.axis_name)`` synchronises
+its batch statistics. Like synk.lax, it needs an equal share per device and
+``num_slices=1``.
+"""
 
 
 def psum(x):

@@ -254,7 +254,11 @@ def _check_outputs_at(core, out: red.OutPlan, rows0: int, shape, rows: int) -> N
 
 def check_whole_share(core, split: Split, uses_lax: bool) -> None:
     """A function that talks across devices must run once per device on an equal share."""
-    why = "calls synk.lax collectives" if uses_lax else "has 'per_device' outputs"
+    why = (
+        "calls synk.lax collectives (or others over synk.lax.axis_name)"
+        if uses_lax
+        else "has 'per_device' outputs"
+    )
     if not split.even:
         raise ValueError(
             f"{core.where}: the function {why}, so it must run exactly once per device on "
