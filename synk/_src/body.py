@@ -108,6 +108,8 @@ class Body:
                 x = x[0]
             base.append(x)
         extras = {i: flat[slot] for i, slot in self.layout.extra.items()}
+        for i in self.layout.whole:  # the whole batch: this device's rows of it
+            base[i], extras[i] = self._own_rows(base[i], self.descs[i].axis)
         for i, slots in self.layout.index.items():  # rows of synk.Data batches
             base[i], extra = _view_rows(
                 self.descs[i], base[i], [flat[k] for k in slots], self.split
@@ -176,6 +178,14 @@ class Body:
         init = self.identities() if acc is None else acc
         acc, ys = lax.scan(step, init, (xs, firsts))
         return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
+
+    def _own_rows(self, x, axis: int):
+        """This device's main block and extra row, sliced from the whole batch."""
+        s = self.split
+        main = lax.dynamic_slice_in_dim(x, self.first_row(), s.main, axis)
+        # A device without an extra row takes the last row as a stand-in, never computed on.
+        last = jnp.minimum(self.extra_row_index(), s.rows - 1)
+        return main, lax.dynamic_slice_in_dim(x, last, 1, axis)
 
     def first_row(self):
         """The global index of this device's first main-block row (`split.py`'s layout)."""
