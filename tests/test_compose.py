@@ -101,7 +101,9 @@ def test_bad_input_is_refused_identically_under_jit():
         f(w, x, y[:-1])
     with pytest.raises(ValueError) as traced:
         jax.jit(f)(w, x, y[:-1])
-    assert str(eager.value) == str(traced.value)
+    if P == 1:  # several processes: eagerly each passes its share, so the rows differ
+        assert str(eager.value) == str(traced.value)
+    assert "`x` has" in str(traced.value) and "`y` has" in str(traced.value)
     g = synk.function(lambda s, x: s * x.sum(), in_axes=("per_device", 0))
     with pytest.raises(ValueError, match=rf"argument `s` has in_axes 'per_device'.*\({N}\)"):
         jax.jit(g)(np.ones(N + 1, np.float32), x)
@@ -218,11 +220,11 @@ def test_an_equinox_module_passes_whole():
 
     fn, traces = counting(mse)
     f = synk.function(fn, in_axes=(None, 0, 0))
-    _close(f(model, x, y) if P == 1 else jax.jit(f)(model, x, y), mse(model, x, y))
+    _close(f(model, x, y) if P == 1 else eqx.filter_jit(f)(model, x, y), mse(model, x, y))
     grads = eqx.filter_grad(f)(model, x, y)
     assert_tree_close(eqx.filter(grads, eqx.is_array), eqx.filter(eqx.filter_grad(mse)(model, x, y),
                       eqx.is_array), rtol=1e-4, atol=1e-6)  # fmt: skip
     before = len(traces)
     other = eqx.tree_at(lambda m: m.activation, model, jax.nn.tanh)
-    f(other, x, y) if P == 1 else jax.jit(f)(other, x, y)
+    f(other, x, y) if P == 1 else eqx.filter_jit(f)(other, x, y)
     assert len(traces) > before  # a new static leaf (the activation) traces anew

@@ -128,9 +128,9 @@ class Plan:
         body = synk_body.Body(
             call_user, descs, split, out, layout, options.comm_dtype, len(core.devices)
         )
-        jitted = synk_body.executable(core, body, synk_body.donated(core, descs, layout))
-        # Inside a trace the outer jit places everything: nothing to do per call.
-        place = list if traced else placement.placer(core, descs, split, layout)
+        donated = () if traced else synk_body.donated(core, descs, layout)
+        jitted = synk_body.executable(core, body, donated, traced)
+        place = placement.placer(core, descs, split, layout)
         if len(dynamic) != len(leaves):
             place = _without_statics(place, dynamic)
         return cls(
