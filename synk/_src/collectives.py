@@ -319,11 +319,7 @@ def reduce(x, op: str, *, comm_dtype=None):
       >>> synk.reduce(x, "sum").tolist() == [n * (n - 1) / 2]
       True
     """
-    op = red.parse_op(op, "synk.reduce", ops=red.REDUCTIONS)
-    comm = red.parse_comm_dtype(comm_dtype, "synk.reduce")
-    leaves, treedef = _place(x, "synk.reduce")
-    _check_dtypes(op, x, leaves, "synk.reduce")
-    return _dispatch(_reduce_fn(op, comm, False), leaves, treedef)
+    return _reduce(x, op, comm_dtype, everywhere=False, where="synk.reduce")
 
 
 def all_reduce(x, op: str, *, comm_dtype=None):
@@ -340,11 +336,16 @@ def all_reduce(x, op: str, *, comm_dtype=None):
       >>> bool((synk.gather(w) == (n - 1) / 2).all())
       True
     """
-    op = red.parse_op(op, "synk.all_reduce", ops=red.REDUCTIONS)
-    comm = red.parse_comm_dtype(comm_dtype, "synk.all_reduce")
-    leaves, treedef = _place(x, "synk.all_reduce")
-    _check_dtypes(op, x, leaves, "synk.all_reduce")
-    return _dispatch(_reduce_fn(op, comm, True), leaves, treedef)
+    return _reduce(x, op, comm_dtype, everywhere=True, where="synk.all_reduce")
+
+
+def _reduce(x, op, comm_dtype, *, everywhere: bool, where: str):
+    """`reduce` and `all_reduce`: checked before anything runs, then one collective per op."""
+    op = red.parse_op(op, where, ops=red.REDUCTIONS)
+    comm = red.parse_comm_dtype(comm_dtype, where)
+    leaves, treedef = _place(x, where)
+    _check_dtypes(op, x, leaves, where)
+    return _dispatch(_reduce_fn(op, comm, everywhere), leaves, treedef)
 
 
 @functools.cache
