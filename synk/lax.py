@@ -1,4 +1,10 @@
-"""Collectives inside a `synk.function` (identity under ``f.serial``)."""
+"""Collectives inside a `synk.function` (as on one device under ``f.serial``).
+
+``axis_name`` is the name of synk's device axis, for libraries that take an
+``axis_name`` (e.g. ``flax.nnx.BatchNorm(..., axis_name=synk.lax.axis_name)``
+synchronises batch statistics over every device). ``row_keys(key)`` gives one
+PRNG key per row, the same on any device count.
+"""
 
 from synk._src.lax import all_gather as all_gather
 from synk._src.lax import axis_name as axis_name

@@ -112,9 +112,13 @@ def test_in_axes_that_is_not_a_prefix_of_the_argument():
         synk.function(lambda x: x, in_axes=({"a": 0},))([np.ones(4)])
 
 
-def test_non_array_leaf_where_slicing_is_asked():
-    with pytest.raises(TypeError, match=r"argument `mode` is a str, not an array.*static"):
-        synk.function(lambda x, mode: x.sum())(np.ones(8), "fast")
+def test_an_unhashable_non_array_leaf_is_named():
+    with pytest.raises(TypeError, match=r"argument `opts\['cb'\]` is a Unhashable, which is nei"):
+        synk.function(lambda x, opts: x.sum())(np.ones(8), {"cb": Unhashable()})
+
+
+class Unhashable:
+    __hash__ = None
 
 
 def test_unhashable_static_argument():

@@ -138,3 +138,13 @@ def test_a_collective_under_a_custom_derivative_or_scan_is_found():
         f = synk.function(fn, reduce="max", num_slices=2)
         with pytest.raises(ValueError, match=r"calls synk\.lax collectives"):
             f(synk.process_share(np.ones(4 * N * P, np.float32)))
+
+
+def test_a_flax_lstm_runs_as_in_serial():
+    nn = pytest.importorskip("flax.linen")
+    rnn = nn.RNN(nn.LSTMCell(features=4))
+    x = np.random.default_rng(1).normal(size=(2 * N + 1) * P * 5 * 3).astype(np.float32)
+    x = x.reshape((2 * N + 1) * P, 5, 3)  # (batch, time, features)
+    params = rnn.init(jax.random.key(0), x[:1])
+    f = synk.function(lambda p, x: rnn.apply(p, x), in_axes=(None, 0), reduce="gather")
+    _close(f(params, synk.process_share(x)), rnn.apply(params, jnp.asarray(x)), rtol=1e-5)

@@ -41,7 +41,7 @@ def test_row_keys_give_the_same_rows_on_any_device_count(devices, rows, slices):
 
 
 def test_row_keys_in_a_reduced_output_and_with_old_style_keys():
-    x = np.ones((3 * N * P + 1, 2), np.float32)
+    x = np.ones(((3 * N + 1) * P, 2), np.float32)
     f = synk.function(lambda k, x: dropout(k, x).mean(), in_axes=(None, 0))
     for key in (jax.random.key(1), jax.random.PRNGKey(1)):
         np.testing.assert_allclose(

@@ -108,6 +108,8 @@ class Body:
                 x = x[0]
             base.append(x)
         extras = {i: flat[slot] for i, slot in self.layout.extra.items()}
+        for i in self.layout.whole:  # the whole batch: this device's rows of it
+            base[i], extras[i] = self._own_rows(base[i], self.descs[i].axis)
         for i, slots in self.layout.index.items():  # rows of synk.Data batches
             base[i], extra = _view_rows(
                 self.descs[i], base[i], [flat[k] for k in slots], self.split
@@ -177,6 +179,14 @@ class Body:
         acc, ys = lax.scan(step, init, (xs, firsts))
         return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
 
+    def _own_rows(self, x, axis: int):
+        """This device's main block and extra row, sliced from the whole batch."""
+        s = self.split
+        main = lax.dynamic_slice_in_dim(x, self.first_row(), s.main, axis)
+        # A device without an extra row takes the last row as a stand-in, never computed on.
+        last = jnp.minimum(self.extra_row_index(), s.rows - 1)
+        return main, lax.dynamic_slice_in_dim(x, last, 1, axis)
+
     def first_row(self):
         """The global index of this device's first main-block row (`split.py`'s layout)."""
         process, local, s = *self._place(), self.split
@@ -232,7 +242,7 @@ def _view_rows(d: Leaf, data, index: list, split: Split):
 # The executable
 
 
-def executable(core, body: Body, donated: tuple[int, ...]):
+def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False):
     """``jit(shard_map(body))``, with outputs in the user's order and rows in input order."""
     specs = body.layout.specs
     # check_vma=False: the user's function is written for one device and must
@@ -248,12 +258,17 @@ def executable(core, body: Body, donated: tuple[int, ...]):
     )
     split, n_out = body.split, len(body.out.ops)
 
+    everywhere = NamedSharding(core.mesh, P())
+
     def outer(*flat):
+        if traced and core.groups > 1:
+            # Several processes: a derivative with respect to an argument takes
+            # the argument's sharding; replicated, every process can read it.
+            flat = [lax.with_sharding_constraint(x, everywhere) for x in flat]
         reduced, rows, extra_rows, per_device = mapped(*flat)
         if body.uneven:
             rows = [reassemble(m, e, split) for m, e in zip(rows, extra_rows)]
         if core.groups > 1:  # every process can read a gathered output (np.asarray)
-            everywhere = NamedSharding(core.mesh, P())
             rows = [lax.with_sharding_constraint(x, everywhere) for x in rows]
         result = [None] * n_out
         parts = ((body.reduced, reduced), (body.gathered, rows), (body.per_device, per_device))
@@ -262,6 +277,11 @@ def executable(core, body: Body, donated: tuple[int, ...]):
                 result[i] = v
         return result
 
+    if traced:
+        # Inside a trace shard_map's in_specs place the values; a concrete value
+        # met there (an eager jax.grad's primal, say) is taken as jax.jit takes
+        # it, whole and replicated, which several processes allow for numpy.
+        return jax.jit(outer)
     # in_shardings let jit's C++ dispatch move numpy arguments straight to
     # their shards: measurably cheaper per call than a Python device_put.
     shardings = tuple(NamedSharding(core.mesh, spec) for spec in specs)

@@ -4,6 +4,10 @@ A per-device value is a ``jax.Array`` whose leading axis has one entry per
 device (``device_count()``), entry i living on device i: what
 ``reduce="per_device"`` returns and ``in_axes="per_device"`` takes. Each
 collective accepts a pytree of them and is compiled once per shape.
+
+Called by: the public `synk.broadcast`, `scatter`, `gather`, `all_gather`,
+`reduce`, `all_reduce`, `get_value`, `set_value`. Calls: `reduce` (the ops and
+their checks), `runtime` (devices, mesh, the in-flight bound), `compat`.
 """
 
 from __future__ import annotations
@@ -319,11 +323,7 @@ def reduce(x, op: str, *, comm_dtype=None):
       >>> synk.reduce(x, "sum").tolist() == [n * (n - 1) / 2]
       True
     """
-    op = red.parse_op(op, "synk.reduce", ops=red.REDUCTIONS)
-    comm = red.parse_comm_dtype(comm_dtype, "synk.reduce")
-    leaves, treedef = _place(x, "synk.reduce")
-    _check_dtypes(op, x, leaves, "synk.reduce")
-    return _dispatch(_reduce_fn(op, comm, False), leaves, treedef)
+    return _reduce(x, op, comm_dtype, everywhere=False, where="synk.reduce")
 
 
 def all_reduce(x, op: str, *, comm_dtype=None):
@@ -340,11 +340,16 @@ def all_reduce(x, op: str, *, comm_dtype=None):
       >>> bool((synk.gather(w) == (n - 1) / 2).all())
       True
     """
-    op = red.parse_op(op, "synk.all_reduce", ops=red.REDUCTIONS)
-    comm = red.parse_comm_dtype(comm_dtype, "synk.all_reduce")
-    leaves, treedef = _place(x, "synk.all_reduce")
-    _check_dtypes(op, x, leaves, "synk.all_reduce")
-    return _dispatch(_reduce_fn(op, comm, True), leaves, treedef)
+    return _reduce(x, op, comm_dtype, everywhere=True, where="synk.all_reduce")
+
+
+def _reduce(x, op, comm_dtype, *, everywhere: bool, where: str):
+    """`reduce` and `all_reduce`: checked before anything runs, then one collective per op."""
+    op = red.parse_op(op, where, ops=red.REDUCTIONS)
+    comm = red.parse_comm_dtype(comm_dtype, where)
+    leaves, treedef = _place(x, where)
+    _check_dtypes(op, x, leaves, where)
+    return _dispatch(_reduce_fn(op, comm, everywhere), leaves, treedef)
 
 
 @functools.cache

@@ -8,7 +8,12 @@ Calls: JAX only. When JAX moves one of these, this is the one file to change.
 
 from __future__ import annotations
 
+import importlib
+
 import jax
+
+# The type of values inside jax.jit, grad and vmap (public as jax.core.Tracer).
+Tracer = getattr(jax.core, "Tracer", None) or importlib.import_module("jax._src.core").Tracer
 
 
 def backend_started() -> bool:

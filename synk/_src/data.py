@@ -5,6 +5,10 @@ batch views: a `synk.Function` receives them in place of arrays, only the
 indices travel from host to device, and each device gathers its own rows on
 the device (a ``take`` from its copy, or `rows_from_shards` for sharded data,
 traced inside the function's body).
+
+Called by: `synk.data` and `X[idx]` (public), `roles` and `plan` (a view's
+record and key), `placement` (indices per device), `body` (rows gathered on
+the devices). Calls: `runtime` (devices, mesh), `split` (who takes which row).
 """
 
 from __future__ import annotations

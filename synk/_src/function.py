@@ -204,7 +204,8 @@ class Function:
         elif plan.digest is not None:  # several processes: all must make this same call
             processes.agree(core.where, plan.description, plan.digest)
         out = plan.jitted(*plan.place(leaves))
-        runtime.throttle(out[0] if out else None, core.platform)
+        if plan.eager:  # inside a trace the outer executable is what runs
+            runtime.throttle(out[0] if out else None, core.platform)
         return jax.tree_util.tree_unflatten(plan.out.treedef, out)
 
     def with_options(self, *, reduce=None, num_slices=None, comm_dtype=None) -> Function:

@@ -26,13 +26,18 @@ class Layout:
     extra: dict[int, int]  # sliced array leaf -> slot of its padded extra rows
     index: dict[int, tuple[int, ...]]  # view leaf -> slots of its indices
     specs: tuple[P, ...]  # every slot's PartitionSpec over the device axis
+    whole: frozenset[int] = frozenset()  # sliced leaves passed whole: each device slices its own
 
     @classmethod
-    def of(cls, descs: list[Leaf], split: Split | None) -> Layout:
+    def of(cls, descs: list[Leaf], split: Split | None, traced: bool = False) -> Layout:
         uneven = split is not None and not split.even
         arrays = [i for i, d in enumerate(descs) if d.sliced_array]
-        extra = {i: len(descs) + j for j, i in enumerate(arrays)} if uneven else {}
-        specs = [spec(d) for d in descs] + [spec(descs[i]) for i in extra]
+        # Inside a trace an uneven batch cannot be cut on the host: each device
+        # slices its own rows of the whole (replicated) value, with no communication.
+        whole = frozenset(arrays) if uneven and traced else frozenset()
+        extra = {i: len(descs) + j for j, i in enumerate(arrays)} if uneven and not traced else {}
+        specs = [P() if i in whole else spec(d) for i, d in enumerate(descs)]
+        specs += [spec(descs[i]) for i in extra]
         index = {}
         for i, d in enumerate(descs):
             if d.view is None:
@@ -43,7 +48,7 @@ class Layout:
             own = index_specs(d, uneven)
             index[i] = tuple(range(len(specs), len(specs) + len(own)))
             specs += own
-        return cls(extra, index, tuple(specs))
+        return cls(extra, index, tuple(specs), whole)
 
     @property
     def size(self) -> int:

@@ -51,6 +51,16 @@ class _Reshard:
 
 
 @dataclasses.dataclass(frozen=True)
+class _FromEveryProcess:
+    """Several processes: a value every process holds whole becomes one global array."""
+
+    sharding: NamedSharding
+
+    def put(self, x, jit_args: list, i: int) -> None:
+        jit_args[i] = jax.make_array_from_callback(x.shape, self.sharding, lambda j: x[j])
+
+
+@dataclasses.dataclass(frozen=True)
 class _Split:
     """An uneven batch: the main block and the padded extra rows, in two slots."""
 
@@ -87,6 +97,8 @@ _PASS = _Pass()
 def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Callable:
     """A function from the call's leaves to the executable's arguments, built once per plan."""
     shardings = [NamedSharding(core.mesh, spec) for spec in layout.specs]
+    if any(d.source is Source.TRACED for d in descs):
+        return list  # inside a trace: the outer jit places everything
     actions = [_action(core, i, d, split, layout, shardings) for i, d in enumerate(descs)]
     if core.groups == 1 and all(a is _PASS for a in actions):
         return list  # the common case: every leaf goes to jit as it is
@@ -120,6 +132,10 @@ def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, sharding
     if d.role is Role.SLICED and uneven:
         return _Split(layout.extra[i], functools.partial(_host_parts, d.axis, split))
     if d.source is Source.DEVICE and not d.sharding.is_equivalent_to(shardings[i], d.aval.ndim):
+        if core.groups > 1 and not d.sharding.device_set >= set(core.devices):
+            # One process's own array (a key made here, say): the same value on
+            # every process, as a host value is; each device takes its part.
+            return _FromEveryProcess(shardings[i])
         return _Reshard(shardings[i])
     return _PASS
 

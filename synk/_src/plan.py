@@ -31,7 +31,7 @@ from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
 from synk._src.layout import Layout
-from synk._src.roles import SCALARS, Leaf, Role, describe_leaves
+from synk._src.roles import SCALARS, STATIC, Leaf, Role, describe_leaves
 from synk._src.runtime import AXIS
 from synk._src.signature import Statics
 from synk._src.split import Split, make_split
@@ -55,11 +55,18 @@ def leaf_key(x):
         key = (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
         return (*key, x.fits())
     if isinstance(x, jax.Array):
-        return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
+        try:
+            return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
+        except AttributeError:  # a tracer (inside jax.jit, grad, vmap): no sharding
+            return (t, x.aval)
     try:
         return (t, x.shape, x.dtype)
     except AttributeError:
-        return (t, id(x))  # a non-array leaf: the plan will refuse it
+        pass
+    try:  # a non-array leaf (a function, a string): static, keyed by its value
+        return (STATIC, t, x, hash(x))
+    except TypeError:
+        return (t, id(x))  # unhashable: the plan refuses it, naming it
 
 
 # --------------------------------------------------------------------------
@@ -78,6 +85,7 @@ class Plan:
     description: str  # the call as this process sees it, for the cross-process check
     digest: int | None  # its hash, where several processes must agree on every call
     shared: tuple[tuple[int, int], ...]  # (view, view it shares indices with)
+    eager: bool  # called with values, not tracers: the CPU in-flight bound applies
 
     def sharing_holds(self, leaves: list) -> bool:
         """Whether the views this plan sends one index for still have equal indices."""
@@ -91,30 +99,48 @@ class Plan:
     def build(cls, core, options, statics, dyn, leaves, share=True) -> Plan:
         shared = equal_indices(leaves) if share else {}
         description = processes.describe_call(options, statics, dyn, leaves, shared)
+        traced = any(isinstance(x, compat.Tracer) for x in leaves)
         digest = None
-        if core.groups > 1 and processes.CHECK_CALLS:
+        if core.groups > 1 and processes.CHECK_CALLS and not traced:
             # Agree before any check can raise, so every process raises alike.
             digest = processes.signature_hash(description)
             processes.agree(core.where, description, digest)
-        descs = describe_leaves(core, dyn, leaves)
-        descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
+        every = describe_leaves(core, dyn, leaves, traced)
+        # Non-array leaves are static: in the key, not among the executable's arguments.
+        dynamic = [i for i, d in enumerate(every) if d.role is not Role.STATIC]
+        at = {i: k for k, i in enumerate(dynamic)}
+        descs = [dataclasses.replace(every[i], shares=at.get(shared.get(i))) for i in dynamic]
         split = batch_split(core, descs, options.num_slices)
         treedef = jax.tree_util.tree_structure(dyn)
+        fixed = [x if d.role is Role.STATIC else None for d, x in zip(every, leaves)]
 
         def call_user(flat):
-            args, kwargs = Statics.merge(statics, jax.tree_util.tree_unflatten(treedef, flat))
+            full = list(fixed)
+            for i, x in zip(dynamic, flat, strict=True):
+                full[i] = x
+            args, kwargs = Statics.merge(statics, jax.tree_util.tree_unflatten(treedef, full))
             return core.fn(*args, **kwargs)
 
         out, uses_lax = trace_outputs(core, options, descs, split, call_user)
         if split is not None and (uses_lax or out.indices(red.PER_DEVICE)):
             check_whole_share(core, split, uses_lax)
-        layout = Layout.of(descs, split)
+        layout = Layout.of(descs, split, traced)
         body = synk_body.Body(
             call_user, descs, split, out, layout, options.comm_dtype, len(core.devices)
         )
-        jitted = synk_body.executable(core, body, synk_body.donated(core, descs, layout))
+        donated = () if traced else synk_body.donated(core, descs, layout)
+        jitted = synk_body.executable(core, body, donated, traced)
         place = placement.placer(core, descs, split, layout)
-        return cls(descs, split, out, jitted, place, description, digest, tuple(shared.items()))
+        if len(dynamic) != len(leaves):
+            place = _without_statics(place, dynamic)
+        return cls(
+            descs, split, out, jitted, place, description, digest, tuple(shared.items()),
+            not traced,
+        )  # fmt: skip
+
+
+def _without_statics(place, dynamic: list[int]):
+    return lambda leaves: place([leaves[i] for i in dynamic])
 
 
 def equal_indices(leaves: list) -> dict[int, int]:

@@ -3,6 +3,10 @@
 Launchers (mpiexec, srun) start one process per node or per GPU; synk.init
 connects them through jax.distributed (gloo collectives on CPU, NCCL on GPU).
 Nothing here is imported work until a launch with several ranks is seen.
+
+Called by: `runtime` (starting jax.distributed), `plan` (the call's description
+and the agreement on a new plan), `function` (the agreement on every later
+call). Calls: jax.distributed, mpi4py where a launcher started us.
 """
 
 from __future__ import annotations

@@ -18,16 +18,19 @@ from typing import Any
 
 import jax
 
+from synk._src import compat
 from synk._src import data as synk_data
 from synk._src.signature import PER_DEVICE, leaf_entries
 
 SCALARS = (int, float, bool, complex)
+STATIC = "static"  # marks a non-array leaf's cache key (`plan.leaf_key`)
 
 
 class Role(enum.Enum):
     SLICED = "sliced"  # split along its batch axis across the devices
     BROADCAST = "broadcast"  # every device sees the whole value
     PER_DEVICE = "per_device"  # device i sees entry i of the leading axis
+    STATIC = "static"  # not an array (a function, a string): part of the key, not traced
 
 
 class Source(enum.Enum):
@@ -37,6 +40,8 @@ class Source(enum.Enum):
     HOST = "a host array"  # numpy and the like; with several processes, this process's share
     DEVICE = "a jax.Array"  # already on the devices, with a known sharding
     VIEW = "a synk.Data batch"  # rows of device-resident data, picked by indices
+    TRACED = "a traced value"  # inside jax.jit, grad or vmap: a global value the outer jit places
+    STATIC = "not an array"
 
 
 class View(enum.Enum):
@@ -69,15 +74,19 @@ class Leaf:
         return self.role is Role.SLICED and self.view is None
 
 
-def describe_leaves(core, dyn, leaves: list) -> list[Leaf]:
-    """Every leaf's record, in tree_flatten's order; bad input raises here."""
+def describe_leaves(core, dyn, leaves: list, traced: bool = False) -> list[Leaf]:
+    """Every leaf's record, in tree_flatten's order; bad input raises here.
+
+    `traced`: the call is inside a trace (jax.jit, grad, vmap); every value is
+    then a global one, as in jax.jit, never one process's share.
+    """
     entries = leaf_entries(core.in_axes, core.signature, dyn, core.where)
-    out = [describe(core, name, leaf, entry) for name, leaf, entry in entries]
+    out = [describe(core, name, leaf, entry, traced) for name, leaf, entry in entries]
     assert len(out) == len(leaves)
     return out
 
 
-def describe(core, name: str, leaf, entry) -> Leaf:
+def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
     where, n = core.where, len(core.devices)
     if type(leaf) is synk_data.Batch:
         return _describe_view(core, name, leaf, entry)
@@ -85,11 +94,7 @@ def describe(core, name: str, leaf, entry) -> Leaf:
         aval = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(type(leaf)), weak_type=True)
         return Leaf(name, Role.BROADCAST, None, aval, Source.SCALAR)
     if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-        raise TypeError(
-            f"{where}: argument `{name}` is a {type(leaf).__name__}, not an array. "
-            "Arrays (numpy or jax) and Python numbers can be traced; pass other values as "
-            "static arguments (static_argnums / static_argnames)."
-        )
+        return _describe_static(core, name, leaf)
     dtype = leaf.dtype
     if not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):  # typed keys are as they are
         dtype = jax.dtypes.canonicalize_dtype(dtype)
@@ -97,8 +102,13 @@ def describe(core, name: str, leaf, entry) -> Leaf:
         tuple(leaf.shape), dtype, weak_type=getattr(leaf, "weak_type", False)
     )
     on_device = isinstance(leaf, jax.Array)
-    source = Source.DEVICE if on_device else Source.HOST
-    sharding = leaf.sharding if on_device else None
+    if traced:
+        on_device, source, sharding = True, Source.TRACED, None
+        if not isinstance(leaf, compat.Tracer):
+            sharding = _check_reachable(core, name, leaf)
+    else:
+        source = Source.DEVICE if on_device else Source.HOST
+        sharding = leaf.sharding if on_device else None
     if entry is None or aval.ndim == 0:
         return Leaf(name, Role.BROADCAST, None, aval, source, sharding)
     if entry == PER_DEVICE:
@@ -168,3 +178,37 @@ def _stale_view_error(where: str, name: str, view: synk_data.Batch) -> str:
         f"of range for {rows} rows. Make the batch again from the current data ({remake}). "
         "Batches whose indices all still fit stay valid."
     )
+
+
+def _describe_static(core, name: str, leaf) -> Leaf:
+    """A non-array leaf (an Equinox module's function, a string): static, as in
+    ``equinox.filter_jit``; its value is part of the cache key."""
+    try:
+        hash(leaf)
+    except TypeError:
+        raise TypeError(
+            f"{core.where}: argument `{name}` is a {type(leaf).__name__}, which is neither an "
+            "array nor hashable. Non-array leaves are static (part of the compile cache key), "
+            "so they must be hashable: make it hashable (e.g. a tuple instead of a list), pass "
+            "it as an array, or pass it with static_argnums / static_argnames."
+        ) from None
+    aval = jax.ShapeDtypeStruct((), jax.numpy.int32)  # unused: static leaves are not traced
+    return Leaf(name, Role.STATIC, None, aval, Source.STATIC)
+
+
+def _check_reachable(core, name: str, leaf):
+    """A concrete array in a traced call: the outer jit must be able to use it here."""
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None or not getattr(leaf, "committed", False):
+        return sharding  # numpy, or uncommitted: jit puts it where it is needed
+    ours = list(core.devices)
+    if set(sharding.device_set) - set(ours):
+        raise ValueError(
+            f"{core.where}: argument `{name}` is a jax.Array committed to devices "
+            f"{sorted(d.id for d in sharding.device_set)}, which this function, called inside "
+            f"a trace (jax.jit, grad, vmap), cannot use: it runs on devices "
+            f"{[d.id for d in ours]}. Move it before the traced call, e.g. "
+            "jax.device_put(x, jax.devices()[0]) or np.asarray(x), or call the function "
+            "outside jax.jit, where synk moves it itself."
+        )
+    return sharding

@@ -2,6 +2,10 @@
 
 Nothing here touches a JAX backend at import time: the backend starts on the
 first call that needs devices, after `init` has had its chance to configure it.
+
+Called by: `synk.init` and the device queries (public), `function` (devices, mesh,
+the in-flight bound), `data` and `collectives` (devices, mesh). Calls:
+`processes` (jax.distributed), `compat` (has the backend started?).
 """
 
 from __future__ import annotations

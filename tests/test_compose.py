@@ -1,0 +1,230 @@
+"""A synk.Function is an ordinary JAX callable: inside jax.jit, under jax.grad,
+jax.jvp and jax.vmap, with Equinox modules as arguments. Each result equals the
+eager call and the serial function.
+
+Inside a trace every value is global, as in jax.jit: the tests pass the whole
+batch on every process (never a process's share).
+"""
+
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import assert_tree_close, counting
+
+import synk
+
+N = synk.device_count()
+P = synk.process_count()
+ROWS = [2 * N, 2 * N + 3, max(N - 1, 1)]  # even, uneven, fewer rows than devices
+
+
+def _data(rows, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d,)).astype(np.float32)
+    x = rng.normal(size=(rows, d)).astype(np.float32)
+    y = rng.normal(size=(rows,)).astype(np.float32)
+    return w, x, y
+
+
+def loss(w, x, y):
+    return jnp.mean((jnp.tanh(x @ w) - y) ** 2)
+
+
+def per_row(w, x, y):
+    r = jnp.tanh(x @ w) - y
+    return {"avg": jnp.mean(r**2), "sum": r.sum(), "max": r.max(), "min": r.min(),
+            "prod": jnp.prod(1 + 0.01 * r), "gather": r}  # fmt: skip
+
+
+REDUCE = {k: k for k in ("avg", "sum", "max", "min", "prod", "gather")}
+
+
+def _close(got, want, rtol=1e-5, atol=1e-6):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------- inside jax.jit
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("slices", [1, 2])
+def test_inside_jit_every_op_equals_the_eager_call_and_serial(rows, slices):
+    if slices > max(rows // N, 1) or (slices > 1 and rows < N):
+        pytest.skip("num_slices larger than the rows a device gets")
+    w, x, y = _data(rows)
+    f = synk.function(per_row, in_axes=(None, 0, 0), reduce=REDUCE, num_slices=slices)
+    inside = jax.jit(lambda w, x, y: f(w, x, y))(w, x, y)
+    _close(inside, f.serial(w, x, y))
+    if P == 1:  # eagerly, each process passes its share; the same call here
+        _close(inside, f(w, x, y), rtol=1e-6)
+
+
+def test_inside_jit_per_device_no_batch_and_synk_lax():
+    w, x, _ = _data(2 * N)
+    per_device = synk.function(lambda s, x: s * x.sum(), in_axes=("per_device", 0), reduce="sum")
+    s = np.arange(N, dtype=np.float32)
+    got = jax.jit(per_device)(s, x)
+    want = sum(s[d] * x[2 * d : 2 * d + 2].sum() for d in range(N))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+    no_batch = synk.function(lambda w: (w**2).sum(), in_axes=None)
+    np.testing.assert_allclose(float(jax.jit(no_batch)(w)), float((w**2).sum()), rtol=1e-6)
+
+    centred = synk.function(lambda x: x - synk.lax.pmean(x.mean(0)), reduce="gather")
+    _close(jax.jit(centred)(x), x - x.mean(0))
+
+
+def test_a_traced_call_does_no_host_work_per_call():
+    w, x, y = _data(2 * N)
+    fn, traces = counting(loss)
+    f = synk.function(fn, in_axes=(None, 0, 0))
+    step = jax.jit(lambda w, x, y: f(w, x, y))
+    for _ in range(3):
+        step(w, x, y)
+    assert repr(f).endswith("compiled=1)")  # planned once, at the outer trace
+    first = len(traces)
+    for _ in range(5):
+        step(w, x + 1, y)
+    assert len(traces) == first  # nothing of synk runs per call
+
+
+def test_bad_input_is_refused_identically_under_jit():
+    w, x, y = _data(2 * N)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    with pytest.raises(ValueError) as eager:
+        f(w, x, y[:-1])
+    with pytest.raises(ValueError) as traced:
+        jax.jit(f)(w, x, y[:-1])
+    if P == 1:  # several processes: eagerly each passes its share, so the rows differ
+        assert str(eager.value) == str(traced.value)
+    assert "`x` has" in str(traced.value) and "`y` has" in str(traced.value)
+    g = synk.function(lambda s, x: s * x.sum(), in_axes=("per_device", 0))
+    with pytest.raises(ValueError, match=rf"argument `s` has in_axes 'per_device'.*\({N}\)"):
+        jax.jit(g)(np.ones(N + 1, np.float32), x)
+
+
+# ---------------------------------------------------------------- jax.grad, jvp
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("slices", [1, 2])
+def test_grad_and_jvp_of_a_synk_function_equal_serial(rows, slices):
+    if slices > 1 and rows // N < slices:
+        pytest.skip("num_slices larger than the rows a device gets")
+    w, x, y = _data(rows)
+    f = synk.function(loss, in_axes=(None, 0, 0), num_slices=slices)
+    for argnums in (0, 1, (0, 1)):
+        _close(
+            jax.grad(f, argnums)(w, x, y), jax.grad(loss, argnums)(w, x, y), rtol=1e-4, atol=1e-6
+        )
+    _close(jax.value_and_grad(f)(w, x, y), jax.value_and_grad(loss)(w, x, y), rtol=1e-4)
+    tangent = jax.jvp(lambda w: f(w, x, y), (w,), (w,))
+    _close(tangent, jax.jvp(lambda w: loss(w, x, y), (w,), (w,)), rtol=1e-4)
+
+
+def test_grad_through_synk_lax_inside_equals_serial():
+    w, x, y = _data(4 * N)
+
+    def normalised(w, x, y):
+        h = x @ w
+        mean = synk.lax.pmean(h.mean())
+        return jnp.mean((jnp.tanh(h - mean) - y) ** 2)
+
+    f = synk.function(normalised, in_axes=(None, 0, 0))
+    serial = lambda w: jnp.mean((jnp.tanh(x @ w - (x @ w).mean()) - y) ** 2)  # noqa: E731
+    _close(jax.grad(f)(w, x, y), jax.grad(serial)(w), rtol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_max_and_min_outputs_differentiate_like_jnp_max_ties_included(op):
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0], [0.0, 5.0]] * N, np.float32)  # ties
+    x[1::4] += np.arange(N)[:, None].astype(np.float32) * 0  # same values on every device
+    reduce_fn = (lambda v: v.max(0)) if op == "max" else (lambda v: v.min(0))
+    f = synk.function(reduce_fn, reduce=op)
+    weights = np.array([1.0, 2.0], np.float32)
+    got = jax.grad(lambda x: (f(x) * weights).sum())(x)
+    want = jax.grad(lambda x: (reduce_fn(x) * weights).sum())(jnp.asarray(x))
+    _close(got, want)
+
+
+# ---------------------------------------------------------------- jax.vmap
+
+
+def test_vmap_over_a_broadcast_argument_and_over_another_axis_of_a_sliced_one():
+    w, x, y = _data(2 * N + 1)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    ws = np.stack([w, 2 * w, -w])
+    got = jax.vmap(lambda w: f(w, x, y))(ws)
+    _close(got, jnp.stack([loss(v, x, y) for v in ws]))
+    xs = np.stack([x, x + 1], axis=1)  # (rows, 2, d): vmap over axis 1, rows stay axis 0
+    got = jax.vmap(lambda x: f(w, x, y), in_axes=1)(xs)
+    _close(got, jnp.stack([loss(w, x, y), loss(w, x + 1, y)]))
+
+
+# ---------------------------------------------------------------- a fused training step
+
+
+def test_a_fused_training_step_is_one_executable_with_one_all_reduce():
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": np.zeros(4, np.float32)}
+    x = rng.normal(size=(2 * N + 1, 3)).astype(np.float32)
+    y = rng.normal(size=(2 * N + 1, 4)).astype(np.float32)
+
+    def mse(p, x, y):
+        return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+
+    f = synk.function(mse, in_axes=(None, 0, 0))
+    opt = optax.adam(0.1)
+
+    def step(loss_fn, p, s, x, y):
+        u, s = opt.update(jax.grad(loss_fn)(p, x, y), s, p)
+        return optax.apply_updates(p, u), s
+
+    state = opt.init(params)
+    fused = jax.jit(lambda p, s, x, y: step(f, p, s, x, y))
+    _close(fused(params, state, x, y), step(mse, params, state, x, y), rtol=1e-5)
+    hlo = fused.lower(params, state, x, y).compile().as_text()
+    reductions = re.findall(r"= (\(.*?\)|\S+) all-reduce(?:-start)?\(", hlo)
+    # The gradients of every parameter travel in one all-reduce; the only other one
+    # is a scalar (the transpose of the loss's reduction: its cotangent).
+    grads = [r for r in reductions if "f32[3,4]" in r]
+    assert len(grads) == 1 and "f32[4]" in grads[0], reductions
+    assert sorted(r for r in reductions if r not in grads) in ([], ["f32[]"]), reductions
+
+
+def test_a_loop_of_fused_steps_that_never_blocks_completes():
+    w, x, y = _data(2 * N)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    step = jax.jit(lambda w, x, y: w - 0.01 * jax.grad(f)(w, x, y))
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    for _ in range(3000):
+        w = step(w, x, y)
+    assert np.isfinite(np.asarray(w)).all()
+
+
+# ---------------------------------------------------------------- Equinox modules
+
+
+def test_an_equinox_module_passes_whole():
+    model = eqx.nn.MLP(3, 1, 8, 2, activation=jax.nn.relu, key=jax.random.key(0))
+    _, x, y = _data(2 * N + 1)
+
+    def mse(model, x, y):
+        return jnp.mean((jax.vmap(model)(x)[:, 0] - y) ** 2)
+
+    fn, traces = counting(mse)
+    f = synk.function(fn, in_axes=(None, 0, 0))
+    _close(f(model, x, y) if P == 1 else eqx.filter_jit(f)(model, x, y), mse(model, x, y))
+    grads = eqx.filter_grad(f)(model, x, y)
+    assert_tree_close(eqx.filter(grads, eqx.is_array), eqx.filter(eqx.filter_grad(mse)(model, x, y),
+                      eqx.is_array), rtol=1e-4, atol=1e-6)  # fmt: skip
+    before = len(traces)
+    other = eqx.tree_at(lambda m: m.activation, model, jax.nn.tanh)
+    f(other, x, y) if P == 1 else eqx.filter_jit(f)(other, x, y)
+    assert len(traces) > before  # a new static leaf (the activation) traces anew
