@@ -184,10 +184,7 @@ def main(argv=None):
         f"({batch // n_dev} rows per device), {steps} steps per epoch"
     )
 
-    # The raw form of a key (uint32[2]), which synk.lax.row_keys takes as well:
-    # under mpiexec, a typed key (jax.random.key) is not yet placed as a
-    # broadcast argument.
-    key = jax.random.PRNGKey(args.seed)
+    key = jax.random.key(args.seed)  # dropout: folded with the step number, then each row
     graphdef, params, batch_stats = nnx.split(CNN(nnx.Rngs(args.seed)), nnx.Param, nnx.BatchStat)
     optimizer = optax.adam(args.lr)
     opt_state = optimizer.init(params)
