@@ -72,3 +72,10 @@ def test_extra_args_name_existing_examples() -> None:
     # A renamed or deleted example must not leave a stale entry behind.
     stale = sorted(set(EXTRA_ARGS) - set(EXAMPLES))
     assert not stale, f"EXTRA_ARGS names examples that do not exist: {stale}"
+
+
+def test_every_example_is_in_the_gallery() -> None:
+    # examples/README.md's table is how readers find an example.
+    gallery = (HERE / "README.md").read_text()
+    missing = [name for name in EXAMPLES if f"[`{name}`]({name})" not in gallery]
+    assert not missing, f"examples missing from examples/README.md's table: {missing}"
