@@ -221,6 +221,7 @@ def test_an_equinox_module_passes_whole():
     fn, traces = counting(mse)
     f = synk.function(fn, in_axes=(None, 0, 0))
     _close(f(model, x, y) if P == 1 else eqx.filter_jit(f)(model, x, y), mse(model, x, y))
+    _close(f.serial(model, x, y), mse(model, x, y))  # the serial reference takes it too
     grads = eqx.filter_grad(f)(model, x, y)
     assert_tree_close(eqx.filter(grads, eqx.is_array), eqx.filter(eqx.filter_grad(mse)(model, x, y),
                       eqx.is_array), rtol=1e-4, atol=1e-6)  # fmt: skip
@@ -228,3 +229,17 @@ def test_an_equinox_module_passes_whole():
     other = eqx.tree_at(lambda m: m.activation, model, jax.nn.tanh)
     f(other, x, y) if P == 1 else eqx.filter_jit(f)(other, x, y)
     assert len(traces) > before  # a new static leaf (the activation) traces anew
+
+
+def test_serial_runs_a_flax_model_that_updates_its_variables():
+    nnx = pytest.importorskip("flax.nnx")
+    _, x, _ = _data(2 * N)
+    bn = nnx.BatchNorm(3, axis_name=synk.lax.axis_name, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(bn)
+
+    def normalised(state, x):
+        model = nnx.merge(graphdef, state)  # train mode: updates its batch statistics
+        return model(x), nnx.state(model, nnx.BatchStat)
+
+    f = synk.function(normalised, in_axes=(None, 0), reduce=("gather", "avg"))
+    _close(f(state, synk.process_share(x)) if P == 1 else f.serial(state, x), f.serial(state, x))

@@ -252,7 +252,7 @@ class Function:
         """
         rows = self._core.batch_rows(args, kwargs)
         with synk_lax.tracing(bound=True, rows=None if rows is None else (lambda: 0, rows)):
-            return self._core.serial(*args, **kwargs)
+            return self._core.serial(args, kwargs)
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
         """JAX's ``Lowered`` for these arguments: inspect the HLO and its collectives.
@@ -312,11 +312,16 @@ class _Core:
         self.platform = self.devices[0].platform
         self.cache: dict = {}  # plan key -> Plan, shared by every with_options variant
         self.variants: dict = {}  # options key -> Function
-        self.serial = jax.jit(
-            _on_one_device(fn),
-            static_argnums=tuple(sorted(self.statics.positions)),
-            static_argnames=self.statics.names,
-        )
+        self.one_device = jax.jit(functools.partial(_on_one_device, fn), static_argnums=(1, 2, 3))
+
+    def serial(self, args: tuple, kwargs: dict):
+        """`fn` on one device, jitted: non-array leaves and statics are static, as in a call."""
+        statics, dyn = self.bind(args, kwargs)
+        leaves, treedef = jax.tree_util.tree_flatten(dyn)
+        static = [_is_static(x) for x in leaves]
+        fixed = tuple(x if s else None for x, s in zip(leaves, static))
+        arrays = [x for x, s in zip(leaves, static) if not s]
+        return self.one_device(arrays, treedef, statics, fixed)
 
     def batch_rows(self, args: tuple, kwargs: dict) -> int | None:
         """The batch length of a call: the rows of its first sliced leaf (None if none)."""
@@ -333,16 +338,27 @@ class _Core:
         return self.statics.split(args, kwargs, self.signature, self.where)
 
 
-def _on_one_device(fn):
+def _on_one_device(fn, arrays: list, treedef, statics: tuple, fixed: tuple):
     """`fn` with synk's device axis bound at size 1, for `Function.serial`.
 
     Collectives over the axis (synk.lax, or a library's ``lax.pmean(x,
-    synk.lax.axis_name)``) then act as on a single device.
+    synk.lax.axis_name)``) then act as on a single device. The arrays enter
+    the size-1 map as its (unmapped) arguments, not captured, so libraries
+    that mutate state in place (flax's Variables) see one trace level.
     """
 
-    @functools.wraps(fn)
-    def one(*args, **kwargs):
-        out = jax.vmap(lambda: fn(*args, **kwargs), axis_name=AXIS, axis_size=1)()
-        return jax.tree_util.tree_map(lambda o: o[0], out)
+    def call(arrays):
+        it = iter(arrays)
+        leaves = [next(it) if x is None else x for x in fixed]
+        args, kwargs = Statics.merge(statics, jax.tree_util.tree_unflatten(treedef, leaves))
+        return fn(*args, **kwargs)
 
-    return one
+    out = jax.vmap(call, in_axes=(None,), axis_name=AXIS, axis_size=1)(arrays)
+    return jax.tree_util.tree_map(lambda o: o[0], out)
+
+
+def _is_static(x) -> bool:
+    """A non-array leaf (a function, a string): static, as in a call (`roles`)."""
+    return not isinstance(x, int | float | bool | complex) and not (
+        hasattr(x, "shape") and hasattr(x, "dtype")
+    )
