@@ -18,7 +18,7 @@ import pytest
 from helpers import clean_env, run_python, single_process
 
 DEVICES = 8
-SUBCOMMANDS = ("overhead", "dispatch", "collectives", "scaling", "predict", "indexing")
+SUBCOMMANDS = ("overhead", "dispatch", "collectives", "scaling", "predict", "indexing", "fused")
 pytestmark = single_process("each test launches its own one-process benchmark")
 
 
@@ -223,6 +223,47 @@ def test_indexing(tmp_path_factory):
     assert "(d) device_put of x" in out["stdout"]
 
 
+def test_fused(tmp_path_factory):
+    out = run_json(
+        tmp_path_factory,
+        "fused",
+        *("--batch", "16", "--hidden", "8", "--rounds", "3", "--calls", "2"),
+    )
+    cfg = out["config"]
+    assert cfg["batch"] == 16 and cfg["uneven_batch"] == 19 and cfg["optimizer"] == "adam"
+    variants = [
+        "fused, even",
+        "two calls, even",
+        "fused, uneven",
+        "two calls, uneven",
+        "hand-written fused, even",
+    ]
+    assert list(out["stats_us"]) == variants
+    for name in variants:
+        s = out["stats_us"][name]
+        assert all(positive(s[k]) for k in ("median_us", "q1_us", "q3_us")), name
+        assert s["q1_us"] <= s["median_us"] <= s["q3_us"], name
+        assert len(out["samples_us"][name]) == 3, name
+    # Both forms were checked against the serial step; they agree with each other too.
+    gaps = out["fused_vs_two_calls_max_abs_diff"]
+    assert set(gaps) == {"even", "uneven"} and all(0 <= g < 1e-5 for g in gaps.values())
+    runs = out["executables"]
+    for kind in ("even", "uneven"):
+        assert runs[f"fused, {kind}"]["executables"] == 1
+        assert runs[f"two calls, {kind}"]["executables"] == 2
+        assert runs[f"two calls, {kind}"]["all_reduces"] >= 1
+        assert runs[f"fused, {kind}"]["all_reduces"] >= 1
+    assert set(out["targets"]) == {"fused / two calls, even", "fused / two calls, uneven"}
+    stats = out["stats_us"]
+    for kind in ("even", "uneven"):
+        target = out["targets"][f"fused / two calls, {kind}"]
+        ratio = stats[f"fused, {kind}"]["median_us"] / stats[f"two calls, {kind}"]["median_us"]
+        assert target["value"] == pytest.approx(ratio) and target["limit"] == 0.88
+        assert target["met"] == (ratio <= 0.88)
+    assert all(positive(v) for v in out["paired_ratios"].values())
+    assert "What one step runs" in out["stdout"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -233,6 +274,7 @@ def test_indexing(tmp_path_factory):
         (["predict", "--latency-us", "-1"], "--latency-us must be >= 0"),
         (["indexing", "--batches", "8,x"], "--batches: expected comma-separated integers"),
         (["indexing", "--rows", "10", "--batches", "8,64"], "every batch must be at most --rows"),
+        (["fused", "--optimizer", "lamb"], "--optimizer: invalid choice: 'lamb'"),
     ],
 )
 def test_bad_flags_give_a_clear_error(args, message, capsys):

@@ -12,4 +12,5 @@ BENCHMARKS = {
     "scaling": "a compute-bound step on 1, 2, 4, ... devices",
     "predict": "predicted step time and speedup for 1..N devices",
     "indexing": "batches as indices into synk.data vs numpy batches from the host",
+    "fused": "a training step fused under jax.jit vs a synk call and a jitted update",
 }

@@ -1,7 +1,7 @@
 """``python -m synk bench``: what synk costs, what the links give, and how far it scales.
 
 One module per subcommand (``overhead``, ``dispatch``, ``collectives``,
-``scaling``, ``predict``, ``indexing``), each with a ``run(args) -> dict``;
+``scaling``, ``predict``, ``indexing``, ``fused``), each with a ``run(args) -> dict``;
 ``cli`` parses the flags and writes the output; ``harness`` checks and times
 every variant the same way; ``workloads`` holds the steps that are timed and
 their hand-written forms; ``report`` prints tables and draws plots.

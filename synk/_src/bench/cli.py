@@ -19,7 +19,7 @@ import sys
 import jax
 
 import synk
-from synk._src.bench import collectives, dispatch, indexing, overhead, predict, scaling
+from synk._src.bench import collectives, dispatch, fused, indexing, overhead, predict, scaling
 from synk._src.bench.report import plot
 from synk._src.commands import BENCHMARKS
 
@@ -32,6 +32,7 @@ COMMANDS = {
     "scaling": scaling.run,
     "predict": predict.run,
     "indexing": indexing.run,
+    "fused": fused.run,
 }
 
 
@@ -142,6 +143,16 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated batch sizes (rows)",
     )
     s.add_argument("--seed", type=int, default=0, help="seed for data, params, indices")
+
+    s = common("fused", 20, 10)
+    s.add_argument("--batch", type=pos_int, help="rows of the even batch (default 32/device)")
+    s.add_argument("--hidden", type=pos_int, default=64, help="hidden width of the MLP")
+    s.add_argument(
+        "--optimizer",
+        choices=("adam", "momentum"),
+        default="adam",
+        help="optax adam or sgd+momentum",
+    )
     return p
 
 

@@ -1,7 +1,7 @@
 """How every benchmark checks and times its variants, and sums up the samples.
 
 Called by each subcommand module (``overhead``, ``dispatch``, ``collectives``,
-``scaling``, ``predict``, ``indexing``): first `check_close` on every variant,
+``scaling``, ``predict``, ``indexing``, ``fused``): first `check_close` on every variant,
 then `measure`, then `stats` (and `paired` for ratios). Calls JAX only to
 block on outputs and fetch them; numpy for the figures; tqdm, if installed,
 for the progress bar.

@@ -85,7 +85,7 @@ def plot(result: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     kind = result["command"]
-    if kind == "overhead":
+    if kind in ("overhead", "fused"):
         _per_call_bars(ax, result)
     elif kind == "collectives":
         _bandwidth(ax, result)

@@ -1,8 +1,9 @@
 """What the benchmarks run: an MLP training step, its batches, and the same step by hand.
 
 Called by ``overhead``, ``dispatch``, ``scaling`` and ``predict`` (the step,
-the batches, the meshes), by ``indexing`` (the classifier step, the mesh) and
-by ``collectives`` (the mesh). Calls JAX and numpy only: the hand-written
+the batches, the meshes), by ``indexing`` (the classifier step, the mesh), by
+``fused`` (the loss, the batches, the shard_map'd gradient) and by
+``collectives`` (the mesh). Calls JAX and numpy only: the hand-written
 variants are what synk is compared with, so they use no synk at all.
 """
 
@@ -114,6 +115,13 @@ def global_arrays(tree, sharding: NamedSharding):
 
 def hand_written(mesh: Mesh, step: Callable = train_step):
     """The fastest hand-written form: jit(shard_map) with in_shardings (jit places numpy)."""
+    return jax.jit(
+        sharded(mesh, step), in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh))
+    )
+
+
+def sharded(mesh: Mesh, step: Callable = train_step) -> Callable:
+    """``step(params, x, y)`` under shard_map: rows split, outputs ``pmean``'d; not jitted."""
 
     def body(params, x, y):
         # Without the cast, the gradient w.r.t. the replicated params would be
@@ -121,8 +129,7 @@ def hand_written(mesh: Mesh, step: Callable = train_step):
         params = jax.tree_util.tree_map(lambda p: lax.pcast(p, AXIS, to="varying"), params)
         return lax.pmean(step(params, x, y), AXIS)
 
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
-    return jax.jit(mapped, in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)))
+    return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
 
 
 def hand_written_indexed(mesh: Mesh, step: Callable = train_step):
