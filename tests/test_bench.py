@@ -18,7 +18,7 @@ import pytest
 from helpers import clean_env, run_python, single_process
 
 DEVICES = 8
-SUBCOMMANDS = ("overhead", "dispatch", "collectives", "scaling", "predict", "indexing")
+SUBCOMMANDS = ("overhead", "dispatch", "collectives", "scaling", "predict", "indexing", "memory")
 pytestmark = single_process("each test launches its own one-process benchmark")
 
 
@@ -52,6 +52,7 @@ def overhead(tmp_path_factory):
         tmp_path_factory,
         "overhead",
         *("--batch", "16", "--hidden", "8", "--compute-batch", "32", "--compute-hidden", "8"),
+        *("--conv", "--conv-batch", "16", "--conv-image", "8", "--conv-channels", "4,8"),
         *("--rounds", "3", "--calls", "2"),
     )
 
@@ -88,6 +89,8 @@ def test_overhead(overhead):
         "synk, numpy, uneven (+3)",
         "compute-bound: synk, num_slices=1",
         "compute-bound: synk, num_slices=4",
+        "conv net: hand-written, numpy",
+        "conv net: synk, numpy",
     ):
         s = stats[name]
         assert all(positive(s[k]) for k in ("median_us", "q1_us", "q3_us")), name
@@ -97,6 +100,8 @@ def test_overhead(overhead):
     ratio = stats["synk, numpy"]["median_us"] / stats["hand-written, numpy"]["median_us"]
     assert overhead["ratios"]["synk / hand-written, numpy"] == pytest.approx(ratio)
     assert "synk / pmap, numpy" in overhead["targets"]
+    assert "synk / hand-written, conv net" in overhead["ratios"]
+    assert overhead["config"]["conv_batch"] == 16
     assert all(positive(v) for v in overhead["paired_ratios"].values())
     assert "Ratios (of the medians" in overhead["stdout"]
 
@@ -223,6 +228,33 @@ def test_indexing(tmp_path_factory):
     assert "(d) device_put of x" in out["stdout"]
 
 
+def test_memory_falls_with_num_slices(tmp_path_factory):
+    out = run_json(
+        tmp_path_factory,
+        "memory",
+        *("--rows-per-device", "16", "--image", "8", "--channels", "4,8", "--slices", "1,2,4,8"),
+    )
+    cfg = out["config"]
+    assert cfg["devices"] == DEVICES and cfg["rows"] == 16 * DEVICES
+    hand, *synk_rows = out["rows"]
+    assert hand["variant"].startswith("hand-written") and hand["num_slices"] is None
+    assert [r["num_slices"] for r in synk_rows] == [1, 2, 4, 8]
+    assert all(r["variant"] == "synk" for r in synk_rows)
+    for r in out["rows"]:
+        for key in ("temp_bytes", "argument_bytes", "output_bytes"):
+            assert isinstance(r[key], int) and r[key] > 0, (r, key)
+        # Arguments (params and this device's rows) and outputs do not depend on num_slices.
+        assert r["argument_bytes"] == hand["argument_bytes"] >= cfg["share_bytes"]
+        assert r["output_bytes"] == hand["output_bytes"]
+    temps = [r["temp_bytes"] for r in synk_rows]
+    assert temps == sorted(temps, reverse=True) and len(set(temps)) == len(temps), temps
+    one = synk_rows[0]["temp_bytes"]
+    assert [r["temp_vs_slices_1"] for r in synk_rows] == pytest.approx([t / one for t in temps])
+    target = out["target"]
+    assert target["limit"] == 0.4 and target["value"] == pytest.approx(temps[2] / one)
+    assert "temp / num_slices=1" in out["stdout"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -233,6 +265,12 @@ def test_indexing(tmp_path_factory):
         (["predict", "--latency-us", "-1"], "--latency-us must be >= 0"),
         (["indexing", "--batches", "8,x"], "--batches: expected comma-separated integers"),
         (["indexing", "--rows", "10", "--batches", "8,64"], "every batch must be at most --rows"),
+        (["memory", "--channels", "4"], "--channels: expected 2 integers"),
+        (["memory", "--slices", "1,0"], "--slices: expected positive integers"),
+        (
+            ["memory", "--rows-per-device", "4", "--slices", "1,8"],
+            "every num_slices must be at most --rows-per-device (4)",
+        ),
     ],
 )
 def test_bad_flags_give_a_clear_error(args, message, capsys):

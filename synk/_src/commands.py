@@ -12,4 +12,5 @@ BENCHMARKS = {
     "scaling": "a compute-bound step on 1, 2, 4, ... devices",
     "predict": "predicted step time and speedup for 1..N devices",
     "indexing": "batches as indices into synk.data vs numpy batches from the host",
+    "memory": "memory per device of a conv-net step at num_slices 1, 2, 4, 8",
 }
