@@ -1,14 +1,16 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   make .venv, install synk, run examples/quickstart.py on every device
 #   make test   make .venv, install synk, run lint, the suite (one process, then
-#               mpiexec -n 2), every example end to end and every notebook
+#               mpiexec -n 2), every example end to end, the device check's
+#               smoke run and every notebook
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: demo test lint test-single test-mpi test-examples test-notebooks bench clean
+.PHONY: demo test lint test-single test-mpi test-examples device-check-smoke test-notebooks \
+	bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: lint test-single test-mpi test-examples test-notebooks
+test: lint test-single test-mpi test-examples device-check-smoke test-notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check synk tests examples benchmarks notebooks
@@ -36,6 +38,11 @@ test-mpi: $(STAMP)
 test-examples: $(STAMP)
 	$(PYTEST) -q examples/test_examples.py
 
+# benchmarks/device_check.sh (the GPU check), its steps small on 8 simulated CPU
+# devices, so that it cannot rot between runs on a GPU machine.
+device-check-smoke: $(STAMP)
+	SMOKE=1 PYTHON=$(BIN)/python bash benchmarks/device_check.sh
+
 # Every notebook, executed twice in one real kernel.
 test-notebooks: $(STAMP)
 	$(PYTEST) -q notebooks/test_notebooks.py
@@ -44,6 +51,7 @@ bench: $(STAMP)
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench overhead
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench dispatch
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench indexing
+	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench memory
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

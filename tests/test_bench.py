@@ -18,7 +18,16 @@ import pytest
 from helpers import clean_env, run_python, single_process
 
 DEVICES = 8
-SUBCOMMANDS = ("overhead", "dispatch", "collectives", "scaling", "predict", "indexing", "fused")
+SUBCOMMANDS = (
+    "overhead",
+    "dispatch",
+    "collectives",
+    "scaling",
+    "predict",
+    "indexing",
+    "fused",
+    "memory",
+)
 pytestmark = single_process("each test launches its own one-process benchmark")
 
 
@@ -52,6 +61,7 @@ def overhead(tmp_path_factory):
         tmp_path_factory,
         "overhead",
         *("--batch", "16", "--hidden", "8", "--compute-batch", "32", "--compute-hidden", "8"),
+        *("--conv", "--conv-batch", "16", "--conv-image", "8", "--conv-channels", "4,8"),
         *("--rounds", "3", "--calls", "2"),
     )
 
@@ -88,6 +98,8 @@ def test_overhead(overhead):
         "synk, numpy, uneven (+3)",
         "compute-bound: synk, num_slices=1",
         "compute-bound: synk, num_slices=4",
+        "conv net: hand-written, numpy",
+        "conv net: synk, numpy",
     ):
         s = stats[name]
         assert all(positive(s[k]) for k in ("median_us", "q1_us", "q3_us")), name
@@ -97,6 +109,8 @@ def test_overhead(overhead):
     ratio = stats["synk, numpy"]["median_us"] / stats["hand-written, numpy"]["median_us"]
     assert overhead["ratios"]["synk / hand-written, numpy"] == pytest.approx(ratio)
     assert "synk / pmap, numpy" in overhead["targets"]
+    assert "synk / hand-written, conv net" in overhead["ratios"]
+    assert overhead["config"]["conv_batch"] == 16
     assert all(positive(v) for v in overhead["paired_ratios"].values())
     assert "Ratios (of the medians" in overhead["stdout"]
 
@@ -190,14 +204,19 @@ def test_scaling_alone_and_plot(tmp_path):
         assert png.stat().st_size > 0
 
 
-def test_indexing(tmp_path_factory):
+@pytest.fixture(scope="module")
+def indexing(tmp_path_factory):
     # 60 rows do not split evenly over 8 devices: no one sharding for (r).
-    out = run_json(
+    return run_json(
         tmp_path_factory,
         "indexing",
         *("--rows", "500", "--features", "4", "--hidden", "4", "--batches", "16,60"),
         *("--rounds", "3", "--calls", "2"),
     )
+
+
+def test_indexing(indexing):
+    out = indexing
     cfg = out["config"]
     assert cfg["batches"] == [16, 60] and cfg["devices"] == DEVICES
     assert cfg["data_bytes"] == 500 * 4 * 4
@@ -264,6 +283,92 @@ def test_fused(tmp_path_factory):
     assert "What one step runs" in out["stdout"]
 
 
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory):
+    png = tmp_path_factory.mktemp("memory-plot") / "memory.png"
+    plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []
+    out = run_json(
+        tmp_path_factory,
+        "memory",
+        *("--rows-per-device", "16", "--image", "8", "--channels", "4,8", "--slices", "1,2,4,8"),
+        *plot,
+    )
+    out["png"] = png if plot else None
+    return out
+
+
+def test_memory_falls_with_num_slices(memory):
+    out = memory
+    cfg = out["config"]
+    assert cfg["devices"] == DEVICES and cfg["rows"] == 16 * DEVICES
+    hand, *synk_rows = out["rows"]
+    assert hand["variant"].startswith("hand-written") and hand["num_slices"] is None
+    assert [r["num_slices"] for r in synk_rows] == [1, 2, 4, 8]
+    assert all(r["variant"] == "synk" for r in synk_rows)
+    for r in out["rows"]:
+        for key in ("temp_bytes", "argument_bytes", "output_bytes"):
+            assert isinstance(r[key], int) and r[key] > 0, (r, key)
+        # Arguments (params and this device's rows) and outputs do not depend on num_slices.
+        assert r["argument_bytes"] == hand["argument_bytes"] >= cfg["share_bytes"]
+        assert r["output_bytes"] == hand["output_bytes"]
+    temps = [r["temp_bytes"] for r in synk_rows]
+    assert temps == sorted(temps, reverse=True) and len(set(temps)) == len(temps), temps
+    one = synk_rows[0]["temp_bytes"]
+    assert [r["temp_vs_slices_1"] for r in synk_rows] == pytest.approx([t / one for t in temps])
+    target = out["target"]
+    assert target["limit"] == 0.4 and target["value"] == pytest.approx(temps[2] / one)
+    assert "temp / num_slices=1" in out["stdout"]
+    if out["png"] is not None:
+        assert out["png"].stat().st_size > 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_device_check_script_parses():
+    res = subprocess.run(
+        ["bash", "-n", str(ROOT / "benchmarks" / "device_check.sh")], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def device_check_table(out: Path) -> subprocess.CompletedProcess:
+    report = ROOT / "benchmarks" / "device_check_report.py"
+    return subprocess.run(
+        [sys.executable, str(report), str(out), "--seconds", "42"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_device_check_table_reads_what_the_benchmarks_write(tmp_path, overhead, indexing, memory):
+    """The device check's table, from this version's JSON: it fails here before it rots."""
+    for name, result in (("overhead", overhead), ("indexing", indexing), ("memory", memory)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(result, default=str))
+    bf16 = {"devices": 1, "platform": "gpu", "lowered": [["bf16"]], "compiled": [["bf16"]]}
+    bf16.update(bf16_lowered=1, bf16_compiled=1, max_rel_error=0.004)
+    (tmp_path / "bf16.json").write_text(json.dumps(bf16))
+    (tmp_path / "tests-test_errors.xml").write_text(
+        '<testsuites><testsuite tests="5" failures="0" errors="0" skipped="1"/></testsuites>'
+    )
+    steps = ["overhead\tok\t3", "indexing\tok\t4", "bf16\tok\t1", "memory\tok\t2"]
+    (tmp_path / "steps.tsv").write_text("\n".join([*steps, "tests\tok\t5"]) + "\n")
+    res = device_check_table(tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    table = res.stdout
+    assert f"{DEVICES} x cpu (cpu)" in table and "(no result)" not in table
+    assert re.search(r"synk / hand-written, conv net +\d", table)
+    assert re.search(r"X\[idx\] / host batch, 16 rows +\d", table)
+    assert re.search(r"temp, num_slices=4 / num_slices=1 +0\.\d+ +<= 0\.4 +yes", table)
+    assert "1 of 1 lowered, 1 of 1 compiled" in table
+    assert re.search(r"test_errors +4 passed, 0 failed, 0 errors, 1 skipped +all pass +yes", table)
+    # A step that did not complete makes the check fail; a missed target does not.
+    (tmp_path / "steps.tsv").write_text("\n".join([*steps, "tests\ttimed out in x.py\t9"]))
+    res = device_check_table(tmp_path)
+    assert res.returncode == 1 and "not completed: tests" in res.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -275,6 +380,12 @@ def test_fused(tmp_path_factory):
         (["indexing", "--batches", "8,x"], "--batches: expected comma-separated integers"),
         (["indexing", "--rows", "10", "--batches", "8,64"], "every batch must be at most --rows"),
         (["fused", "--optimizer", "lamb"], "--optimizer: invalid choice: 'lamb'"),
+        (["memory", "--channels", "4"], "--channels: expected 2 integers"),
+        (["memory", "--slices", "1,0"], "--slices: expected positive integers"),
+        (
+            ["memory", "--rows-per-device", "4", "--slices", "1,8"],
+            "every num_slices must be at most --rows-per-device (4)",
+        ),
     ],
 )
 def test_bad_flags_give_a_clear_error(args, message, capsys):

@@ -35,7 +35,7 @@ from synk._src import reduce as red
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
 from synk._src.runtime import AXIS
-from synk._src.split import Split, reassemble, take_pieces
+from synk._src.split import Split, reassemble
 
 
 class Body:
@@ -165,18 +165,26 @@ class Body:
         return acc, rows_out, per_device
 
     def _scan(self, base: list, acc, start: int, count: int, size: int):
-        """`count` pieces of `size` rows, one after another."""
-        xs = {i: take_pieces(base[i], self.descs[i].axis, start, count, size) for i in self.sliced}
+        """`count` pieces of `size` rows, one after another.
+
+        Each piece is sliced from the share inside the loop. Fed as the scan's
+        ``xs`` (the share reshaped to ``(count, size, ...)``), the whole share
+        was copied into the loop's state: one more share of temp memory per
+        device, which num_slices exists to save.
+        """
         firsts = start + size * jnp.arange(count, dtype=jnp.int32)  # each piece's first row
 
-        def step(carry, piece_and_first):
-            piece, first = piece_and_first
+        def step(carry, first):
+            piece = {
+                i: lax.dynamic_slice_in_dim(base[i], first, size, axis=self.descs[i].axis)
+                for i in self.sliced
+            }
             outs = self.run(base, piece, (lambda: self.first_row() + first, size))
             folded = self.fold(carry, outs, size)
             return folded, [outs[i] for i in self.gathered]
 
         init = self.identities() if acc is None else acc
-        acc, ys = lax.scan(step, init, (xs, firsts))
+        acc, ys = lax.scan(step, init, firsts)
         return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
 
     def _own_rows(self, x, axis: int):

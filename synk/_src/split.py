@@ -26,7 +26,6 @@ import dataclasses
 
 import jax
 import numpy as np
-from jax import lax
 
 from synk._src import compat
 
@@ -145,10 +144,3 @@ def reassemble(main: jax.Array, extra: jax.Array, split: Split) -> jax.Array:
     extra = extra.reshape((g, m, *extra.shape[1:]))[:, :r]
     both = jax.numpy.concatenate([main, extra], axis=1)
     return both.reshape((split.rows, *both.shape[2:]))
-
-
-def take_pieces(x: jax.Array, axis: int, start: int, count: int, size: int) -> jax.Array:
-    """Rows [start, start + count*size) of x as `count` pieces stacked on a new axis 0."""
-    seg = lax.slice_in_dim(x, start, start + count * size, axis=axis)
-    seg = seg.reshape((*x.shape[:axis], count, size, *x.shape[axis + 1 :]))
-    return jax.numpy.moveaxis(seg, axis, 0)

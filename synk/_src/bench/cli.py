@@ -19,7 +19,16 @@ import sys
 import jax
 
 import synk
-from synk._src.bench import collectives, dispatch, fused, indexing, overhead, predict, scaling
+from synk._src.bench import (
+    collectives,
+    dispatch,
+    fused,
+    indexing,
+    memory,
+    overhead,
+    predict,
+    scaling,
+)
 from synk._src.bench.report import plot
 from synk._src.commands import BENCHMARKS
 
@@ -33,6 +42,7 @@ COMMANDS = {
     "predict": predict.run,
     "indexing": indexing.run,
     "fused": fused.run,
+    "memory": memory.run,
 }
 
 
@@ -46,11 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--latency-us must be >= 0, got {args.latency_us}")
     if args.bench == "indexing" and max(args.batches) > args.rows:
         p.error(f"--batches: every batch must be at most --rows ({args.rows}), got {args.batches}")
+    if args.bench == "memory" and max(args.slices) > args.rows_per_device:
+        p.error(
+            f"--slices: every num_slices must be at most --rows-per-device "
+            f"({args.rows_per_device}), got {args.slices}"
+        )
     if args.cpu_devices is not None:  # else synk configures itself (SYNK_CPU_DEVICES)
         synk.init(cpu_devices=args.cpu_devices)
     if synk.process_count() > 1 and args.bench not in MULTI_PROCESS:
         p.error(f"synk bench {args.bench} runs in one process; launch it without mpiexec")
-    if jax.default_backend() == "cpu" and args.calls > CPU_MAX_CALLS:
+    if jax.default_backend() == "cpu" and getattr(args, "calls", 0) > CPU_MAX_CALLS:
         p.error(
             f"--calls {args.calls}: at most {CPU_MAX_CALLS} on the CPU backend (XLA's CPU "
             "collectives abort when ~50 un-blocked calls are in flight)"
@@ -84,8 +99,16 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="bench", required=True, metavar=names)
     pos_int, pos_float = _positive(int), _positive(float)
 
-    def common(name: str, rounds: int, calls: int) -> argparse.ArgumentParser:
+    def untimed(name: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=BENCHMARKS[name], description=BENCHMARKS[name])
+        s.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+        s.add_argument("--plot", metavar="PATH.png", help="draw the figures (needs matplotlib)")
+        s.add_argument("--quiet", action="store_true", help="no progress bar")
+        s.add_argument("--cpu-devices", type=pos_int, help="simulate N CPU devices")
+        return s
+
+    def common(name: str, rounds: int, calls: int) -> argparse.ArgumentParser:
+        s = untimed(name)
         s.add_argument("--rounds", type=pos_int, default=rounds, help="samples per variant")
         s.add_argument(
             "--calls",
@@ -93,10 +116,6 @@ def parser() -> argparse.ArgumentParser:
             default=calls,
             help=f"calls per sample, then one block (<= {CPU_MAX_CALLS} on CPU)",
         )
-        s.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-        s.add_argument("--plot", metavar="PATH.png", help="draw the figures (needs matplotlib)")
-        s.add_argument("--quiet", action="store_true", help="no progress bar")
-        s.add_argument("--cpu-devices", type=pos_int, help="simulate N CPU devices")
         return s
 
     s = common("overhead", 20, 10)
@@ -107,6 +126,14 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--compute-hidden", type=pos_int, default=128, help="hidden width, compute-bound case"
+    )
+    s.add_argument(
+        "--conv", action="store_true", help="also time a conv-net step, synk vs hand-written"
+    )
+    s.add_argument("--conv-batch", type=pos_int, help="rows of the conv net (default 32/device)")
+    s.add_argument("--conv-image", type=pos_int, default=28, help="image side of the conv net")
+    s.add_argument(
+        "--conv-channels", type=_sizes(2), default="32,64", help="conv net channels, e.g. 32,64"
     )
 
     s = common("dispatch", 5, 10)
@@ -138,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--hidden", type=pos_int, default=64, help="hidden width of the MLP")
     s.add_argument(
         "--batches",
-        type=_batch_sizes,
+        type=_sizes(),
         default="64,256,1024,4096",
         help="comma-separated batch sizes (rows)",
     )
@@ -153,6 +180,22 @@ def parser() -> argparse.ArgumentParser:
         default="adam",
         help="optax adam or sgd+momentum",
     )
+
+    s = untimed("memory")
+    s.add_argument(
+        "--rows-per-device", type=pos_int, default=256, help="rows of the batch per device"
+    )
+    s.add_argument("--image", type=pos_int, default=28, help="side of the square 1-channel images")
+    s.add_argument(
+        "--channels",
+        type=_sizes(2),
+        default="32,64",
+        help="output channels of the two convolutions, e.g. 32,64",
+    )
+    s.add_argument(
+        "--slices", type=_sizes(), default="1,2,4,8", help="comma-separated num_slices values"
+    )
+    s.add_argument("--seed", type=int, default=0, help="seed for data and params")
     return p
 
 
@@ -169,13 +212,20 @@ def _positive(kind):
     return parse
 
 
-def _batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive batch sizes, got {text!r}")
-    return sizes
+def _sizes(count: int | None = None):
+    """A parser of comma-separated positive integers (exactly ``count`` of them, if given)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            sizes = [int(b) for b in text.split(",") if b.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers, got {text!r}"
+            ) from None
+        if not sizes or min(sizes) < 1:
+            raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        if count is not None and len(sizes) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} integers, got {text!r}")
+        return sizes
+
+    return parse

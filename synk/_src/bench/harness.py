@@ -2,7 +2,8 @@
 
 Called by each subcommand module (``overhead``, ``dispatch``, ``collectives``,
 ``scaling``, ``predict``, ``indexing``, ``fused``): first `check_close` on every variant,
-then `measure`, then `stats` (and `paired` for ratios). Calls JAX only to
+then `measure`, then `stats` (and `paired` for ratios); by ``memory`` for
+`check_close` alone. Calls JAX only to
 block on outputs and fetch them; numpy for the figures; tqdm, if installed,
 for the progress bar.
 """

@@ -7,7 +7,8 @@ and, compute-bound, with ``num_slices``. Under several processes each process
 hands over its share of every host batch (the hand-written form builds its
 global arrays from the shares in the call, as such code must), pmap is left
 out, and the per-call check that all processes make the same call is timed on
-and off.
+and off. With ``--conv``, the same comparison for a conv-net step
+(`workloads.cnn_step`) on numpy batches.
 
 Called by ``cli`` (`run`). Calls ``workloads`` for the step and its
 hand-written forms, ``harness`` to check and time them, ``report`` for the
@@ -32,11 +33,14 @@ from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
     by_rows,
+    cnn_step,
     global_arrays,
     hand_written,
     hand_written_indexed,
+    init_cnn,
     init_mlp,
     make_batch,
+    make_images,
     mesh_of,
     pmapped,
     replicated,
@@ -49,6 +53,8 @@ UNEVEN = f"synk, numpy, uneven (+{EXTRA_ROWS})"
 BIG_HAND = "compute-bound: hand-written"
 BIG_SYNK = "compute-bound: synk, num_slices=1"
 BIG_SLICED = f"compute-bound: synk, num_slices={SLICES}"
+CONV_HAND = "conv net: hand-written, numpy"
+CONV_SYNK = "conv net: synk, numpy"
 
 # (ratio, numerator, denominator, target as (op, limit) or None)
 PAIRS = (
@@ -70,6 +76,7 @@ PAIRS = (
     ("synk uneven / synk even", UNEVEN, "synk, numpy", ("<=", 1.25)),
     (f"num_slices={SLICES} / num_slices=1, compute-bound", BIG_SLICED, BIG_SYNK, ("<=", 1.15)),
     ("synk / hand-written, compute-bound", BIG_SYNK, BIG_HAND, None),
+    ("synk / hand-written, conv net", CONV_SYNK, CONV_HAND, None),
 )
 
 # (name, call, the serial step's inputs to check it against; None: checked where made)
@@ -85,6 +92,9 @@ class Sizes:
     big_rows: int  # the compute-bound case
     small: list[int]
     big: list[int]
+    conv_rows: int | None  # the conv net's batch; None: no conv net (no --conv)
+    conv_image: int
+    conv_channels: tuple[int, int]
 
 
 class Ratio(NamedTuple):
@@ -118,14 +128,22 @@ def run(args) -> dict:
 def _sizes(args, n: int, procs: int) -> Sizes:
     rows = args.batch if args.batch is not None else 32 * n
     big_rows = args.compute_batch if args.compute_batch is not None else 256 * n
-    if rows % procs or big_rows % procs:
-        raise SystemExit(f"--batch and --compute-batch must be multiples of {procs} processes")
+    conv_rows = None
+    if args.conv:
+        conv_rows = args.conv_batch if args.conv_batch is not None else 32 * n
+    if rows % procs or big_rows % procs or (conv_rows or 0) % procs:
+        raise SystemExit(
+            f"--batch, --compute-batch and --conv-batch must be multiples of {procs} processes"
+        )
     return Sizes(
         rows=rows,
         uneven=rows + EXTRA_ROWS * procs,  # each process's share: EXTRA_ROWS more
         big_rows=big_rows,
         small=[D_IN, args.hidden, D_OUT],
         big=[D_IN, args.compute_hidden, args.compute_hidden, D_OUT],
+        conv_rows=conv_rows,
+        conv_image=args.conv_image,
+        conv_channels=tuple(args.conv_channels),
     )
 
 
@@ -151,12 +169,26 @@ def _cases(devices, procs: int, sizes: Sizes) -> list[Case]:
         (BIG_HAND, lambda: hand(big_params, xbs, ybs), (big_params, xb, yb)),
         (BIG_SYNK, lambda: f(big_params, xbs, ybs), (big_params, xb, yb)),
         (BIG_SLICED, lambda: f_sliced(big_params, xbs, ybs), (big_params, xb, yb)),
+        *(_conv_cases(mesh, procs, sizes) if sizes.conv_rows else []),
     ]
 
 
-def _hand_call(mesh, procs: int) -> Callable:
+def _conv_cases(mesh, procs: int, sizes: Sizes) -> list[Case]:
+    """The conv net's step, by synk and by hand, on numpy batches."""
+    params = global_arrays(init_cnn(sizes.conv_image, sizes.conv_channels), replicated(mesh))
+    x, y = make_images(sizes.conv_rows, sizes.conv_image, seed=5)
+    xs, ys = synk.process_share((x, y))
+    f = synk.function(cnn_step, in_axes=(None, 0, 0))
+    hand = _hand_call(mesh, procs, cnn_step)
+    return [
+        (CONV_HAND, lambda: hand(params, xs, ys), (params, x, y)),
+        (CONV_SYNK, lambda: f(params, xs, ys), (params, x, y)),
+    ]
+
+
+def _hand_call(mesh, procs: int, step: Callable = train_step) -> Callable:
     """The hand-written step; under several processes it makes global arrays of the shares."""
-    jitted = hand_written(mesh)
+    jitted = hand_written(mesh, step)
     if procs == 1:
         return jitted
     rows_sharding = by_rows(mesh)
@@ -209,14 +241,15 @@ def _resident_cases(mesh, procs: int, f, hand, params, x, y) -> list[Case]:
 
 
 def _check(cases: list[Case], quiet: bool) -> None:
-    serial = jax.jit(train_step)
+    serial, serial_conv = jax.jit(train_step), jax.jit(cnn_step)
     for name, call, ref in cases:
         if ref is None:
             continue
         got = call()
         if name.startswith("pmap"):  # one identical copy per device
             got = jax.tree_util.tree_map(lambda a: a[0], got)
-        check_close(name, got, serial(*ref))
+        want = (serial_conv if name.startswith("conv net") else serial)(*ref)
+        check_close(name, got, want)
     if not quiet:
         print(f"checked: all {len(cases)} variants give the serial loss and grads", file=sys.stderr)
 
@@ -249,7 +282,8 @@ def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio]
         f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es); "
         f"{sizes.rows} rows (uneven {sizes.uneven}), MLP {'-'.join(map(str, sizes.small))}; "
         f"compute-bound: {sizes.big_rows} rows, MLP {'-'.join(map(str, sizes.big))}; "
-        f"{args.rounds} rounds x {args.calls} calls",
+        + _conv_note(sizes)
+        + f"{args.rounds} rounds x {args.calls} calls",
         st,
         digits=0,
     )
@@ -260,6 +294,14 @@ def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio]
     )
     if check_us is not None:
         print(f"\nthe per-call check alone (one allgather of a hash): {check_us:.1f} us per call")
+
+
+def _conv_note(sizes: Sizes) -> str:
+    if not sizes.conv_rows:
+        return ""
+    c1, c2 = sizes.conv_channels
+    side = sizes.conv_image
+    return f"conv net: {sizes.conv_rows} rows of {side}x{side}x1, channels {c1}-{c2}; "
 
 
 def _verdict(ratio: Ratio) -> list[str]:
@@ -285,6 +327,9 @@ def _result(args, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict, ch
             "compute_batch": sizes.big_rows,
             "compute_mlp": sizes.big,
             "num_slices": SLICES,
+            "conv_batch": sizes.conv_rows,
+            "conv_image": sizes.conv_image if sizes.conv_rows else None,
+            "conv_channels": list(sizes.conv_channels) if sizes.conv_rows else None,
         },
         "stats_us": st,
         "ratios": {r.name: r.value for r in ratios},

@@ -91,6 +91,8 @@ def plot(result: dict, path: str) -> None:
         _bandwidth(ax, result)
     elif kind == "indexing":
         _per_batch(ax, result)
+    elif kind == "memory":
+        _memory_bars(ax, result)
     else:
         _speedup(ax, result)
     ax.set_title(f"synk bench {kind} ({result['machine']['devices']} devices)")
@@ -112,6 +114,22 @@ def _bandwidth(ax, result: dict) -> None:
         ax.loglog([r["size"] for r in rs], [r["busbw_gbs"] for r in rs], "o-", label=op)
     ax.set_xlabel("message size (bytes)")
     ax.set_ylabel("busbw (GB/s)")
+    ax.legend()
+
+
+def _memory_bars(ax, result: dict) -> None:
+    """Temp, argument and output bytes per device, one group of bars per variant."""
+    rows = [r for r in result["rows"] if r["temp_bytes"] is not None]
+    names = [
+        r["variant"] if r["num_slices"] is None else f"num_slices={r['num_slices']}" for r in rows
+    ]
+    left = [0.0] * len(rows)
+    for key in ("temp_bytes", "argument_bytes", "output_bytes"):
+        mib = [r[key] / 2**20 for r in rows]
+        ax.barh(names, mib, left=left, label=key.removesuffix("_bytes"))
+        left = [a + b for a, b in zip(left, mib)]
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB per device")
     ax.legend()
 
 

@@ -1,8 +1,9 @@
-"""What the benchmarks run: an MLP training step, its batches, and the same step by hand.
+"""What the benchmarks run: training steps, their batches, and the same steps by hand.
 
-Called by ``overhead``, ``dispatch``, ``scaling`` and ``predict`` (the step,
-the batches, the meshes), by ``indexing`` (the classifier step, the mesh), by
-``fused`` (the loss, the batches, the shard_map'd gradient) and by
+Called by ``overhead``, ``dispatch``, ``scaling`` and ``predict`` (the MLP
+step, the batches, the meshes), by ``indexing`` (the classifier step, the
+mesh), by ``fused`` (the loss, the batches, the shard_map'd gradient), by ``memory`` and
+``overhead --conv`` (the conv net) and by
 ``collectives`` (the mesh). Calls JAX and numpy only: the hand-written
 variants are what synk is compared with, so they use no synk at all.
 """
@@ -82,6 +83,54 @@ def classifier_step(params, x, y):
 def classifier_loss(params, x, y):
     h = jax.nn.relu(x @ params["w1"] + params["b1"])
     logits = h @ params["w2"] + params["b2"]
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+# --------------------------------------------------------------------------
+# A conv net: value_and_grad of two strided convolutions and a dense layer
+
+
+def init_cnn(image: int, channels: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Parameters of `cnn_loss` for ``image`` x ``image`` x 1 inputs, as float32 numpy arrays."""
+    rng = np.random.default_rng(seed)
+    c1, c2 = channels
+    half = -(-image // 2)  # a stride-2 "SAME" convolution's output side: ceil(side / 2)
+    side = -(-half // 2)
+
+    def normal(*shape):  # scaled by the fan-in
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+
+    return {
+        "k1": normal(3, 3, 1, c1),
+        "b1": np.zeros(c1, np.float32),
+        "k2": normal(3, 3, c1, c2),
+        "b2": np.zeros(c2, np.float32),
+        "w": normal(side * side * c2, CLASSES),
+        "b": np.zeros(CLASSES, np.float32),
+    }
+
+
+def make_images(rows: int, image: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` random ``image`` x ``image`` x 1 float32 images and int32 class labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, image, image, 1), dtype=np.float32)
+    return x, rng.integers(0, CLASSES, rows).astype(np.int32)
+
+
+def cnn_step(params, x, y):
+    """The single-device step: (mean loss, its gradients) over the images; y holds classes."""
+    return jax.value_and_grad(cnn_loss)(params, x, y)
+
+
+def cnn_loss(params, x, y):
+    """Softmax cross-entropy of conv(3x3, stride 2) -> relu -> conv -> relu -> dense."""
+    dims = ("NHWC", "HWIO", "NHWC")
+    h = x
+    for k, b in (("k1", "b1"), ("k2", "b2")):
+        h = lax.conv_general_dilated(h, params[k], (2, 2), "SAME", dimension_numbers=dims)
+        h = jax.nn.relu(h + params[b])
+    logits = h.reshape(h.shape[0], -1) @ params["w"] + params["b"]
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
