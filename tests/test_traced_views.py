@@ -2,18 +2,25 @@
 
 Each result equals the eager call with the same indices and the serial
 function on the host rows. Inside a trace values are global, so every process
-passes the same global indices, as it does eagerly.
+passes the same global indices, as it does eagerly. Inside a trace the data is
+a constant of the traced function, which JAX embeds whole: sharded data spread
+over several processes is refused there.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_tree_close, counting
+from helpers import assert_tree_close, counting, single_process
 
 import synk
 
 N = synk.device_count()
+P = synk.process_count()
+SHARDED = [
+    False,
+    pytest.param(True, marks=pytest.mark.skipif(P > 1, reason="refused across processes")),
+]
 ROWS = 5 * N + 3  # the data set
 BATCHES = [2 * N, 2 * N + 3, max(N - 1, 1)]  # even, uneven, fewer rows than devices
 REDUCE = {k: k for k in ("avg", "sum", "max", "min", "prod", "gather")}
@@ -45,7 +52,7 @@ def _indices(k, seed=1):
 # ------------------------------------------------------------ inside jax.jit
 
 
-@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("sharded", SHARDED)
 @pytest.mark.parametrize("k", BATCHES)
 @pytest.mark.parametrize("slices", [1, 2])
 def test_traced_index_equals_the_eager_call_and_serial(sharded, k, slices):
@@ -60,7 +67,7 @@ def test_traced_index_equals_the_eager_call_and_serial(sharded, k, slices):
     assert_tree_close(inside, f.serial(w, np.asarray(X)[idx], np.asarray(Y)[idx]))
 
 
-@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("sharded", SHARDED)
 def test_views_with_different_traced_indices_take_their_own_rows(sharded):
     w, x, y = _host()
     X, Y = synk.data(x, sharded=sharded), synk.data(y, sharded=sharded)
@@ -76,7 +83,7 @@ def test_views_with_different_traced_indices_take_their_own_rows(sharded):
     assert_tree_close(apart, f.serial(w, x[i], y[j]))
 
 
-@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("sharded", SHARDED)
 def test_out_of_range_traced_indices_wrap_then_clamp_as_jax_indexing_does(sharded):
     w, x, y = _host()
     X, Y = synk.data(x, sharded=sharded), synk.data(y, sharded=sharded)
@@ -90,6 +97,7 @@ def test_out_of_range_traced_indices_wrap_then_clamp_as_jax_indexing_does(sharde
     assert_tree_close(inside, f.serial(w, x[clamped], y[clamped]))
 
 
+@single_process("sharded data spread over several processes is refused inside a trace")
 @pytest.mark.parametrize("k", [3, 1])
 def test_local_views_with_a_traced_index_equal_the_eager_call(k):
     _, x, _ = _host()
@@ -107,7 +115,7 @@ def test_local_views_with_a_traced_index_equal_the_eager_call(k):
 # ------------------------------------------------------------ scan, grad, vmap
 
 
-@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("sharded", SHARDED)
 def test_an_epoch_under_lax_scan_equals_the_eager_loop(sharded):
     w, x, y = _host()
     X, Y = synk.data(x, sharded=sharded), synk.data(y, sharded=sharded)
@@ -135,7 +143,7 @@ def test_an_epoch_under_lax_scan_equals_the_eager_loop(sharded):
     assert_tree_close(w_scan, w_serial, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("sharded", [False, True])
+@pytest.mark.parametrize("sharded", SHARDED)
 def test_grad_and_vmap_through_traced_views_equal_serial(sharded):
     w, x, y = _host()
     X, Y = synk.data(x, sharded=sharded), synk.data(y, sharded=sharded)
@@ -204,3 +212,16 @@ def test_bad_traced_indices_are_refused_while_tracing():
     sharded = synk.data(np.ones((ROWS, 2), np.float32), sharded=True)
     with pytest.raises(ValueError, match=rf"X.local\[idx\]: expected .* shape \({N}, k\)"):
         jax.jit(lambda i: f(sharded.local[i]))(np.zeros((N + 1, 2), np.int32))
+
+
+@pytest.mark.skipif(P == 1, reason="several processes only")
+def test_sharded_data_over_several_processes_is_refused_inside_a_trace():
+    w, x, y = _host()
+    X, Y = synk.data(x, sharded=True), synk.data(y, sharded=True)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    idx = np.arange(2 * N)
+    with pytest.raises(ValueError, match=r"argument `x` is a batch of sharded synk.Data.*outside"):
+        jax.jit(lambda idx: f(w, X[idx], Y[idx]))(idx)
+    with pytest.raises(ValueError, match=r"spread over several processes"):
+        jax.jit(lambda i: f(w, X.local[i], Y.local[i]))(np.zeros((N, 1), np.int32))
+    assert_tree_close(f(w, X[idx], Y[idx]), f.serial(w, x[idx], y[idx]))  # eagerly, as ever

@@ -197,6 +197,9 @@ class Data:
         first or last row (``jnp.take(x, idx, mode="clip")`` after wrapping).
         A slice needs bounds known when tracing (its length fixes the
         batch's shape); for a traced start, pass ``X[start + jnp.arange(k)]``.
+        The data array is then a constant of the traced function, which JAX
+        embeds in the program: sharded data spread over several processes is
+        refused there (no process holds every row).
 
         Raises:
           IndexError: an index out of range (outside a trace).
