@@ -111,9 +111,10 @@ class Body:
         for i in self.layout.whole:  # the whole batch: this device's rows of it
             base[i], extras[i] = self._own_rows(base[i], self.descs[i].axis)
         for i, slots in self.layout.index.items():  # rows of synk.Data batches
-            base[i], extra = _view_rows(
-                self.descs[i], base[i], [flat[k] for k in slots], self.split
-            )
+            index = [flat[k] for k in slots]
+            if self.layout.traced and self.descs[i].data_layout is None:
+                index = self._own_index(self.descs[i], index)
+            base[i], extra = _view_rows(self.descs[i], base[i], index, self.split)
             if extra is not None:
                 extras[i] = extra
         return base, extras
@@ -188,12 +189,21 @@ class Body:
         return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
 
     def _own_rows(self, x, axis: int):
-        """This device's main block and extra row, sliced from the whole batch."""
+        """This device's main block and extra row (None if even), sliced from the whole batch."""
         s = self.split
         main = lax.dynamic_slice_in_dim(x, self.first_row(), s.main, axis)
+        if s.even:
+            return main, None
         # A device without an extra row takes the last row as a stand-in, never computed on.
         last = jnp.minimum(self.extra_row_index(), s.rows - 1)
         return main, lax.dynamic_slice_in_dim(x, last, 1, axis)
+
+    def _own_index(self, d: Leaf, index: list) -> list:
+        """Replicated data inside a trace: this device's requests, from the whole index."""
+        if d.view is View.LOCAL:
+            return index
+        main, extra = self._own_rows(index[0], 0)
+        return [main] if extra is None else [main, extra]
 
     def first_row(self):
         """The global index of this device's first main-block row (`split.py`'s layout)."""
@@ -268,11 +278,17 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False)
 
     everywhere = NamedSharding(core.mesh, P())
 
+    # A view's data stays as it lies (sharded data replicated would be gathered
+    # whole), and so do indices; they have no derivatives to read.
+    arguments = [k for k, d in enumerate(body.descs) if d.view is None]
+
     def outer(*flat):
         if traced and core.groups > 1:
             # Several processes: a derivative with respect to an argument takes
             # the argument's sharding; replicated, every process can read it.
-            flat = [lax.with_sharding_constraint(x, everywhere) for x in flat]
+            flat = list(flat)
+            for k in arguments:
+                flat[k] = lax.with_sharding_constraint(flat[k], everywhere)
         reduced, rows, extra_rows, per_device = mapped(*flat)
         if body.uneven:
             rows = [reassemble(m, e, split) for m, e in zip(rows, extra_rows)]

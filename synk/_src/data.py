@@ -24,7 +24,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import runtime
+from synk._src import compat, runtime
 from synk._src.runtime import AXIS
 from synk._src.split import Split
 
@@ -187,8 +187,44 @@ class Data:
             self._array = None
 
     def __getitem__(self, idx) -> Batch:
-        """A lazy batch of global rows: a slice (step 1) or 1-D int indices."""
+        """A lazy batch of global rows: a slice (step 1) or 1-D int indices.
+
+        Outside a trace the indices are checked here: out-of-range, float or
+        boolean indices, stepped slices and scalars raise, and negative
+        indices count from the end.
+
+        Inside a trace (``jax.jit``, ``lax.scan``, ``jax.vmap``) `idx` may be a
+        traced 1-D int array. Its values are not known until the executable
+        runs, so they cannot be range-checked; they are read as ``x[idx]``
+        reads a ``jax.Array`` under ``jax.jit``: a negative index counts from
+        the end (once), then an index still out of range is clamped to the
+        first or last row (``jnp.take(x, idx, mode="clip")`` after wrapping).
+        A slice needs bounds known when tracing (its length fixes the
+        batch's shape); for a traced start, pass ``X[start + jnp.arange(k)]``.
+        The data array is then a constant of the traced function, which JAX
+        embeds in the program: sharded data spread over several processes is
+        refused there (no process holds every row).
+
+        Raises:
+          IndexError: an index out of range (outside a trace).
+          TypeError, ValueError: float, boolean or scalar indices, an index
+            array that is not 1-D, a slice with a step or with traced bounds.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, numpy as np, synk
+          >>> X = synk.data(np.arange(8.0).reshape(4, 2))
+          >>> f = synk.function(lambda x: x.sum(0), reduce="sum")
+          >>> np.asarray(f(X[[0, -1]]))
+          array([6., 8.], dtype=float32)
+          >>> np.asarray(jax.jit(lambda i: f(X[i]))(jnp.array([0, -1, 9])))  # 9: the last row
+          array([12., 15.], dtype=float32)
+        """
         self._live()
+        if isinstance(idx, compat.Tracer):
+            # No reach: a traced view lives inside one trace, which closes over the
+            # data array it saw, so it never meets a later set_value (`Batch.fits`).
+            index = _traced_index(idx, "X[idx]", local=False, devices=len(self._devices))
+            return Batch(self, index, local=False, rows=self._rows, reach=0)
         index = _global_index(idx, self._rows)
         reach = int(index.max()) + 1 if index.size else 0
         return Batch(self, index, local=False, rows=self._rows, reach=reach)
@@ -268,6 +304,9 @@ class _LocalIndexer:
 
     def __getitem__(self, idx) -> Batch:
         data = self._data
+        if isinstance(idx, compat.Tracer):  # resolved in the trace, as X[idx] is
+            index = _traced_index(idx, "X.local[idx]", local=True, devices=len(data._devices))
+            return Batch(data, index, local=True, rows=len(data), reach=0)
         index = _local_index(idx, data)
         return Batch(data, index, local=True, rows=len(data), reach=_local_reach(index))
 
@@ -278,18 +317,28 @@ class Batch:
 
     data: Data
     index: np.ndarray  # int32, read-only, never the caller's array: (k,) global rows,
-    # or (n_devices, k) rows of each shard
+    # or (n_devices, k) rows of each shard. Inside a trace, the caller's traced index
+    # as given, (k,), or (k,) or (n_devices, k) for local rows: `device_index` resolves it.
     local: bool
     rows: int  # the data's length when the view was made (its indices were checked for it)
     reach: int  # the fewest rows the data may have for every index to be in range
 
     def fits(self) -> bool:
-        """Whether every index is still in range for the data's current length (hot path)."""
+        """Whether every index is still in range for the data's current length (hot path).
+
+        Always true for a traced index (reach 0): its values are unknown, and
+        the trace holds the data array it was made with.
+        """
         return self.reach <= self.data._rows
 
     @property
+    def traced(self) -> bool:
+        return type(self.index) is not np.ndarray
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        rows = self.index.size
+        # Local rows: k per device (a traced local index may be one (k,) for all).
+        rows = self.index.shape[-1] * (len(self.data._devices) if self.local else 1)
         return (rows, *self.data.shape[1:])
 
     @property
@@ -347,6 +396,7 @@ def _check_range(array: np.ndarray, rows: int, what: str) -> np.ndarray:
 
 def _global_index(idx, rows: int) -> np.ndarray:
     if isinstance(idx, slice):
+        _traced_slice(idx, "X[idx]")
         if idx.step not in (None, 1):
             raise ValueError(
                 f"X[{idx.start}:{idx.stop}:{idx.step}]: slices with a step are not supported; "
@@ -362,9 +412,73 @@ def _global_index(idx, rows: int) -> np.ndarray:
     return _check_range(array, rows, "X[idx]")
 
 
+def _traced_index(idx, what: str, *, local: bool, devices: int):
+    """A traced index, checked for what its aval shows (dtype, shape); values later."""
+    dtype = idx.dtype
+    if dtype == np.bool_:
+        raise TypeError(
+            f"{what}: boolean indices are not supported; pass integer rows (e.g. "
+            "jnp.flatnonzero(mask, size=k))."
+        )
+    if not jax.dtypes.issubdtype(dtype, np.integer):
+        raise TypeError(
+            f"{what}: indices must be integers, got a traced array of dtype {dtype}. Convert "
+            "them, e.g. idx.astype(int)."
+        )
+    if idx.ndim == 0:
+        raise TypeError(
+            f"{what}: a scalar index would drop the batch axis. Pass a 1-D array of rows, "
+            f"e.g. {what[:-5]}[i[None]]."
+        )
+    if local:
+        if idx.ndim == 1 or (idx.ndim == 2 and idx.shape[0] == devices):
+            return idx
+        raise ValueError(
+            f"{what}: expected one index array for every device, shape (k,), or one row per "
+            f"device, shape ({devices}, k); got a traced array of shape {idx.shape}."
+        )
+    if idx.ndim != 1:
+        raise ValueError(
+            f"{what}: expected a 1-D index array, got a traced array of shape {idx.shape}. "
+            "For per-device indices into sharded data use X.local[idx] with shape "
+            "(n_devices, k)."
+        )
+    return idx
+
+
+def _traced_slice(idx: slice, what: str) -> None:
+    if any(isinstance(b, compat.Tracer) for b in (idx.start, idx.stop, idx.step)):
+        raise TypeError(
+            f"{what}: a slice with traced bounds; the batch's length must be known when "
+            "tracing. Pass the rows as an index array of fixed length k instead, e.g. "
+            f"{what[:-5]}[start + jnp.arange(k)]."
+        )
+
+
+def device_index(view: Batch):
+    """The view's indices as the executable takes them: in range, int32.
+
+    An index checked on the host already is. A traced one is resolved in the
+    trace as ``x[idx]`` resolves it under ``jax.jit``: negative indices wrap
+    once, then indices still out of range are clamped.
+    """
+    index = view.index
+    if not view.traced:
+        return index
+    if view.local:
+        held = jnp.asarray(view.data.rows_per_device, np.int32)[:, None]
+        index = jnp.broadcast_to(index, (len(held), index.shape[-1]))
+    else:
+        held = view.rows
+    wide = index.astype(jnp.promote_types(index.dtype, jnp.int32))  # wraps without overflow
+    wide = jnp.where(wide < 0, wide + held, wide)
+    return jnp.clip(wide, 0, jnp.maximum(held - 1, 0)).astype(jnp.int32)
+
+
 def _local_index(idx, data: Data) -> np.ndarray:
     n, held = len(data._devices), np.array(data.rows_per_device)
     if isinstance(idx, slice):
+        _traced_slice(idx, "X.local[idx]")
         if idx.step not in (None, 1):
             raise ValueError("X.local[a:b:step]: slices with a step are not supported.")
         idx = np.arange(*idx.indices(int(held.min())))

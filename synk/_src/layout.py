@@ -3,6 +3,8 @@
 Slots ``[0, leaves)`` hold one value per leaf (a view's data array); then the
 extra rows of sliced arrays when the split is uneven; then views' indices,
 one set of slots for views whose indices are equal (``X[idx], Y[idx]``).
+Inside a trace nothing is cut on the host: uneven batches and replicated
+data's indices travel whole and each device takes its own rows.
 
 Called by: `plan` (once per plan; the body and placement read the result).
 Calls: nothing but `roles`' records.
@@ -27,6 +29,7 @@ class Layout:
     index: dict[int, tuple[int, ...]]  # view leaf -> slots of its indices
     specs: tuple[P, ...]  # every slot's PartitionSpec over the device axis
     whole: frozenset[int] = frozenset()  # sliced leaves passed whole: each device slices its own
+    traced: bool = False  # inside a trace: replicated data's views send their whole index
 
     @classmethod
     def of(cls, descs: list[Leaf], split: Split | None, traced: bool = False) -> Layout:
@@ -45,10 +48,10 @@ class Layout:
             if d.shares is not None:  # equal indices: one transfer, the same slots
                 index[i] = index[d.shares]
                 continue
-            own = index_specs(d, uneven)
+            own = index_specs(d, uneven, traced)
             index[i] = tuple(range(len(specs), len(specs) + len(own)))
             specs += own
-        return cls(extra, index, tuple(specs), whole)
+        return cls(extra, index, tuple(specs), whole, traced)
 
     @property
     def size(self) -> int:
@@ -64,10 +67,13 @@ def spec(d: Leaf) -> P:
     return P(*([None] * d.axis), AXIS)
 
 
-def index_specs(d: Leaf, uneven: bool) -> list[P]:
+def index_specs(d: Leaf, uneven: bool, traced: bool = False) -> list[P]:
     """How a view's indices travel: each device its own, or all of them everywhere."""
     if d.view is View.LOCAL:  # (n_devices, k): row d for device d
         return [P(AXIS)]
-    if d.data_layout is None:  # replicated data: each device its own requests (+ extra row)
-        return [P(AXIS)] * (2 if uneven else 1)
-    return [P()]  # sharded data: every device needs every request (all_to_all)
+    if d.data_layout is None and not traced:
+        return [P(AXIS)] * (2 if uneven else 1)  # each device its own requests (+ extra row)
+    # Sharded data: every device needs every request (all_to_all). Replicated data
+    # inside a trace: the host cannot cut a traced index into each device's
+    # requests, so each device slices its own from the whole (`Body._own_rows`).
+    return [P()]

@@ -4,7 +4,8 @@ What to do with each leaf is decided once per plan, from the leaf records
 alone: the plan's key fixes every leaf's type and, for a jax.Array, its
 sharding, so a call only carries out the decisions. Host (numpy) values go to
 jit as they are: its in_shardings put each one straight onto its shards in one
-batched transfer. Only eager calls take this step.
+batched transfer. Inside a trace the outer jit places every value; only
+synk.Data views are turned into their data and indices.
 
 Called by: `plan` (building the placer) and `function` (running it at every
 call). Calls: `split` (host and device parts of an uneven batch), `data`
@@ -97,8 +98,8 @@ _PASS = _Pass()
 def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Callable:
     """A function from the call's leaves to the executable's arguments, built once per plan."""
     shardings = [NamedSharding(core.mesh, spec) for spec in layout.specs]
-    if any(d.source is Source.TRACED for d in descs):
-        return list  # inside a trace: the outer jit places everything
+    if layout.traced:
+        return _traced_placer(core, descs, layout)
     actions = [_action(core, i, d, split, layout, shardings) for i, d in enumerate(descs)]
     if core.groups == 1 and all(a is _PASS for a in actions):
         return list  # the common case: every leaf goes to jit as it is
@@ -113,6 +114,28 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
             action.put(x, jit_args, i)
         if core.groups > 1:
             _to_global(jit_args, shardings, shares, core.groups)
+        return jit_args
+
+    return place
+
+
+def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
+    """Inside a trace the outer jit places everything; views hand over their data
+    array and their index, resolved in the trace (`data.device_index`)."""
+    views = [
+        (i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view is not None
+    ]
+    if not views:
+        return list
+
+    def place(leaves: list) -> list:
+        jit_args = [*leaves, *[None] * (layout.size - len(leaves))]
+        for i, where in views:
+            x = leaves[i]
+            jit_args[i] = x.data._live(where)
+            slot = layout.index[i][0]  # one slot: inside a trace an index travels whole
+            if jit_args[slot] is None:  # not yet sent by a view with the same index
+                jit_args[slot] = synk_data.device_index(x)
         return jit_args
 
     return place

@@ -53,6 +53,8 @@ def leaf_key(x):
         # fits: a view made before set_value shrank the data may no longer fit it;
         # it gets its own plan, which refuses it (`roles`).
         key = (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
+        if type(x.index) is not np.ndarray:  # a traced index: a traced plan of its own
+            return (*key, compat.Tracer)
         return (*key, x.fits())
     if isinstance(x, jax.Array):
         try:
@@ -89,17 +91,13 @@ class Plan:
 
     def sharing_holds(self, leaves: list) -> bool:
         """Whether the views this plan sends one index for still have equal indices."""
-        for i, j in self.shared:
-            a, b = leaves[i].index, leaves[j].index
-            if a is not b and not np.array_equal(a, b):
-                return False
-        return True
+        return all(_same_indices(leaves[i], leaves[j]) for i, j in self.shared)
 
     @classmethod
     def build(cls, core, options, statics, dyn, leaves, share=True) -> Plan:
         shared = equal_indices(leaves) if share else {}
         description = processes.describe_call(options, statics, dyn, leaves, shared)
-        traced = any(isinstance(x, compat.Tracer) for x in leaves)
+        traced = any(_is_traced(x) for x in leaves)
         digest = None
         if core.groups > 1 and processes.CHECK_CALLS and not traced:
             # Agree before any check can raise, so every process raises alike.
@@ -143,6 +141,19 @@ def _without_statics(place, dynamic: list[int]):
     return lambda leaves: place([leaves[i] for i in dynamic])
 
 
+def _is_traced(x) -> bool:
+    """A value inside a trace, or a view whose index is one."""
+    return isinstance(x, compat.Tracer) or (type(x) is synk_data.Batch and x.traced)
+
+
+def _same_indices(a, b) -> bool:
+    """Whether two views take the same rows. A traced index has no values to compare:
+    only the same traced array, resolved against the same length, is the same."""
+    if a.traced or b.traced:
+        return a.index is b.index and a.rows == b.rows
+    return a.index is b.index or np.array_equal(a.index, b.index)
+
+
 def equal_indices(leaves: list) -> dict[int, int]:
     """View leaves whose indices equal an earlier view's of the same kind: {view: earlier}."""
     views = [i for i, x in enumerate(leaves) if type(x) is synk_data.Batch]
@@ -153,7 +164,7 @@ def equal_indices(leaves: list) -> dict[int, int]:
             b = leaves[j]
             alike = j not in shared and a.local == b.local and a.index.shape == b.index.shape
             alike = alike and a.data.sharded == b.data.sharded  # the indices travel alike
-            if alike and (a.index is b.index or np.array_equal(a.index, b.index)):
+            if alike and _same_indices(a, b):
                 shared[i] = j
                 break
     return shared

@@ -89,7 +89,7 @@ def describe_leaves(core, dyn, leaves: list, traced: bool = False) -> list[Leaf]
 def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
     where, n = core.where, len(core.devices)
     if type(leaf) is synk_data.Batch:
-        return _describe_view(core, name, leaf, entry)
+        return _describe_view(core, name, leaf, entry, traced)
     if type(leaf) in SCALARS:
         aval = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(type(leaf)), weak_type=True)
         return Leaf(name, Role.BROADCAST, None, aval, Source.SCALAR)
@@ -134,9 +134,13 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
     return Leaf(name, Role.SLICED, axis, aval, source, sharding)
 
 
-def _describe_view(core, name: str, view: synk_data.Batch, entry) -> Leaf:
+def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) -> Leaf:
     where, data = core.where, view.data
-    data._live(f"{where}: argument `{name}` is a batch of a synk.Data that")
+    array = data._live(f"{where}: argument `{name}` is a batch of a synk.Data that")
+    if traced and not (array.is_fully_addressable or array.is_fully_replicated):
+        # Inside a trace the data array is a constant of the user's function, which
+        # JAX embeds in the program: no process can embed rows it does not hold.
+        raise ValueError(_spanning_data_error(where, name))
     if entry is None or entry == PER_DEVICE or entry not in (0, -len(view.shape)):
         raise ValueError(
             f"{where}: argument `{name}` is a synk.Data batch (X[idx]), which is sliced "
@@ -177,6 +181,17 @@ def _stale_view_error(where: str, name: str, view: synk_data.Batch) -> str:
         f"when the batch was made and now has {rows} (set_value shrank it); {reach}, out "
         f"of range for {rows} rows. Make the batch again from the current data ({remake}). "
         "Batches whose indices all still fit stay valid."
+    )
+
+
+def _spanning_data_error(where: str, name: str) -> str:
+    return (
+        f"{where}: argument `{name}` is a batch of sharded synk.Data whose rows are spread "
+        "over several processes, used inside a trace (jax.jit, grad, vmap, lax.scan). "
+        "There the data is a constant of the traced function, which JAX embeds in the "
+        "program whole, and no process holds every row. Call the function outside "
+        "jax.jit (per call only the indices travel), or use replicated data "
+        "(synk.data(value)) if every device can hold it."
     )
 
 
