@@ -24,7 +24,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, runtime
+from synk._src import compat, indices, runtime
 from synk._src.runtime import AXIS
 from synk._src.split import Split
 
@@ -223,9 +223,9 @@ class Data:
         if isinstance(idx, compat.Tracer):
             # No reach: a traced view lives inside one trace, which closes over the
             # data array it saw, so it never meets a later set_value (`Batch.fits`).
-            index = _traced_index(idx, "X[idx]", local=False, devices=len(self._devices))
+            index = indices.traced_index(idx, "X[idx]", local=False, devices=len(self._devices))
             return Batch(self, index, local=False, rows=self._rows, reach=0)
-        index = _global_index(idx, self._rows)
+        index = indices.global_index(idx, self._rows)
         reach = int(index.max()) + 1 if index.size else 0
         return Batch(self, index, local=False, rows=self._rows, reach=reach)
 
@@ -305,10 +305,12 @@ class _LocalIndexer:
     def __getitem__(self, idx) -> Batch:
         data = self._data
         if isinstance(idx, compat.Tracer):  # resolved in the trace, as X[idx] is
-            index = _traced_index(idx, "X.local[idx]", local=True, devices=len(data._devices))
+            index = indices.traced_index(
+                idx, "X.local[idx]", local=True, devices=len(data._devices)
+            )
             return Batch(data, index, local=True, rows=len(data), reach=0)
-        index = _local_index(idx, data)
-        return Batch(data, index, local=True, rows=len(data), reach=_local_reach(index))
+        index = indices.local_index(idx, data)
+        return Batch(data, index, local=True, rows=len(data), reach=indices.local_reach(index))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -351,176 +353,6 @@ class Batch:
     def __repr__(self) -> str:
         kind = "local rows" if self.local else "rows"
         return f"synk.Data batch of {len(self)} {kind}, shape={self.shape}, dtype={self.dtype}"
-
-
-# -------------------------------------------------------------------- indices
-
-
-def _as_index_array(idx, what: str) -> np.ndarray:
-    if isinstance(idx, bool | np.bool_):
-        raise TypeError(f"{what}: a boolean index; pass integer row indices.")
-    if isinstance(idx, int | np.integer):
-        raise TypeError(
-            f"{what}: a scalar index ({idx}) would drop the batch axis. Pass a slice or a list "
-            f"of rows, e.g. X[{idx}:{idx + 1}]."
-        )
-    array = np.asarray(idx)
-    if array.dtype == np.bool_:
-        raise TypeError(
-            f"{what}: boolean indices are not supported; pass integer rows (e.g. "
-            "np.flatnonzero(mask))."
-        )
-    if array.size == 0:
-        return array.astype(np.int32)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(
-            f"{what}: indices must be integers, got dtype {array.dtype}. Convert them, e.g. "
-            "idx.astype(int)."
-        )
-    return array
-
-
-def _check_range(array: np.ndarray, rows: int, what: str) -> np.ndarray:
-    if array.size:
-        low, high = int(array.min()), int(array.max())
-        if high >= rows or low < -rows:
-            bad = high if high >= rows else low
-            raise IndexError(
-                f"{what}: index {bad} is out of range for {rows} rows (valid: {-rows} .. "
-                f"{rows - 1}; largest given {high}, smallest {low})."
-            )
-        if low < 0:
-            array = np.where(array < 0, array + rows, array)
-    return _frozen(array)
-
-
-def _global_index(idx, rows: int) -> np.ndarray:
-    if isinstance(idx, slice):
-        _traced_slice(idx, "X[idx]")
-        if idx.step not in (None, 1):
-            raise ValueError(
-                f"X[{idx.start}:{idx.stop}:{idx.step}]: slices with a step are not supported; "
-                "pass the rows as an index array, e.g. X[np.arange(start, stop, step)]."
-            )
-        return _frozen(np.arange(*idx.indices(rows), dtype=np.int32))
-    array = _as_index_array(idx, "X[idx]")
-    if array.ndim != 1:
-        raise ValueError(
-            f"X[idx]: expected a 1-D index array, got shape {array.shape}. For per-device "
-            "indices into sharded data use X.local[idx] with shape (n_devices, k)."
-        )
-    return _check_range(array, rows, "X[idx]")
-
-
-def _traced_index(idx, what: str, *, local: bool, devices: int):
-    """A traced index, checked for what its aval shows (dtype, shape); values later."""
-    dtype = idx.dtype
-    if dtype == np.bool_:
-        raise TypeError(
-            f"{what}: boolean indices are not supported; pass integer rows (e.g. "
-            "jnp.flatnonzero(mask, size=k))."
-        )
-    if not jax.dtypes.issubdtype(dtype, np.integer):
-        raise TypeError(
-            f"{what}: indices must be integers, got a traced array of dtype {dtype}. Convert "
-            "them, e.g. idx.astype(int)."
-        )
-    if idx.ndim == 0:
-        raise TypeError(
-            f"{what}: a scalar index would drop the batch axis. Pass a 1-D array of rows, "
-            f"e.g. {what[:-5]}[i[None]]."
-        )
-    if local:
-        if idx.ndim == 1 or (idx.ndim == 2 and idx.shape[0] == devices):
-            return idx
-        raise ValueError(
-            f"{what}: expected one index array for every device, shape (k,), or one row per "
-            f"device, shape ({devices}, k); got a traced array of shape {idx.shape}."
-        )
-    if idx.ndim != 1:
-        raise ValueError(
-            f"{what}: expected a 1-D index array, got a traced array of shape {idx.shape}. "
-            "For per-device indices into sharded data use X.local[idx] with shape "
-            "(n_devices, k)."
-        )
-    return idx
-
-
-def _traced_slice(idx: slice, what: str) -> None:
-    if any(isinstance(b, compat.Tracer) for b in (idx.start, idx.stop, idx.step)):
-        raise TypeError(
-            f"{what}: a slice with traced bounds; the batch's length must be known when "
-            "tracing. Pass the rows as an index array of fixed length k instead, e.g. "
-            f"{what[:-5]}[start + jnp.arange(k)]."
-        )
-
-
-def device_index(view: Batch):
-    """The view's indices as the executable takes them: in range, int32.
-
-    An index checked on the host already is. A traced one is resolved in the
-    trace as ``x[idx]`` resolves it under ``jax.jit``: negative indices wrap
-    once, then indices still out of range are clamped.
-    """
-    index = view.index
-    if not view.traced:
-        return index
-    if view.local:
-        held = jnp.asarray(view.data.rows_per_device, np.int32)[:, None]
-        index = jnp.broadcast_to(index, (len(held), index.shape[-1]))
-    else:
-        held = view.rows
-    wide = index.astype(jnp.promote_types(index.dtype, jnp.int32))  # wraps without overflow
-    wide = jnp.where(wide < 0, wide + held, wide)
-    return jnp.clip(wide, 0, jnp.maximum(held - 1, 0)).astype(jnp.int32)
-
-
-def _local_index(idx, data: Data) -> np.ndarray:
-    n, held = len(data._devices), np.array(data.rows_per_device)
-    if isinstance(idx, slice):
-        _traced_slice(idx, "X.local[idx]")
-        if idx.step not in (None, 1):
-            raise ValueError("X.local[a:b:step]: slices with a step are not supported.")
-        idx = np.arange(*idx.indices(int(held.min())))
-    array = _as_index_array(idx, "X.local[idx]")
-    if array.ndim == 1:
-        array = np.broadcast_to(array, (n, array.shape[0]))
-    if array.ndim != 2 or array.shape[0] != n:
-        raise ValueError(
-            f"X.local[idx]: expected one index array for every device, shape (k,), or one "
-            f"row per device, shape ({n}, k); got shape {array.shape}."
-        )
-    array = np.where(array < 0, array + held[:, None], array)
-    bad = (array < 0) | (array >= held[:, None])
-    if bad.any():
-        d, j = map(int, np.argwhere(bad)[0])
-        raise IndexError(
-            f"X.local[idx]: device {d} holds {int(held[d])} rows of its shard, but its index "
-            f"{int(array[d, j])} is out of range (largest index given "
-            f"{int(np.asarray(idx).max())}). Each device's indices must be below the rows it "
-            "holds."
-        )
-    return _frozen(array)
-
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    """A read-only int32 copy: a view must not change when the caller's index array does."""
-    out = np.array(array, dtype=np.int32, order="C", copy=True)
-    out.flags.writeable = False
-    return out
-
-
-def _local_reach(index: np.ndarray) -> int:
-    """The fewest rows sharded data may have for every device's index to be in its shard.
-
-    Rows are dealt so that device d of n holds its k-th row once the data has
-    (k - 1) * n + d + 1 rows (`ShardLayout`): device d's largest index j needs
-    j * n + d + 1 rows.
-    """
-    if not index.size:
-        return 0
-    n = index.shape[0]
-    return int((index.max(axis=1) * n + np.arange(n) + 1).max())
 
 
 # ------------------------------------------------------- rows on each device
