@@ -1,16 +1,24 @@
 """Differential fuzzing of the one promise: synk.function(f)(*args) equals f(*args).
 
-Each example draws a whole call: a device count, a batch length B, num_slices,
-comm_dtype, a pytree of inputs (float32 / float16 / bfloat16 / int32 / bool /
-complex64 leaves, with NaN, +-inf and -0.0 among the floats) with random
-in_axes (ints, negative ints, None, 'per_device', pytree prefixes), and a
-data-parallel function with outputs under every reduce op. The function is
-built from the drawn description, and so is its reference: the same
-elementwise steps in numpy in the leaves' own dtypes, then the reduction over
-the rows in float64 (not jnp: on CPU, jnp.max can drop NaN). synk's result
-must match it on tolerances the output dtype justifies, with NaN and +-inf in
-the same places; calls the contract refuses must raise a TypeError or
-ValueError that names the output, before anything runs.
+Each example draws a whole call: a device count (1, 2, 3, 8), a batch length
+B from 1 to 3n+5, num_slices (valid, or one too many: the documented
+ValueError), comm_dtype, a pytree of inputs (float32 / float16 / bfloat16 /
+int32 / bool / complex64 leaves, with NaN, +-inf and -0.0 among the floats;
+Python numbers and 0-d arrays too) with random in_axes (ints, negative ints,
+None, 'per_device', pytree prefixes), passed as numpy, as jax.Arrays on one or
+every device, or as synk.Data batch views, and a data-parallel function with
+outputs under every reduce op. The function is built from the drawn
+description, and so is its reference: the same elementwise steps in numpy in
+the leaves' own dtypes, then the reduction over the rows in float64 (not jnp:
+on CPU, jnp.max can drop NaN). synk's result must match it on tolerances the
+output dtype justifies, with NaN and +-inf in the same places, on a first call
+(a new plan) and a second on new values (the cached plan). Calls the contract
+refuses must raise a TypeError or ValueError that names the output, before
+the function runs.
+
+Per-device values have a serial meaning the reference can compute: a
+per-device input enters per-device outputs (entry i from entry i, plus the
+rows device i took), or a max/min once every device has rows.
 
 Values are kept where the serial function is exact in its own dtype: sums and
 products see values scaled into [-1, 1] (by a power of two, exactly), products
@@ -18,11 +26,12 @@ are of factors near 1, so no serial result overflows; averages, extrema and
 gathered rows also see values up to 2**15, where a float16 mean is fine but a
 sum weighted by rows is not.
 
-Profiles: by default a fixed-seed run (derandomized, few examples, a minute
-or so in one process); ``SYNK_FUZZ=long`` draws hundreds of examples from the
-seed ``SYNK_FUZZ_SEED`` (default 0). Under ``mpiexec -n 2`` every process
-draws the same examples, fewer of them, and passes its share of the sliced
-host arrays (``synk.process_share``); the function then spans every device.
+Profiles: by default a fixed-seed run (derandomized, a few dozen examples per
+test, well under a minute in one process); ``SYNK_FUZZ=long`` draws hundreds
+of examples from the seed ``SYNK_FUZZ_SEED`` (default 0). Under
+``mpiexec -n 2`` every process draws the same examples, fewer of them, and
+passes its share of the sliced host arrays (``synk.process_share``); the
+function then spans every device.
 """
 
 from __future__ import annotations
@@ -371,14 +380,14 @@ def cases(draw, outs: bool = True, jit: bool = False):
 # Values
 
 
-def make_inputs(case: Case, call: int = 0) -> tuple[list, list]:
+def make_inputs(case: Case, number: int = 0) -> tuple[list, list]:
     """(values, passed): every leaf's global value, and what the call passes for it.
 
     Drawn from the case's seed and the call's number, so every process builds
     the same global values. A synk.Data leaf passes a batch view of a table
     of its own, indexed by a permutation with repeats or by a slice.
     """
-    rng = np.random.default_rng([case.seed, call])
+    rng = np.random.default_rng([case.seed, number])
     values, passed = [], []
     for leaf in case.leaves:
         if leaf.place not in ("data", "sharded data"):
