@@ -83,3 +83,19 @@ def compilations(caplog: pytest.LogCaptureFixture):
         yield compiled
         messages = [r.getMessage() for r in caplog.records[start:]]
     compiled += [m for m in messages if m.startswith("Compiling ")]
+
+
+def loss(w, x, y):
+    """A data-parallel loss (a mean over rows) that the composition tests share."""
+    import jax.numpy as jnp
+
+    return jnp.mean((jnp.tanh(x @ w) - y) ** 2)
+
+
+def per_row(w, x, y):
+    """One output per reduce op, each what that op expects over the rows."""
+    import jax.numpy as jnp
+
+    r = jnp.tanh(x @ w) - y
+    return {"avg": jnp.mean(r**2), "sum": r.sum(), "max": r.max(), "min": r.min(),
+            "prod": jnp.prod(1 + 0.01 * r), "gather": r}  # fmt: skip

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_tree_close, counting, single_process
+from helpers import assert_tree_close, counting, loss, per_row, single_process
 
 import synk
 
@@ -29,16 +29,6 @@ def _data(rows, d=3, seed=0):
     x = rng.normal(size=(rows, d)).astype(np.float32)
     y = rng.normal(size=(rows,)).astype(np.float32)
     return w, x, y
-
-
-def loss(w, x, y):
-    return jnp.mean((jnp.tanh(x @ w) - y) ** 2)
-
-
-def per_row(w, x, y):
-    r = jnp.tanh(x @ w) - y
-    return {"avg": jnp.mean(r**2), "sum": r.sum(), "max": r.max(), "min": r.min(),
-            "prod": jnp.prod(1 + 0.01 * r), "gather": r}  # fmt: skip
 
 
 REDUCE = {k: k for k in ("avg", "sum", "max", "min", "prod", "gather")}

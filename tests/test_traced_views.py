@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_tree_close, counting, single_process
+from helpers import assert_tree_close, counting, loss, per_row, single_process
 
 import synk
 
@@ -32,16 +32,6 @@ def _host(seed=0):
     x = rng.normal(size=(ROWS, 3)).astype(np.float32)
     y = rng.normal(size=(ROWS,)).astype(np.float32)
     return w, x, y
-
-
-def loss(w, x, y):
-    return jnp.mean((jnp.tanh(x @ w) - y) ** 2)
-
-
-def per_row(w, x, y):
-    r = jnp.tanh(x @ w) - y
-    return {"avg": jnp.mean(r**2), "sum": r.sum(), "max": r.max(), "min": r.min(),
-            "prod": jnp.prod(1 + 0.01 * r), "gather": r}  # fmt: skip
 
 
 def _indices(k, seed=1):
