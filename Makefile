@@ -1,13 +1,16 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   make .venv, install synk, run examples/quickstart.py on every device
-#   make test   make .venv, install synk, run lint, the suite (one process, then
-#               mpiexec -n 2), every example end to end, the device check's
-#               smoke run and every notebook
+#   make test   make .venv, install synk, run lint, the suite (one process, with
+#               the device check's smoke run in tests/test_bench.py; then
+#               mpiexec -n 2), every example end to end and every notebook
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+# Test processes that run side by side where tests are independent processes
+# (one process's suite, examples, notebooks): one per core is right on 2 cores.
+JOBS   ?= 2
 
 .PHONY: demo test lint test-single test-mpi test-examples device-check-smoke test-notebooks \
 	bench clean
@@ -21,31 +24,34 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: lint test-single test-mpi test-examples device-check-smoke test-notebooks
+test: lint test-single test-mpi test-examples test-notebooks
 
 lint: $(STAMP)
 	$(BIN)/ruff check synk tests examples benchmarks notebooks
 	$(BIN)/ruff format --check synk tests examples benchmarks notebooks
 
-# One process, 8 simulated CPU devices (set in tests/conftest.py).
+# One process, 8 simulated CPU devices (set in tests/conftest.py); JOBS such
+# processes share out the test files.
 test-single: $(STAMP)
-	$(PYTEST) tests
+	$(PYTEST) -n $(JOBS) --dist loadfile tests
 
-# Two processes under MPI, 4 simulated CPU devices each: the same suite.
+# Two processes under MPI, 4 simulated CPU devices each: the same suite, with
+# fewer cases of its slowest parametrised tests (tests/helpers.py, fewer_under_mpi).
 test-mpi: $(STAMP)
 	SYNK_CPU_DEVICES=4 SYNK_TIMEOUT=30 $(BIN)/mpiexec -n 2 $(PYTEST) -q --timeout=300 tests
 
 test-examples: $(STAMP)
-	$(PYTEST) -q examples/test_examples.py
+	$(PYTEST) -q -n $(JOBS) examples/test_examples.py
 
 # benchmarks/device_check.sh (the GPU check), its steps small on 8 simulated CPU
-# devices, so that it cannot rot between runs on a GPU machine.
+# devices. tests/test_bench.py runs it too, so that it cannot rot between runs
+# on a GPU machine.
 device-check-smoke: $(STAMP)
 	SMOKE=1 PYTHON=$(BIN)/python bash benchmarks/device_check.sh
 
 # Every notebook, executed twice in one real kernel.
 test-notebooks: $(STAMP)
-	$(PYTEST) -q notebooks/test_notebooks.py
+	$(PYTEST) -q -n $(JOBS) notebooks/test_notebooks.py
 
 bench: $(STAMP)
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench overhead

@@ -26,6 +26,18 @@ def single_process(reason: str):
     return pytest.mark.skipif(PROCESSES > 1, reason=f"one process only: {reason}")
 
 
+def fewer_under_mpi(cases, keep):
+    """`cases` for ``pytest.mark.parametrize``; under several processes only those in `keep`
+    (compared by ``repr``: arrays do not compare with ``==``).
+
+    Every case compiles its own executables, and across processes each costs
+    about twice as much. The one-process run takes every case; the cases kept
+    are those where processes change something (uneven splits, num_slices).
+    """
+    kept = {repr(k) for k in keep}
+    return list(cases) if PROCESSES == 1 else [c for c in cases if repr(c) in kept]
+
+
 _LAUNCH_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDI_", "HYDRA_", "MPI_LOCAL", "SLURM_", "SYNK_")
 
 

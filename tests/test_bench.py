@@ -55,15 +55,38 @@ def positive(x) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="module")
-def overhead(tmp_path_factory):
-    return run_json(
-        tmp_path_factory,
-        "overhead",
-        *("--batch", "16", "--hidden", "8", "--compute-batch", "32", "--compute-hidden", "8"),
-        *("--conv", "--conv-batch", "16", "--conv-image", "8", "--conv-channels", "4,8"),
-        *("--rounds", "3", "--calls", "2"),
+def device_check(tmp_path_factory) -> Path:
+    """One smoke run of benchmarks/device_check.sh (as on a GPU machine, but small).
+
+    Its overhead, indexing and memory steps are the runs that this file checks,
+    so the script cannot rot and nothing runs twice.
+    """
+    out = tmp_path_factory.mktemp("device-check")
+    res = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_check.sh")],
+        env=clean_env(SMOKE="1", PYTHON=sys.executable, OUT=str(out)),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
+def smoke_json(device_check: Path, name: str) -> dict:
+    out = json.loads((device_check / f"{name}.json").read_text())
+    out["stdout"] = (device_check / f"{name}.log").read_text()
+    assert "sample/s" not in out["stdout"]  # --quiet: no progress bar
+    return out
+
+
+@pytest.fixture(scope="module")
+def overhead(device_check):
+    return smoke_json(device_check, "overhead")
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +228,8 @@ def test_scaling_alone_and_plot(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def indexing(tmp_path_factory):
-    # 60 rows do not split evenly over 8 devices: no one sharding for (r).
-    return run_json(
-        tmp_path_factory,
-        "indexing",
-        *("--rows", "500", "--features", "4", "--hidden", "4", "--batches", "16,60"),
-        *("--rounds", "3", "--calls", "2"),
-    )
+def indexing(device_check):
+    return smoke_json(device_check, "indexing")
 
 
 def test_indexing(indexing):
@@ -284,16 +301,9 @@ def test_fused(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def memory(tmp_path_factory):
-    png = tmp_path_factory.mktemp("memory-plot") / "memory.png"
-    plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []
-    out = run_json(
-        tmp_path_factory,
-        "memory",
-        *("--rows-per-device", "16", "--image", "8", "--channels", "4,8", "--slices", "1,2,4,8"),
-        *plot,
-    )
-    out["png"] = png if plot else None
+def memory(device_check):
+    out = smoke_json(device_check, "memory")
+    out["png"] = device_check / "memory.png"
     return out
 
 
@@ -318,11 +328,7 @@ def test_memory_falls_with_num_slices(memory):
     target = out["target"]
     assert target["limit"] == 0.4 and target["value"] == pytest.approx(temps[2] / one)
     assert "temp / num_slices=1" in out["stdout"]
-    if out["png"] is not None:
-        assert out["png"].stat().st_size > 0
-
-
-ROOT = Path(__file__).resolve().parents[1]
+    assert out["png"].stat().st_size > 0
 
 
 def test_device_check_script_parses():
@@ -342,10 +348,21 @@ def device_check_table(out: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_device_check_table_reads_what_the_benchmarks_write(tmp_path, overhead, indexing, memory):
-    """The device check's table, from this version's JSON: it fails here before it rots."""
-    for name, result in (("overhead", overhead), ("indexing", indexing), ("memory", memory)):
-        (tmp_path / f"{name}.json").write_text(json.dumps(result, default=str))
+def test_device_check_smoke_run_prints_its_table(device_check):
+    """The table of the smoke run: every step completed, every figure read."""
+    table = (device_check / "table.txt").read_text()
+    assert f"{DEVICES} x cpu (cpu)" in table and "(no result)" not in table
+    assert re.search(r"synk / hand-written, conv net +\d", table)
+    assert re.search(r"X\[idx\] / host batch, 16 rows +\d", table)
+    assert re.search(r"temp, num_slices=4 / num_slices=1 +0\.\d+ +<= 0\.4 +yes", table)
+    assert re.search(r"test_errors +\d+ passed, 0 failed, 0 errors", table)
+    assert "not completed" not in table
+
+
+def test_device_check_table_reads_what_the_benchmarks_write(tmp_path, device_check):
+    """The table from this version's JSON and a GPU's bf16 figures; a failed step fails it."""
+    for name in ("overhead", "indexing", "memory"):
+        (tmp_path / f"{name}.json").write_text((device_check / f"{name}.json").read_text())
     bf16 = {"devices": 1, "platform": "gpu", "lowered": [["bf16"]], "compiled": [["bf16"]]}
     bf16.update(bf16_lowered=1, bf16_compiled=1, max_rel_error=0.004)
     (tmp_path / "bf16.json").write_text(json.dumps(bf16))
@@ -357,10 +374,6 @@ def test_device_check_table_reads_what_the_benchmarks_write(tmp_path, overhead, 
     res = device_check_table(tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     table = res.stdout
-    assert f"{DEVICES} x cpu (cpu)" in table and "(no result)" not in table
-    assert re.search(r"synk / hand-written, conv net +\d", table)
-    assert re.search(r"X\[idx\] / host batch, 16 rows +\d", table)
-    assert re.search(r"temp, num_slices=4 / num_slices=1 +0\.\d+ +<= 0\.4 +yes", table)
     assert "1 of 1 lowered, 1 of 1 compiled" in table
     assert re.search(r"test_errors +4 passed, 0 failed, 0 errors, 1 skipped +all pass +yes", table)
     # A step that did not complete makes the check fail; a missed target does not.

@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
-from helpers import clean_env
+from helpers import clean_env, single_process
 
 
+@single_process("it starts its own one-process Python")
 def test_info_lists_devices_and_processes():
     res = subprocess.run(
         [sys.executable, "-m", "synk", "info"],

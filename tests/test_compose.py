@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_tree_close, counting, loss, per_row, single_process
+from helpers import assert_tree_close, counting, fewer_under_mpi, loss, per_row, single_process
 
 import synk
 
@@ -102,7 +102,7 @@ def test_bad_input_is_refused_identically_under_jit():
 # ---------------------------------------------------------------- jax.grad, jvp
 
 
-@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("rows", fewer_under_mpi(ROWS, keep=ROWS[1:]))
 @pytest.mark.parametrize("slices", [1, 2])
 def test_grad_and_jvp_of_a_synk_function_equal_serial(rows, slices):
     if slices > 1 and rows // N < slices:

@@ -3,9 +3,12 @@
 import jax
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import run_python, single_process
 
 import synk
+
+# A fresh Python, outside any launch, is the same whichever rank starts it.
+in_a_fresh_process = single_process("it starts its own one-process Python")
 
 
 def test_device_queries():
@@ -14,6 +17,7 @@ def test_device_queries():
     assert 0 <= synk.process_index() < synk.process_count() == jax.process_count()
 
 
+@in_a_fresh_process
 def test_import_starts_neither_a_backend_nor_mpi():
     res = run_python("""
         import sys, synk, jax
@@ -27,6 +31,7 @@ def test_import_starts_neither_a_backend_nor_mpi():
     assert res.stdout.strip() == "ok"
 
 
+@in_a_fresh_process
 def test_init_simulates_cpu_devices_and_is_idempotent():
     res = run_python("""
         import synk
@@ -38,18 +43,21 @@ def test_init_simulates_cpu_devices_and_is_idempotent():
     assert res.stdout.strip() == "3"
 
 
+@in_a_fresh_process
 def test_environment_variable_sets_the_device_count():
     res = run_python("import synk; print(synk.device_count())", SYNK_CPU_DEVICES="5")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "5"
 
 
+@in_a_fresh_process
 def test_bad_environment_variable_is_a_clear_error():
     res = run_python("import synk; synk.init()", SYNK_CPU_DEVICES="many")
     assert res.returncode != 0
     assert "SYNK_CPU_DEVICES='many' is not a positive integer" in res.stderr
 
 
+@in_a_fresh_process
 def test_init_after_the_backend_started_says_so_and_what_to_do():
     res = run_python("""
         import jax, synk
@@ -61,6 +69,7 @@ def test_init_after_the_backend_started_says_so_and_what_to_do():
     assert "before anything else uses JAX" in res.stderr
 
 
+@in_a_fresh_process
 def test_init_again_with_other_settings_is_an_error():
     res = run_python("""
         import synk
@@ -88,6 +97,7 @@ def test_init_in_this_process_with_the_same_settings_is_a_no_op():
     assert synk.devices() == devices  # the refused request changed nothing
 
 
+@in_a_fresh_process
 def test_bad_local_devices_setting_is_a_clear_error():
     res = run_python("import synk; synk.init(distributed=True)", SYNK_LOCAL_DEVICES="gpu0")
     assert res.returncode != 0
