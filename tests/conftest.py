@@ -14,11 +14,12 @@ synk.init(cpu_devices=int(os.environ.get("SYNK_CPU_DEVICES", "8")))
 
 # Every example compiles a new executable, so examples are few and slow (and
 # twice as slow across processes, where the one-process run has already taken
-# the others). derandomize: every process draws the same examples, so the
-# processes make the same calls.
+# the others); tests/test_fuzz.py, with settings of its own, searches wider.
+# derandomize: every process draws the same examples, so the processes make
+# the same calls.
 hypothesis.settings.register_profile(
     "synk",
-    max_examples=25 if synk.process_count() == 1 else 5,
+    max_examples=12 if synk.process_count() == 1 else 5,
     deadline=None,
     derandomize=True,
     print_blob=True,

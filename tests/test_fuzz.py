@@ -68,7 +68,7 @@ def fuzz_settings(default: int, long: int):
     examples = long if LONG else default
     phases = list(hypothesis.Phase)
     if PROCESSES > 1:
-        examples = max(4, examples // 4)
+        examples = max(3, examples // 8)
         phases = [hypothesis.Phase.explicit, hypothesis.Phase.generate]
     decorate = hypothesis.settings(
         max_examples=examples,
