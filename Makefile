@@ -12,7 +12,8 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 # (one process's suite, examples, notebooks): one per core is right on 2 cores.
 JOBS   ?= 2
 
-.PHONY: demo test lint test-single test-mpi test-examples device-check-smoke test-notebooks \
+.PHONY: demo test lint test-single test-mpi test-examples test-notebooks test-runs \
+	device-check-smoke \
 	bench clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: lint test-single test-mpi test-examples test-notebooks
+test: lint test-single test-mpi test-runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check synk tests examples benchmarks notebooks
@@ -48,6 +49,10 @@ test-examples: $(STAMP)
 # on a GPU machine.
 device-check-smoke: $(STAMP)
 	SMOKE=1 PYTHON=$(BIN)/python bash benchmarks/device_check.sh
+
+# Every example and every notebook in one pool of JOBS processes (make test).
+test-runs: $(STAMP)
+	$(PYTEST) -q -n $(JOBS) examples/test_examples.py notebooks/test_notebooks.py
 
 # Every notebook, executed twice in one real kernel.
 test-notebooks: $(STAMP)

@@ -188,29 +188,27 @@ def test_a_fused_training_step_is_one_executable_with_one_all_reduce():
     assert sorted(r for r in reductions if r not in grads) in ([], ["f32[]"]), reductions
 
 
-@single_process("under several processes on CPUs (gloo) a loop that never waits stalls")
-def test_a_loop_of_fused_steps_that_never_blocks_completes():
+def _fused_loop(steps: int, wait_every: int | None):
     w, x, y = _data(2 * N)
     f = synk.function(loss, in_axes=(None, 0, 0))
     step = jax.jit(lambda w, x, y: w - 0.01 * jax.grad(f)(w, x, y))
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    for _ in range(3000):
+    x, y = synk.process_share(x), synk.process_share(y)
+    for i in range(steps):
         w = step(w, x, y)
+        if wait_every and i % wait_every == 0:
+            jax.block_until_ready(w)
     assert np.isfinite(np.asarray(w)).all()
+
+
+@single_process("under several processes on CPUs (gloo) a loop that never waits stalls")
+def test_a_loop_of_fused_steps_that_never_blocks_completes():
+    _fused_loop(3000, wait_every=None)
 
 
 def test_a_loop_of_fused_steps_that_waits_now_and_then_completes_under_any_processes():
     # Under several processes on CPUs (gloo) a loop that never waits stalls once
     # about a hundred steps are queued; the README's one-liner bounds the queue.
-    w, x, y = _data(2 * N)
-    f = synk.function(loss, in_axes=(None, 0, 0))
-    step = jax.jit(lambda w, x, y: w - 0.01 * jax.grad(f)(w, x, y))
-    x, y = synk.process_share(x), synk.process_share(y)
-    for i in range(1000):
-        w = step(w, x, y)
-        if i % 32 == 0:
-            jax.block_until_ready(w)
-    assert np.isfinite(np.asarray(w)).all()
+    _fused_loop(1000, wait_every=32)
 
 
 # ---------------------------------------------------------------- Equinox modules
