@@ -31,11 +31,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check synk tests examples benchmarks notebooks
 	$(BIN)/ruff format --check synk tests examples benchmarks notebooks
 
-# One process, 8 simulated CPU devices (set in tests/conftest.py). Not shared
-# out: a loop of fused steps that never waits (test_compose.py) aborts in XLA's
-# CPU rendezvous when another test process competes for the cores.
+# One process, 8 simulated CPU devices (set in tests/conftest.py); JOBS such
+# processes share out the test files. Tests marked `alone` run afterwards by
+# themselves: a loop of fused steps that never waits, thousands of calls
+# deep, must not compete for the cores with another test process.
 test-single: $(STAMP)
-	$(PYTEST) tests
+	$(PYTEST) -n $(JOBS) --dist loadfile -m "not alone" tests
+	$(PYTEST) -q -m alone tests
 
 # Two processes under MPI, 4 simulated CPU devices each: the same suite, with
 # fewer cases of its slowest parametrised tests (tests/helpers.py, fewer_under_mpi).

@@ -200,6 +200,10 @@ def _fused_loop(steps: int, wait_every: int | None):
     assert np.isfinite(np.asarray(w)).all()
 
 
+# Queued thousands deep, XLA's CPU rendezvous is fragile (numpy batches deadlock
+# it, hand-written jit(shard_map) alike): make test runs this test alone, so
+# that no other test process competes for the cores.
+@pytest.mark.alone
 @single_process("under several processes on CPUs (gloo) a loop that never waits stalls")
 def test_a_loop_of_fused_steps_that_never_blocks_completes():
     _fused_loop(3000, wait_every=None)
