@@ -18,7 +18,6 @@ JOBS   ?= 2
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,mpi]"
 	touch $(STAMP)
 
@@ -39,10 +38,10 @@ test-single: $(STAMP)
 	$(PYTEST) -n $(JOBS) --dist loadfile -m "not alone" tests
 	$(PYTEST) -q -m alone tests
 
-# Two processes under MPI, 4 simulated CPU devices each: the same suite, with
+# Two processes under MPI, 2 simulated CPU devices each: the same suite, with
 # fewer cases of its slowest parametrised tests (tests/helpers.py, fewer_under_mpi).
 test-mpi: $(STAMP)
-	SYNK_CPU_DEVICES=4 SYNK_TIMEOUT=30 $(BIN)/mpiexec -n 2 $(PYTEST) -q --timeout=300 tests
+	SYNK_CPU_DEVICES=2 SYNK_TIMEOUT=30 $(BIN)/mpiexec -n 2 $(PYTEST) -q --timeout=300 tests
 
 test-examples: $(STAMP)
 	$(PYTEST) -q -n $(JOBS) examples/test_examples.py

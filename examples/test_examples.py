@@ -28,6 +28,7 @@ EXAMPLES = sorted(p.name for p in HERE.glob("*.py") if p.name != Path(__file__).
 DEFAULT_ARGS = ["--quiet"]
 EXTRA_ARGS: dict[str, list[str]] = {
     "quickstart.py": ["--quiet", "--epochs", "3"],
+    "equinox_mlp.py": ["--quiet", "--epochs", "10"],
 }
 
 

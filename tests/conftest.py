@@ -1,7 +1,7 @@
 """Simulated devices for the whole suite, chosen once, before JAX starts.
 
 One process: 8 CPU devices. Under ``mpiexec -n 2`` (see the Makefile) each
-process simulates SYNK_CPU_DEVICES=4 and synk.init starts jax.distributed.
+process simulates SYNK_CPU_DEVICES=2 and synk.init starts jax.distributed.
 """
 
 import os

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import fewer_under_mpi
+from helpers import fewer_under_mpi, single_process
 from jax import lax
 
 import synk
@@ -146,6 +146,7 @@ def test_a_collective_under_a_custom_derivative_or_scan_is_found():
             f(synk.process_share(np.ones(4 * N * P, np.float32)))
 
 
+@single_process("control flow inside the function, as in serial: nothing of processes")
 def test_a_flax_lstm_runs_as_in_serial():
     nn = pytest.importorskip("flax.linen")
     rnn = nn.RNN(nn.LSTMCell(features=4))
