@@ -38,6 +38,10 @@ def fewer_under_mpi(cases, keep):
     return list(cases) if PROCESSES == 1 else [c for c in cases if repr(c) in kept]
 
 
+# A fresh Python, outside any launch, is the same whichever rank starts it.
+in_a_fresh_process = single_process("it starts its own one-process Python")
+
+
 _LAUNCH_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDI_", "HYDRA_", "MPI_LOCAL", "SLURM_", "SYNK_")
 
 

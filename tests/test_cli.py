@@ -3,10 +3,10 @@
 import subprocess
 import sys
 
-from helpers import clean_env, single_process
+from helpers import clean_env, in_a_fresh_process
 
 
-@single_process("it starts its own one-process Python")
+@in_a_fresh_process
 def test_info_lists_devices_and_processes():
     res = subprocess.run(
         [sys.executable, "-m", "synk", "info"],

@@ -3,12 +3,9 @@
 import jax
 import numpy as np
 import pytest
-from helpers import run_python, single_process
+from helpers import in_a_fresh_process, run_python
 
 import synk
-
-# A fresh Python, outside any launch, is the same whichever rank starts it.
-in_a_fresh_process = single_process("it starts its own one-process Python")
 
 
 def test_device_queries():
