@@ -219,34 +219,29 @@ def test_in_function_collectives_need_an_even_batch_and_one_slice():
 # ------------------------------------------------------- what is compiled
 
 
-def all_reduce_types(stablehlo: str) -> list[str]:
-    """The operand types of each all_reduce in lowered StableHLO text."""
-    # XLA's CPU compiler later promotes bf16 all-reduces to f32 (it has no bf16
-    # reduction); the lowered program is what GPUs (NCCL) run as written.
-    return re.findall(r'"stablehlo.all_reduce".*?\}\) : \((.*?)\) ->', stablehlo, re.DOTALL)
-
-
 def compiled_modules(code: str) -> list[tuple[str, str]]:
     """Run `code` in a fresh Python on 4 CPU devices and read what XLA compiled.
 
-    The per-device collectives have no ``lower``: XLA dumps each module it
-    compiles. Returns the HLO text of each module with an all-reduce, before
-    and after XLA's optimisations, in compile order.
+    XLA dumps each module it compiles. Returns, for each module with an
+    all-reduce, its HLO text after XLA's partitioner (which makes the
+    all-reduces, as GPUs run them) and after every optimisation (where the CPU
+    compiler has promoted bf16 all-reduces to f32: it has no bf16 reduction),
+    in compile order.
     """
     with tempfile.TemporaryDirectory() as dump:
-        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
+        flags = f"--xla_dump_to={dump} --xla_dump_hlo_pass_re=spmd-partitioning"
         res = run_python(
             "import numpy as np, jax.numpy as jnp, synk\n" + code,
             SYNK_CPU_DEVICES="4",
-            XLA_FLAGS=flags,
+            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip(),
         )
         assert res.returncode == 0, res.stderr[-3000:]
         modules = []
-        for before in sorted(Path(dump).glob("*.before_optimizations.txt")):
-            stem = before.name.removesuffix(".before_optimizations.txt")
-            (after,) = Path(dump).glob(f"{stem}.*after_optimizations.txt")
-            if "all-reduce" in before.read_text():
-                modules.append((before.read_text(), after.read_text()))
+        for after in sorted(Path(dump).glob("*after_optimizations.txt")):
+            stem = after.name.split(".")[:2]  # module_NNNN.name
+            (partitioned,) = Path(dump).glob(".".join(stem) + ".*after_spmd-partitioning*")
+            if "all-reduce" in after.read_text():
+                modules.append((partitioned.read_text(), after.read_text()))
         return modules
 
 
@@ -263,9 +258,13 @@ def test_comm_dtype_on_a_function_travels_in_bfloat16():
     assert mean.dtype == np.float32 and total.dtype == np.float32
     np.testing.assert_allclose(mean, x.mean(0), rtol=1e-2)
     np.testing.assert_allclose(total, x.sum(0), rtol=1e-2)
-    assert (
-        all_reduce_types(f.lower(synk.process_share(x)).as_text()) == ["tensor<4xbf16>"] * 2
-    )  # avg, sum
+    # The program as XLA's partitioner makes it (before the CPU compiler
+    # promotes bf16 all-reduces to f32): the values travel in bfloat16.
+    modules = compiled_modules("""
+f = synk.function(lambda x: (x.mean(0), x.sum(0)), reduce=("avg", "sum"), comm_dtype="bfloat16")
+f(synk.process_share(1 + np.arange(72, dtype=np.float32).reshape(18, 4)))
+""")
+    assert [all_reduces(partitioned) for partitioned, _ in modules] == [["bf16[4]"] * 2]
 
 
 def test_comm_dtype_on_reduce_and_all_reduce():
@@ -275,14 +274,12 @@ def test_comm_dtype_on_reduce_and_all_reduce():
         assert got.dtype == np.float32
         value = np.asarray(got if fn is synk.reduce else synk.gather(got)[0])
         np.testing.assert_allclose(value, x.mean(0), rtol=1e-2)
-    # The program as synk writes it (before XLA's CPU compiler promotes bf16
-    # all-reduces to f32): the values travel in bfloat16.
     modules = compiled_modules("""
 x = np.arange(20, dtype=np.float32).reshape(4, 5)
 synk.reduce(x, "avg", comm_dtype=jnp.bfloat16)
 synk.all_reduce(x, "avg", comm_dtype=jnp.bfloat16)
 """)
-    assert [all_reduces(before) for before, _ in modules] == [["bf16[5]"], ["bf16[5]"]]
+    assert [all_reduces(partitioned) for partitioned, _ in modules] == [["bf16[5]"], ["bf16[5]"]]
 
 
 def test_k_outputs_of_one_op_are_one_all_reduce():

@@ -175,16 +175,14 @@ def test_serial_runs_the_undecorated_function_on_one_device():
 
 @pytest.mark.parametrize("rows", [16, 19])
 def test_lower_shows_one_all_reduce_per_reduce_op(rows):
-    """What f.lower shows: the collectives, all outputs of one op in one all-reduce."""
+    """What f.lower compiles to: all outputs of one op in one all-reduce."""
 
     def stats(x):
         return x.mean(), (x**2).mean(), x.mean(axis=0)[None], x.max(), x.max(axis=0)
 
     f = synk.function(stats, reduce=("avg", "avg", "avg", "max", "max"))
     x = rand(rows, 3)
-    lowered = f.lower(x)
-    assert "all_reduce" in lowered.as_text()
-    hlo = lowered.compile().as_text()
+    hlo = f.lower(x).compile().as_text()
     assert hlo.count("all-reduce(") + hlo.count("all-reduce-start(") == 2  # avg, max
     for got, want in zip(f(x), stats(x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5)

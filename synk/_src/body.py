@@ -9,11 +9,12 @@ Each device runs `Body` on its share of the rows, in `split.py`'s layout:
    per reduced output by its op (`reduce.py`);
 3. the extra row of an uneven split, under ``lax.cond`` so that devices
    without one never call the function on padding;
-4. one collective per reduce op; gathered rows and per-device outputs go out
-   sharded.
+4. its local value of each reduced output, gathered rows and per-device
+   outputs go out sharded over the devices.
 
-`executable` wraps it in ``jit(shard_map(...))`` and puts gathered rows back in
-input order.
+`executable` wraps it in ``jit(shard_map(...))``, reduces the local values
+over the devices (`reduce.combine`: one all-reduce per op and dtype) and puts
+gathered rows back in input order.
 
 Called by: `plan` (once per plan). Calls: the user's function (through the
 plan's ``call_user``), `reduce`, `split`, `data` (rows of device-resident data),
@@ -39,7 +40,7 @@ from synk._src.split import Split, reassemble
 
 
 class Body:
-    """The function each device runs on its share: outputs, accumulated, then combined."""
+    """The function each device runs on its share: its outputs, accumulated locally."""
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class Body:
 
     def out_specs(self) -> tuple:
         return (
-            [P()] * len(self.reduced),
+            [P(AXIS)] * len(self.reduced),
             [P(AXIS)] * len(self.gathered),
             [P(AXIS)] * (len(self.gathered) if self.uneven else 0),
             [P(AXIS)] * len(self.per_device),
@@ -93,10 +94,9 @@ class Body:
             if self.uneven:
                 with jax.named_scope("synk_extra_row"):
                     acc, extra_rows = self.extra_row(base, extras, acc)
-        with jax.named_scope("synk_reduce"):
-            reduced = red.combine(self.ops, acc, self.divisor, self.comm_dtype, self.dtypes)
+        local = [jnp.expand_dims(x, 0) for x in acc]  # one entry per device
         per_device = [jnp.expand_dims(x, 0) for x in per_device]
-        return reduced, rows, extra_rows, per_device
+        return local, rows, extra_rows, per_device
 
     # ---------------------------------------------------------------- pieces
 
@@ -289,7 +289,11 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False)
             flat = list(flat)
             for k in arguments:
                 flat[k] = lax.with_sharding_constraint(flat[k], everywhere)
-        reduced, rows, extra_rows, per_device = mapped(*flat)
+        local, rows, extra_rows, per_device = mapped(*flat)
+        with jax.named_scope("synk_reduce"):
+            reduced = red.combine(
+                body.ops, local, body.divisor, body.comm_dtype, body.dtypes, core.mesh
+            )
         if body.uneven:
             rows = [reassemble(m, e, split) for m, e in zip(rows, extra_rows)]
         if core.groups > 1:  # every process can read a gathered output (np.asarray)

@@ -354,16 +354,19 @@ def _reduce(x, op, comm_dtype, *, everywhere: bool, where: str):
 
 @functools.cache
 def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
-    n = runtime.device_count()
+    mesh, n = _mesh(), runtime.device_count()
 
-    def body(*xs):
+    def reduced(*xs):
         # Each device's entry is one contribution of weight 1 (in the op's
-        # accumulation dtype); all leaves of the op go in one collective.
-        values = [op.contribution(x[0], 1) for x in xs]
-        out = red.combine([op] * len(values), values, n, comm_dtype, [x.dtype for x in xs])
-        return [v[None] for v in out] if everywhere else out
+        # accumulation dtype); all leaves of the op go in one all-reduce.
+        values = [op.contribution(x, 1) for x in xs]
+        out = red.combine([op] * len(values), values, n, comm_dtype, [x.dtype for x in xs], mesh)
+        if not everywhere:
+            return out
+        # Each device writes its own copy of the total: no more communication.
+        return [jnp.broadcast_to(v, (n, *v.shape)) for v in out]
 
-    return _mapped(body, P(AXIS) if everywhere else P())
+    return jax.jit(reduced, out_shardings=NamedSharding(mesh, P(AXIS) if everywhere else P()))
 
 
 def _check_dtypes(op: red.Reduction, x, leaves: list, where: str) -> None:

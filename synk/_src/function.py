@@ -13,7 +13,8 @@ The map of a call, one module per step, in call order:
    - the function is traced abstractly and the reduce spec matched to its
      outputs (`reduce`);
    - the executable's arguments are laid out (`layout`) and the per-device
-     body compiled as one ``jit(shard_map(body))`` (`body`);
+     body compiled as one ``jit(shard_map(body))`` followed, in the same jit,
+     by the reduction of each output over the devices (`body`, `reduce`);
    - how each leaf reaches the executable is decided (`placement`).
 3. A hit with several processes agrees on the call (one hash, `processes`).
 4. ``plan.place`` carries out what was decided per leaf: host arrays go to

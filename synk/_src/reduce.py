@@ -2,8 +2,10 @@
 
 A device runs the user's function on one or more pieces of its rows. Each
 output's op turns a piece's value into a contribution (``avg`` weighs it by
-the piece's rows), accumulates the contributions into one local value, and
-`combine` reduces the devices' local values with one collective per op.
+the piece's rows) and accumulates the contributions into one local value.
+`combine` then reduces the devices' local values over the device axis,
+outside the per-device body: XLA's partitioner makes each such reduction an
+all-reduce, and XLA merges the all-reduces of one op and dtype into one.
 
 The numerics live here too: sums, means and products of float16/bfloat16
 accumulate and travel in float32; max/min of floats travel as integers in
@@ -12,7 +14,7 @@ what travels, complex values as their real and imaginary parts.
 
 Called by: `function` (options), `plan` (outputs against the spec), `body`
 (the per-device accumulation and the final combine), `collectives`
-(``synk.reduce`` / ``synk.all_reduce``). Calls: ``jax.lax`` collectives.
+(``synk.reduce`` / ``synk.all_reduce``). Calls: ``jax.lax`` reductions.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-from synk._src.runtime import AXIS
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 # --------------------------------------------------------------------------
 # The ops
@@ -113,10 +115,10 @@ class Reduction(Op):
         """The local value as it goes into the collective."""
         return acc
 
-    def collective(self, values: list[jax.Array], comm_dtype) -> list[jax.Array]:
-        """Every device's local values combined: one collective for the whole list."""
-        got = lax.psum([_encode(v, comm_dtype) for v in values], AXIS)
-        return [_decode(g, v.dtype) for g, v in zip(got, values, strict=True)]
+    def collective(self, values: list[jax.Array], comm_dtype, mesh) -> list[jax.Array]:
+        """Every device's local values (axis 0, one entry per device) reduced over the devices."""
+        sent = [_encode(v, comm_dtype) for v in values]
+        return [_decode(_over_devices(lax.reduce_sum, s), v.dtype) for s, v in zip(sent, values)]
 
     def finish(self, total: jax.Array, divisor: int, comm_dtype, dtype) -> jax.Array:
         """The combined value as the user sees it, in the output's own `dtype`."""
@@ -162,12 +164,12 @@ class Extremum(Reduction):
     """max (`largest`) or min: the identity is the other end of the dtype's range.
 
     A NaN anywhere wins, as in ``np.max``: ``jnp.maximum`` keeps NaN across
-    pieces, but ``lax.pmax``/``pmin`` on CPU drop it, so floats cross devices
-    as integers in IEEE total order (`_ordered`), with every NaN at the
-    winning end: one integer collective of the same bytes. That order puts
-    -0.0 below 0.0, so max(-0.0, 0.0) is 0.0 and min is -0.0 across devices;
-    numpy's answer depends on the order of its inputs (only the sign of a
-    zero can differ).
+    pieces, but a max all-reduce on CPU drops it (``lax.pmax`` does), so
+    floats cross devices as integers in IEEE total order (`_ordered`), with
+    every NaN at the winning end: one integer all-reduce of the same bytes.
+    That order puts -0.0 below 0.0, so max(-0.0, 0.0) is 0.0 and min is -0.0
+    across devices; numpy's answer depends on the order of its inputs (only
+    the sign of a zero can differ).
     """
 
     largest: bool = True
@@ -191,39 +193,38 @@ class Extremum(Reduction):
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return jnp.maximum(acc, value) if self.largest else jnp.minimum(acc, value)
 
-    def collective(self, values: list[jax.Array], comm_dtype) -> list[jax.Array]:
+    def collective(self, values: list[jax.Array], comm_dtype, mesh) -> list[jax.Array]:
         return _extremum(self.largest, comm_dtype, list(values))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _extremum(largest: bool, comm_dtype, values: list) -> list:
-    """Every device's max (or min) of `values`, NaN winning: one integer collective."""
+    """The max (or min) over axis 0 (the devices) of `values`, NaN winning, as integers."""
     return _extremum_and_winners(largest, comm_dtype, values)[0]
 
 
 def _extremum_and_winners(largest: bool, comm_dtype, values: list) -> tuple[list, list]:
-    """The results, and where this device holds them (compared as they travelled)."""
+    """The results, and which devices hold them (compared as they travelled)."""
     sent = [_encode(v, comm_dtype) for v in values]
     keys = [_ordered(s, nan_wins_high=largest) for s in sent]
-    got = (lax.pmax if largest else lax.pmin)(keys, AXIS)
+    got = [(lax.reduce_max if largest else lax.reduce_min)(k, (0,)) for k in keys]
     back = [_from_ordered(k, s.dtype) for k, s in zip(got, sent, strict=True)]
     out = [_decode(b, v.dtype) for b, v in zip(back, values, strict=True)]
-    return out, [k == g for k, g in zip(keys, got, strict=True)]
+    return out, [k == g[None] for k, g in zip(keys, got, strict=True)]
 
 
 @_extremum.defjvp
 def _extremum_jvp(largest: bool, comm_dtype, primals, tangents):
     # As jnp.max's own rule: the tangent of the winner, split among the ties
-    # (here among the devices that hold the result). pmax has no rule of its
-    # own, and the integer keys would silently give a zero gradient.
+    # (here among the devices that hold the result). The integer keys would
+    # silently give a zero gradient.
     (values,), (dots,) = primals, tangents
     out, winners = _extremum_and_winners(largest, comm_dtype, values)
-    inexact = [i for i, v in enumerate(values) if jnp.issubdtype(v.dtype, jnp.inexact)]
-    hits = [winners[i].astype(dots[i].dtype) for i in inexact]
-    shares, counts = lax.psum(([dots[i] * h for i, h in zip(inexact, hits)], hits), AXIS)
-    out_dots = [np.zeros(v.shape, jax.dtypes.float0) for v in values]  # integers: no tangent
-    for i, share, count in zip(inexact, shares, counts, strict=True):
-        out_dots[i] = share / count
+    out_dots = [np.zeros(o.shape, jax.dtypes.float0) for o in out]  # integers: no tangent
+    for i, v in enumerate(values):
+        if jnp.issubdtype(v.dtype, jnp.inexact):
+            hits = winners[i].astype(dots[i].dtype)
+            out_dots[i] = lax.reduce_sum(dots[i] * hits, (0,)) / lax.reduce_sum(hits, (0,))
     return out, out_dots
 
 
@@ -235,11 +236,14 @@ class Prod(Reduction):
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return acc * value
 
-    def collective(self, values: list[jax.Array], comm_dtype) -> list[jax.Array]:
-        # JAX has no pprod: gather the devices' products and multiply (exact).
-        gathered = lax.all_gather([_encode(v, comm_dtype) for v in values], AXIS)
+    def collective(self, values: list[jax.Array], comm_dtype, mesh) -> list[jax.Array]:
+        # Every device's product on every device (an all-gather of what travels),
+        # multiplied in the accumulation dtype in device order: exact, as
+        # serial as a product over devices can be.
+        everywhere = NamedSharding(mesh, P())
         return [
-            jnp.prod(_decode(g, v.dtype), axis=0) for g, v in zip(gathered, values, strict=True)
+            jnp.prod(_decode(_replicated(_encode(v, comm_dtype), everywhere), v.dtype), axis=0)
+            for v in values
         ]
 
 
@@ -344,21 +348,31 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
 # The final combine
 
 
-def combine(ops: list[Reduction], values: list, divisor: int, comm_dtype, dtypes: list) -> list:
-    """Reduce local values across devices: one collective per op (inside shard_map).
+def combine(
+    ops: list[Reduction], values: list, divisor: int, comm_dtype, dtypes: list, mesh
+) -> list:
+    """Reduce the devices' local values into one value each, replicated on `mesh`.
 
-    `values` are local accumulations in each op's `acc_dtype`; the results come
-    back in `dtypes`, the outputs' own. `divisor` divides 'avg' outputs: the
-    global batch length, or the number of pieces over all devices when every
-    piece weighs 1 (equal pieces, or no batch axis). Floating values travel in
-    `comm_dtype` when one is given, complex ones as their real and imaginary
-    parts in it.
+    Runs outside the per-device body, on global arrays: `values` hold every
+    device's local accumulation along axis 0 (one entry per device, sharded
+    over `mesh`), in each op's `acc_dtype`. XLA's partitioner turns each
+    reduction over that axis into an all-reduce of what travels, and XLA merges
+    the all-reduces of one op and dtype into one. Written this way rather than
+    as a collective inside the body, the combination transposes to a
+    broadcast: the gradient of a reduced output reaches the devices without
+    communication, and only the gradients themselves travel.
+
+    The results come back in `dtypes`, the outputs' own. `divisor` divides
+    'avg' outputs: the global batch length, or the number of pieces over all
+    devices when every piece weighs 1 (equal pieces, or no batch axis).
+    Floating values travel in `comm_dtype` when one is given, complex ones as
+    their real and imaginary parts in it.
     """
     out = list(values)
     for op in dict.fromkeys(ops):  # each op once, in order
         idx = [i for i, o in enumerate(ops) if o == op]
-        got = op.collective([op.prepare(values[i], divisor, comm_dtype) for i in idx], comm_dtype)
-        for i, g in zip(idx, got, strict=True):
+        sent = [op.prepare(values[i], divisor, comm_dtype) for i in idx]
+        for i, g in zip(idx, op.collective(sent, comm_dtype, mesh), strict=True):
             out[i] = op.finish(g, divisor, comm_dtype, dtypes[i])
     return out
 
@@ -378,6 +392,16 @@ def _widened(dtype) -> np.dtype:
 def _cast(x: jax.Array, dtype) -> jax.Array:
     """`x` in `dtype`; no op at all when it already is (the float32 path stays as it was)."""
     return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _over_devices(reduction, x):
+    """`x` (or each part of an encoded complex value) reduced over axis 0, the devices."""
+    return jax.tree.map(lambda part: reduction(part, (0,)), x)
+
+
+def _replicated(x, sharding: NamedSharding):
+    """`x` (or each part of it) gathered onto every device."""
+    return jax.tree.map(lambda part: lax.with_sharding_constraint(part, sharding), x)
 
 
 def _encode(x: jax.Array, comm_dtype):
