@@ -56,7 +56,7 @@ device-check-smoke: $(STAMP)
 test-runs: $(STAMP)
 	$(PYTEST) -q -n $(JOBS) examples/test_examples.py notebooks/test_notebooks.py
 
-# Every notebook, executed twice in one real kernel.
+# Every notebook in a real kernel (the quickstart twice in one kernel).
 test-notebooks: $(STAMP)
 	$(PYTEST) -q -n $(JOBS) notebooks/test_notebooks.py
 

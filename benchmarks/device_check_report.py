@@ -113,9 +113,9 @@ def _indexing(result: dict | None) -> list[list[str]]:
 def _bf16(result: dict | None) -> list[list[str]]:
     if result is None:
         return [["bf16", "(no result)", "", "", ""]]
-    lowered, compiled = result["lowered"], result["compiled"]
+    partitioned, compiled = result["partitioned"], result["compiled"]
     figure = (
-        f"{result['bf16_lowered']} of {len(lowered)} lowered, "
+        f"{result['bf16_partitioned']} of {len(partitioned)} partitioned, "
         f"{result['bf16_compiled']} of {len(compiled)} compiled"
     )
     if result["platform"] == "cpu":

@@ -357,14 +357,19 @@ def test_device_check_smoke_run_prints_its_table(device_check):
     assert re.search(r"temp, num_slices=4 / num_slices=1 +0\.\d+ +<= 0\.4 +yes", table)
     assert re.search(r"test_errors +\d+ passed, 0 failed, 0 errors", table)
     assert "not completed" not in table
+    # comm_dtype=bfloat16: synk's all-reduce travels in bf16 as XLA partitions it
+    # (the CPU compiler then promotes it to f32: GPUs run it as partitioned).
+    bf16 = json.loads((device_check / "bf16.json").read_text())
+    assert bf16["partitioned"] == [["bf16"]] and bf16["bf16_partitioned"] == 1, bf16
+    assert "1 of 1 partitioned" in table
 
 
 def test_device_check_table_reads_what_the_benchmarks_write(tmp_path, device_check):
     """The table from this version's JSON and a GPU's bf16 figures; a failed step fails it."""
     for name in ("overhead", "indexing", "memory"):
         (tmp_path / f"{name}.json").write_text((device_check / f"{name}.json").read_text())
-    bf16 = {"devices": 1, "platform": "gpu", "lowered": [["bf16"]], "compiled": [["bf16"]]}
-    bf16.update(bf16_lowered=1, bf16_compiled=1, max_rel_error=0.004)
+    bf16 = {"devices": 1, "platform": "gpu", "partitioned": [["bf16"]], "compiled": [["bf16"]]}
+    bf16.update(bf16_partitioned=1, bf16_compiled=1, max_rel_error=0.004)
     (tmp_path / "bf16.json").write_text(json.dumps(bf16))
     (tmp_path / "tests-test_errors.xml").write_text(
         '<testsuites><testsuite tests="5" failures="0" errors="0" skipped="1"/></testsuites>'
@@ -374,7 +379,7 @@ def test_device_check_table_reads_what_the_benchmarks_write(tmp_path, device_che
     res = device_check_table(tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     table = res.stdout
-    assert "1 of 1 lowered, 1 of 1 compiled" in table
+    assert "1 of 1 partitioned, 1 of 1 compiled" in table
     assert re.search(r"test_errors +4 passed, 0 failed, 0 errors, 1 skipped +all pass +yes", table)
     # A step that did not complete makes the check fail; a missed target does not.
     (tmp_path / "steps.tsv").write_text("\n".join([*steps, "tests\ttimed out in x.py\t9"]))
