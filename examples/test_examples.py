@@ -2,6 +2,8 @@
 
 Each ``examples/*.py`` (except this file) runs as ``python examples/NAME.py``
 with small sizes, on 8 simulated CPU devices, and must exit with status 0.
+The scripts that examples/README.md marks "2 processes" run once more under
+``mpiexec -n 2``, with 2 simulated devices per process.
 A new example is picked up automatically; give it an entry in `EXTRA_ARGS`
 if it takes options that make it quicker (the default is ``--quiet``).
 
@@ -52,21 +54,43 @@ def _report(cmd: list[str], stdout: str | bytes | None, stderr: str | bytes | No
     )
 
 
+def _run(name: str, launcher: list[str], env: dict[str, str]) -> str:
+    """Run examples/NAME (under `launcher`, if any); fail unless it exits 0. Its output."""
+    cmd = [*launcher, sys.executable, str(HERE / name), *EXTRA_ARGS.get(name, DEFAULT_ARGS)]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{name} ran past {TIMEOUT_S} s\n{_report(cmd, e.stdout, e.stderr)}")
+    report = _report(cmd, proc.stdout, proc.stderr)
+    assert proc.returncode == 0, f"{name} exited with status {proc.returncode}\n{report}"
+    return proc.stdout + proc.stderr
+
+
 # An empty glob must fail, not be skipped as an empty parameter set.
 @pytest.mark.parametrize("name", EXAMPLES or [pytest.param(None, id="no-examples")])
 def test_example_runs(name: str | None) -> None:
     if name is None:
         pytest.fail(f"no example scripts found in {HERE}")
-    cmd = [sys.executable, str(HERE / name), *EXTRA_ARGS.get(name, DEFAULT_ARGS)]
-    try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{name} ran past {TIMEOUT_S} s\n{_report(cmd, e.stdout, e.stderr)}")
-    assert proc.returncode == 0, (
-        f"{name} exited with status {proc.returncode}\n{_report(cmd, proc.stdout, proc.stderr)}"
-    )
+    _run(name, [], _env())
+
+
+def _two_process_examples() -> list[str]:
+    """The scripts whose row in examples/README.md's table says "2 processes"."""
+    rows = (HERE / "README.md").read_text().splitlines()
+    return [n for n in EXAMPLES for r in rows if r.startswith(f"| [`{n}`]") and "2 processes" in r]
+
+
+@pytest.mark.parametrize("name", _two_process_examples() or [pytest.param(None, id="none-marked")])
+def test_example_runs_under_two_processes(name: str | None) -> None:
+    # As the README's table promises: the same script under mpiexec -n 2
+    # (2 simulated devices each here), with its own check against serial.
+    if name is None:
+        pytest.fail("no example in examples/README.md is marked '2 processes'")
+    mpiexec = str(Path(sys.executable).with_name("mpiexec"))
+    out = _run(name, [mpiexec, "-n", "2"], {**_env(), "SYNK_CPU_DEVICES": "2"})
+    assert "4 cpu device(s), 2 process(es)" in out, out[-3000:]
 
 
 def test_extra_args_name_existing_examples() -> None:
