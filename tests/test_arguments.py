@@ -88,12 +88,13 @@ def test_python_numbers_as_outputs_are_reduced(rows):
 @pytest.mark.parametrize("rows", [2 * N, 2 * N + 3])
 def test_a_forgotten_reduction_is_refused(rows):
     x, mine = _rows(rows)
-    f = synk.function(lambda x: (x**2).sum(1))  # per-row values under the default 'avg'
+    f = synk.function(lambda x: (x**2).sum(1), reduce="avg")  # per-row values, reduce 'avg'
     with pytest.raises(ValueError, match=r"output out changes with the number of rows.*\.mean"):
         f(mine)
-    # The same function with 'gather' is what was meant.
-    got = f.with_options(reduce="gather")(mine)
-    np.testing.assert_allclose(np.asarray(got), (x**2).sum(1), rtol=1e-5)
+    # The same function with 'gather' is what was meant; without reduce, the rows come whole.
+    for reduce in ("gather", None):
+        got = f.with_options(reduce=reduce)(mine)
+        np.testing.assert_allclose(np.asarray(got), (x**2).sum(1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [N, 2 * N, 2 * N + 1])

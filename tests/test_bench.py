@@ -119,8 +119,12 @@ def test_overhead(overhead):
         "synk, synk.data X[idx]",
         "hand-written, indices into resident data",
         "synk, numpy, uneven (+3)",
-        "compute-bound: synk, num_slices=1",
-        "compute-bound: synk, num_slices=4",
+        "hand-written, numpy, uneven (+3)",
+        "synk reduce='avg', numpy",
+        "hand-written shard_map, numpy",
+        "synk reduce='avg', numpy, uneven (+3)",
+        "compute-bound: synk reduce='avg', num_slices=1",
+        "compute-bound: synk reduce='avg', num_slices=4",
         "conv net: hand-written, numpy",
         "conv net: synk, numpy",
     ):
@@ -132,6 +136,7 @@ def test_overhead(overhead):
     ratio = stats["synk, numpy"]["median_us"] / stats["hand-written, numpy"]["median_us"]
     assert overhead["ratios"]["synk / hand-written, numpy"] == pytest.approx(ratio)
     assert "synk / pmap, numpy" in overhead["targets"]
+    assert overhead["targets"]["synk / hand-written, uneven"]["limit"] == 1.03
     assert "synk / hand-written, conv net" in overhead["ratios"]
     assert overhead["config"]["conv_batch"] == 16
     assert all(positive(v) for v in overhead["paired_ratios"].values())
@@ -142,7 +147,7 @@ def test_overhead(overhead):
 PROFILED = (
     "synk plans built",
     "argument descriptions (in_axes trees)",
-    "batch splits made",
+    "batch lengths checked",
     "jaxprs traced",
     "PartitionSpecs constructed",
     "tree_flatten calls",
@@ -161,7 +166,7 @@ def test_dispatch_profile_shows_nothing_redone_per_call(tmp_path_factory):
     for label in (
         "synk plans built",
         "argument descriptions (in_axes trees)",
-        "batch splits made",
+        "batch lengths checked",
         "jaxprs traced",
         "PartitionSpecs constructed",
         "tree_structure calls",

@@ -238,10 +238,11 @@ def executable_arguments(lowered) -> list[tuple[tuple[int, ...], np.dtype]]:
 
 
 @single_process("several processes build the indices into global arrays, another transfer")
-def test_only_the_indices_cross_from_host_to_device(capfd):
+@pytest.mark.parametrize("reduce", [None, "avg"])
+def test_only_the_indices_cross_from_host_to_device(capfd, reduce):
     x = RNG.normal(size=(1000, 16)).astype(np.float32)
     X, Y = synk.data(x), synk.data(x[:, 0])
-    f = synk.function(lambda a, b: (a.mean(0), b.mean()))
+    f = synk.function(lambda a, b: (a.mean(0), b.mean()), reduce=reduce)
     k = 32 * N  # an even batch: one index array, k / N indices per device
     idx = RNG.integers(0, 1000, k)
     f(X[idx], Y[idx])  # compile first

@@ -14,10 +14,14 @@ N = synk.device_count()
 RNG = np.random.default_rng(1)
 
 
-@pytest.mark.parametrize(("rows", "slices"), [(8 * N, 1), (8 * N + 3, 1), (8 * N + 3, 3)])
-def test_a_repeated_call_does_not_retrace_or_recompile(caplog, rows, slices):
+@pytest.mark.parametrize(
+    ("rows", "reduce", "slices"),
+    [(8 * N, None, 1), (8 * N + 3, None, 1), (8 * N, "avg", 1), (8 * N + 3, "avg", 1),
+     (8 * N + 3, "avg", 3)],
+)  # fmt: skip
+def test_a_repeated_call_does_not_retrace_or_recompile(caplog, rows, reduce, slices):
     fn, traces = counting(lambda w, x: jax.grad(lambda w: ((x @ w) ** 2).mean())(w))
-    f = synk.function(fn, in_axes=(None, 0), num_slices=slices)
+    f = synk.function(fn, in_axes=(None, 0), reduce=reduce, num_slices=slices)
     w = RNG.normal(size=3).astype(np.float32)
     x = RNG.normal(size=(rows, 3)).astype(np.float32)
     with compilations(caplog) as first_compiled:

@@ -94,11 +94,17 @@ def test_gradient_through_synchronised_batch_norm_equals_serial():
 
 def test_batch_norm_over_the_axis_name_refuses_a_batch_the_devices_do_not_divide():
     graphdef, state = nnx.split(_batch_norm(3))
-    f = synk.function(lambda state, x: _merge(graphdef, state)(x).mean(0), in_axes=(None, 0))
+    f = synk.function(
+        lambda state, x: _merge(graphdef, state)(x).mean(0), in_axes=(None, 0), reduce="avg"
+    )
     x = _rows(2 * N + P, 3)  # each process an equal share; the devices an uneven one
     with pytest.raises(ValueError, match=r"synk\.lax\.axis_name.*does not divide over"):
         f(state, synk.process_share(x))
     with pytest.raises(ValueError, match=r"synk\.lax\.axis_name.*Use num_slices=1"):
         f.with_options(num_slices=2)(state, synk.process_share(_rows(4 * N, 3)))
-    # The serial function has no devices to divide over: any batch is fine.
-    assert f.serial(state, x).shape == (3,)
+    # The serial function has no devices to divide over: any batch is fine; nor
+    # has the whole function under XLA's partitioner (no reduce), which equals it.
+    want = f.serial(state, x)
+    assert want.shape == (3,)
+    got = f.with_options(reduce=None)(state, synk.process_share(x))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -76,7 +76,9 @@ def test_control_flow_with_constant_carries_and_branches_equals_serial(fn, rows,
     if fn is while_sum:
         return  # while_loop has no reverse-mode derivative, in JAX itself
     # and a gradient through it, taken inside
-    g = synk.function(jax.grad(lambda w, x: fn(w, x)[0]), in_axes=(None, 0), num_slices=slices)
+    g = synk.function(
+        jax.grad(lambda w, x: fn(w, x)[0]), in_axes=(None, 0), reduce="avg", num_slices=slices
+    )
     _close(g(w, mine), jax.grad(lambda w: fn(w, xj)[0])(w), rtol=1e-4, atol=1e-5)
 
 

@@ -95,7 +95,7 @@ def test_reduce_avg_of_low_precision_does_not_overflow(dtype):
 def test_avg_with_float16_comm_dtype_divides_before_the_cast():
     # The devices' weighted sums (up to 64 * 1e4) leave float16's range; their mean does not.
     x = np.full(global_rows(64), 1e4, np.float32)
-    got = call(lambda x: x.mean(), x, comm_dtype=jnp.float16)
+    got = call(lambda x: x.mean(), x, reduce="avg", comm_dtype=jnp.float16)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, 1e4, rtol=4e-3)  # float16's rounding, not inf
     reduced = synk.reduce(synk.broadcast(np.float32(1e4)), "avg", comm_dtype=jnp.float16)

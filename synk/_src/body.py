@@ -305,6 +305,7 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False)
                 result[i] = v
         return result
 
+    outer.__name__ = f"synk_per_device_{getattr(core.fn, '__name__', 'fn')}"  # f.lower shows it
     if traced:
         # Inside a trace shard_map's in_specs place the values; a concrete value
         # met there (an eager jax.grad's primal, say) is taken as jax.jit takes
@@ -316,7 +317,7 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False)
     return jax.jit(outer, in_shardings=shardings, donate_argnums=donated)
 
 
-def donated(core, descs: list[Leaf], layout: Layout) -> tuple[int, ...]:
+def donated(core, descs: list[Leaf], layout: Layout | None) -> tuple[int, ...]:
     """The executable's argument slots that `donate_argnums` gives away."""
     if not core.donate:
         return ()
@@ -325,6 +326,7 @@ def donated(core, descs: list[Leaf], layout: Layout) -> tuple[int, ...]:
         k
         for k, d in enumerate(descs)
         if d.source not in (Source.SCALAR, Source.VIEW)  # a view's data outlives the call
-        and any(d.name == nm or d.name.startswith(nm + "[") for nm in names)
+        and any(d.name == nm or d.name.startswith((nm + "[", nm + ".")) for nm in names)
     ]
-    return tuple(hit + [slot for i, slot in layout.extra.items() if i in hit])
+    extra = layout.extra.items() if layout is not None else ()
+    return tuple(hit + [slot for i, slot in extra if i in hit])

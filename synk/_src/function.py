@@ -39,9 +39,10 @@ import jax
 from synk._src import lax as synk_lax
 from synk._src import processes, runtime
 from synk._src import reduce as red
-from synk._src.plan import Plan, leaf_key
-from synk._src.runtime import AXIS
-from synk._src.signature import Signature, Statics, as_tuple, check_in_axes, leaf_entries
+from synk._src.partition import Outputs, Recompiles, Structure, partition
+from synk._src.plan import Plan, leaf_key, user_call
+from synk._src.roles import entries
+from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
 
 # --------------------------------------------------------------------------
 # The decorator
@@ -55,7 +56,7 @@ def function(
     /,
     *,
     in_axes: Any = 0,
-    reduce: Any = "avg",
+    reduce: Any = None,
     num_slices: int = 1,
     static_argnums: int | Sequence[int] = (),
     static_argnames: str | Sequence[str] = (),
@@ -70,7 +71,7 @@ def function(
     /,
     *,
     in_axes=0,
-    reduce="avg",
+    reduce=None,
     num_slices=1,
     static_argnums=(),
     static_argnames=(),
@@ -168,7 +169,21 @@ class Options:
                 f"{where}: num_slices={num_slices!r}; expected an integer >= 1 (the number of "
                 "sequential pieces each device splits its rows into)."
             )
-        return cls(reduce, num_slices, red.parse_comm_dtype(comm_dtype, where))
+        comm_dtype = red.parse_comm_dtype(comm_dtype, where)
+        if reduce is None and num_slices != 1:
+            raise ValueError(
+                f"{where}: num_slices={num_slices} runs each device's rows in pieces and "
+                "combines their outputs, which needs outputs that combine over rows: give an "
+                "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
+                "function runs whole under XLA's partitioner, exact for any function."
+            )
+        if reduce is None and comm_dtype is not None:
+            raise ValueError(
+                f"{where}: comm_dtype={comm_dtype} compresses explicit reductions: give one "
+                "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
+                "collectives, in the function's own dtypes."
+            )
+        return cls(reduce, num_slices, comm_dtype)
 
     @property
     def key(self):
@@ -178,6 +193,8 @@ class Options:
 
 # --------------------------------------------------------------------------
 # The public object
+
+_UNCHANGED = object()  # with_options: an option left as it is (None is a reduce spec)
 
 
 class Function:
@@ -192,8 +209,9 @@ class Function:
     def __call__(self, *args, **kwargs):
         core = self._core
         statics, dyn = core.bind(args, kwargs)
-        leaves, treedef = jax.tree_util.tree_flatten(dyn)
-        key = (self._key, treedef, statics, *map(leaf_key, leaves))
+        call = partition(dyn)
+        leaves = call.traced
+        key = (self._key, statics, call.key, *map(leaf_key, leaves))
         plan = core.cache.get(key)
         share = True
         if plan is not None and plan.shared and not plan.sharing_holds(leaves):
@@ -201,19 +219,30 @@ class Function:
             key, share = (*key, "unshared"), False
             plan = core.cache.get(key)
         if plan is None:  # building agrees across processes itself
-            plan = core.cache[key] = Plan.build(core, self._options, statics, dyn, leaves, share)
+            plan = core.cache[key] = Plan.build(core, self._options, statics, dyn, call, share)
         elif plan.digest is not None:  # several processes: all must make this same call
             processes.agree(core.where, plan.description, plan.digest)
         out = plan.jitted(*plan.place(leaves))
         if plan.eager:  # inside a trace the outer executable is what runs
             runtime.throttle(out[0] if out else None, core.platform)
-        return jax.tree_util.tree_unflatten(plan.out.treedef, out)
+        result, new = jax.tree_util.tree_unflatten(plan.out.treedef, out)
+        if new:  # Flax NNX Variables the function wrote into
+            call.write_back(new, plan.structure)
+        return plan.outputs.restore(result)
 
-    def with_options(self, *, reduce=None, num_slices=None, comm_dtype=None) -> Function:
+    @property
+    def path(self) -> str:
+        """How a call runs: ``'whole'`` (no reduce: the whole function under XLA's
+        partitioner, exact for any function) or ``'per-device'`` (explicit reductions:
+        the function on each device's rows, outputs combined by their ops)."""
+        return "whole" if self._options.reduce is None else "per-device"
+
+    def with_options(self, *, reduce=_UNCHANGED, num_slices=None, comm_dtype=None) -> Function:
         """The same function with other options; shares the compile cache.
 
         Args:
-          reduce: a new reduce spec (see `synk.function`); default: unchanged.
+          reduce: a new reduce spec (see `synk.function`), or None for the whole
+            function under XLA's partitioner; default: unchanged.
           num_slices: a new number of sequential pieces per device.
           comm_dtype: a new dtype for reductions to travel in.
 
@@ -230,7 +259,7 @@ class Function:
         """
         opts = self._options
         new = Options(
-            opts.reduce if reduce is None else reduce,
+            opts.reduce if reduce is _UNCHANGED else reduce,
             opts.num_slices if num_slices is None else num_slices,
             opts.comm_dtype if comm_dtype is None else comm_dtype,
         )
@@ -244,6 +273,8 @@ class Function:
     def serial(self, *args, **kwargs):
         """Run the undecorated function on one device: the reference result.
 
+        It takes what a call takes, and writes into Flax NNX Variables as a call does.
+
         Example:
           >>> import numpy as np, synk
           >>> f = synk.function(lambda x: (x ** 2).mean())
@@ -251,12 +282,23 @@ class Function:
           >>> bool(np.isclose(f(x), f.serial(x)))
           True
         """
-        rows = self._core.batch_rows(args, kwargs)
-        with synk_lax.tracing(bound=True, rows=None if rows is None else (lambda: 0, rows)):
-            return self._core.serial(args, kwargs)
+        core = self._core
+        statics, dyn = core.bind(args, kwargs)
+        call = partition(dyn)
+        key = (statics, call.key, *map(leaf_key, call.traced))
+        serial = core.serials.get(key)
+        if serial is None:
+            serial = core.serials[key] = _Serial.build(core, statics, dyn, call)
+        result, new = serial.jitted(call.traced)
+        if new:
+            call.write_back(new, serial.structure)
+        return serial.outputs.restore(result)
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
         """JAX's ``Lowered`` for these arguments: inspect the HLO and its collectives.
+
+        The program is named for the path the function takes:
+        ``jit_synk_whole_<name>`` or ``jit_synk_per_device_<name>``.
 
         Example:
           >>> import numpy as np, synk
@@ -266,9 +308,9 @@ class Function:
         """
         core = self._core
         statics, dyn = core.bind(args, kwargs)
-        leaves = jax.tree_util.tree_leaves(dyn)
-        plan = Plan.build(core, self._options, statics, dyn, leaves)
-        return plan.jitted.lower(*plan.place(leaves))
+        call = partition(dyn)
+        plan = Plan.build(core, self._options, statics, dyn, call)
+        return plan.jitted.lower(*plan.place(call.traced))
 
     @property
     def options(self) -> dict:
@@ -280,12 +322,23 @@ class Function:
         core, o = self._core, self._options
         n = len(core.devices)
         kind = core.devices[0].platform
-        extras = f", comm_dtype={o.comm_dtype}" if o.comm_dtype is not None else ""
+        extras = ""
+        if o.reduce is not None:
+            extras = f", num_slices={o.num_slices}"
+            extras += f", comm_dtype={o.comm_dtype}" if o.comm_dtype is not None else ""
         return (
             f"synk.Function({core.name}, in_axes={core.in_axes!r}, reduce={o.reduce!r}, "
-            f"num_slices={o.num_slices}{extras}, devices={n}x{kind}, "
-            f"compiled={len(core.cache)})"
+            f"path={self.path!r}{extras}, devices={n}x{kind}, compiled={len(core.cache)})"
         )
+
+
+def _rows(traced: list) -> int | None:
+    """The batch length of a call: the rows of its first sliced leaf (None if none)."""
+    for _, leaf, entry in traced:
+        shape = getattr(leaf, "shape", ())
+        if isinstance(entry, int) and len(shape) > 0:
+            return shape[entry]
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -313,25 +366,8 @@ class _Core:
         self.platform = self.devices[0].platform
         self.cache: dict = {}  # plan key -> Plan, shared by every with_options variant
         self.variants: dict = {}  # options key -> Function
-        self.one_device = jax.jit(functools.partial(_on_one_device, fn), static_argnums=(1, 2, 3))
-
-    def serial(self, args: tuple, kwargs: dict):
-        """`fn` on one device, jitted: non-array leaves and statics are static, as in a call."""
-        statics, dyn = self.bind(args, kwargs)
-        leaves, treedef = jax.tree_util.tree_flatten(dyn)
-        static = [_is_static(x) for x in leaves]
-        fixed = tuple(x if s else None for x, s in zip(leaves, static))
-        arrays = [x for x, s in zip(leaves, static) if not s]
-        return self.one_device(arrays, treedef, statics, fixed)
-
-    def batch_rows(self, args: tuple, kwargs: dict) -> int | None:
-        """The batch length of a call: the rows of its first sliced leaf (None if none)."""
-        _, dyn = self.bind(args, kwargs)
-        for _, leaf, entry in leaf_entries(self.in_axes, self.signature, dyn, self.where):
-            shape = getattr(leaf, "shape", ())
-            if isinstance(entry, int) and len(shape) > 0:
-                return shape[entry]
-        return None
+        self.recompiles = Recompiles()
+        self.serials: dict = {}  # f.serial's executables, by the same key as a call's
 
     def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, Any]:
         """(statics, dyn): the call bound to the signature, statics taken out."""
@@ -339,27 +375,26 @@ class _Core:
         return self.statics.split(args, kwargs, self.signature, self.where)
 
 
-def _on_one_device(fn, arrays: list, treedef, statics: tuple, fixed: tuple):
-    """`fn` with synk's device axis bound at size 1, for `Function.serial`.
+@dataclasses.dataclass(frozen=True)
+class _Serial:
+    """`fn` on one device, jitted, for one call signature of `Function.serial`."""
 
-    Collectives over the axis (synk.lax, or a library's ``lax.pmean(x,
-    synk.lax.axis_name)``) then act as on a single device. The arrays enter
-    the size-1 map as its (unmapped) arguments, not captured, so libraries
-    that mutate state in place (flax's Variables) see one trace level.
-    """
+    jitted: Callable
+    structure: Structure
+    outputs: Outputs
 
-    def call(arrays):
-        it = iter(arrays)
-        leaves = [next(it) if x is None else x for x in fixed]
-        args, kwargs = Statics.merge(statics, jax.tree_util.tree_unflatten(treedef, leaves))
-        return fn(*args, **kwargs)
+    @classmethod
+    def build(cls, core: _Core, statics: tuple, dyn, call) -> _Serial:
+        structure = call.structure()
+        traced, _ = entries(core, dyn, call, structure)
+        rows = _rows(traced)
+        first = None if rows is None else (lambda: 0, rows)
+        outputs = Outputs()
+        call_user = user_call(core.fn, structure, statics, outputs)
 
-    out = jax.vmap(call, in_axes=(None,), axis_name=AXIS, axis_size=1)(arrays)
-    return jax.tree_util.tree_map(lambda o: o[0], out)
+        def serial(arrays):
+            # synk's device axis bound at size 1: synk.lax acts as on one device.
+            with synk_lax.tracing(bound=True, rows=first):
+                return synk_lax.on_one_device(call_user, arrays)
 
-
-def _is_static(x) -> bool:
-    """A non-array leaf (a function, a string): static, as in a call (`roles`)."""
-    return not isinstance(x, int | float | bool | complex) and not (
-        hasattr(x, "shape") and hasattr(x, "dtype")
-    )
+        return cls(jax.jit(serial), structure, outputs)

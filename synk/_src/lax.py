@@ -50,6 +50,19 @@ def _bound() -> bool:
     return _trace.bound
 
 
+def on_one_device(fn, arrays: list):
+    """``fn(arrays)`` with synk's device axis bound at size 1: the whole batch on one device.
+
+    Collectives over the axis (synk.lax, or a library's ``lax.pmean(x,
+    synk.lax.axis_name)``) then act as on a single device. The arrays enter
+    the size-1 map as its (unmapped) arguments, not captured, so libraries
+    that write state in place (Flax's Variables, made inside `fn`) see one
+    trace level.
+    """
+    out = jax.vmap(fn, in_axes=(None,), axis_name=AXIS, axis_size=1)(arrays)
+    return jax.tree_util.tree_map(lambda o: o[0], out)
+
+
 axis_name = AXIS
 """The name of synk's device axis, for libraries that take an ``axis_name``.
 

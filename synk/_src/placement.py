@@ -88,7 +88,7 @@ class _ViewIndices:
                 jit_args[slot] = part
 
 
-_PASS = _Pass()
+PASS = _Pass()
 
 
 # --------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
     if layout.traced:
         return _traced_placer(core, descs, layout)
     actions = [_action(core, i, d, split, layout, shardings) for i, d in enumerate(descs)]
-    if core.groups == 1 and all(a is _PASS for a in actions):
+    if core.groups == 1 and all(a is PASS for a in actions):
         return list  # the common case: every leaf goes to jit as it is
     shares = frozenset(
         [i for i, d in enumerate(descs) if d.sliced_array and d.host]
@@ -113,7 +113,7 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
         for i, (action, x) in enumerate(zip(actions, leaves)):
             action.put(x, jit_args, i)
         if core.groups > 1:
-            _to_global(jit_args, shardings, shares, core.groups)
+            to_global(jit_args, shardings, shares, core.groups)
         return jit_args
 
     return place
@@ -148,24 +148,35 @@ def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, sharding
         parts = functools.partial(synk_data.host_requests, split=split) if own else None
         return _ViewIndices(layout.index[i], f"{core.where}: argument `{d.name}`", parts)
     if d.role is Role.SLICED and uneven and d.source is Source.DEVICE:
-        # Other devices, or the same in another order (a function's output with
-        # devices=synk.devices()[::-1]): the splitter's jit would refuse it.
-        away = compat.device_order(d.sharding) != core.devices
-        return _Split(layout.extra[i], _device_splitter(core, d, split, shardings[i], away))
+        return _Split(layout.extra[i], _device_splitter(core, d, split, shardings[i]))
     if d.role is Role.SLICED and uneven:
         return _Split(layout.extra[i], functools.partial(_host_parts, d.axis, split))
-    if d.source is Source.DEVICE and not d.sharding.is_equivalent_to(shardings[i], d.aval.ndim):
+    return action_for_whole(core, d, shardings[i])
+
+
+def action_for_whole(core, d: Leaf, target: NamedSharding):
+    """A leaf that travels whole in one slot: as it is, or moved to `target`."""
+    if d.source is Source.DEVICE and not d.sharding.is_equivalent_to(target, d.aval.ndim):
         if core.groups > 1 and not d.sharding.device_set >= set(core.devices):
             # One process's own array (a key made here, say): the same value on
             # every process, as a host value is; each device takes its part.
-            return _FromEveryProcess(shardings[i])
-        return _Reshard(shardings[i])
-    return _PASS
+            return _FromEveryProcess(target)
+        return _Reshard(target)
+    return PASS
 
 
-def _device_splitter(core, d: Leaf, split: Split, target: NamedSharding, away: bool):
+def on_mesh_in_order(core, d: Leaf) -> bool:
+    """Whether a device leaf lies on the function's devices in their order.
+
+    Other devices, or the same in another order (a function's output with
+    devices=synk.devices()[::-1]): a jit over the mesh would refuse it.
+    """
+    return compat.device_order(d.sharding) == core.devices
+
+
+def _device_splitter(core, d: Leaf, split: Split, target: NamedSharding):
     parts = jax.jit(lambda x: device_parts(x, d.axis, split), out_shardings=[target, target])
-    if not away:
+    if on_mesh_in_order(core, d):
         return parts
     replicated = NamedSharding(core.mesh, P())
     # jit needs it on the mesh, in the mesh's order; device_put reorders shards.
@@ -176,7 +187,7 @@ def _host_parts(axis: int, split: Split, x) -> list[np.ndarray]:
     return host_parts(np.asarray(x), axis, split)
 
 
-def _to_global(jit_args: list, shardings: list, shares: frozenset, groups: int) -> None:
+def to_global(jit_args: list, shardings: list, shares: frozenset, groups: int) -> None:
     """Several processes: turn the host values into global arrays.
 
     Slots in `shares` hold this process's share of the rows (sliced arguments

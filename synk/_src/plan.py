@@ -26,12 +26,12 @@ import jax
 import numpy as np
 
 from synk._src import body as synk_body
-from synk._src import compat, placement, processes
+from synk._src import compat, partition, partitioned, placement, processes
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
 from synk._src.layout import Layout
-from synk._src.roles import SCALARS, STATIC, Leaf, Role, describe_leaves
+from synk._src.roles import SCALARS, Leaf, Role, describe_leaves, entries
 from synk._src.runtime import AXIS
 from synk._src.signature import Statics
 from synk._src.split import Split, make_split
@@ -41,7 +41,7 @@ from synk._src.split import Split, make_split
 
 
 def leaf_key(x):
-    """What of a leaf the plan depends on: on the hot path, so cheap to read."""
+    """What of a traced leaf the plan depends on: on the hot path, so cheap to read."""
     t = type(x)
     if t in SCALARS:
         return t
@@ -61,14 +61,7 @@ def leaf_key(x):
             return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
         except AttributeError:  # a tracer (inside jax.jit, grad, vmap): no sharding
             return (t, x.aval)
-    try:
-        return (t, x.shape, x.dtype)
-    except AttributeError:
-        pass
-    try:  # a non-array leaf (a function, a string): static, keyed by its value
-        return (STATIC, t, x, hash(x))
-    except TypeError:
-        return (t, id(x))  # unhashable: the plan refuses it, naming it
+    return (t, x.shape, x.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -79,9 +72,10 @@ def leaf_key(x):
 class Plan:
     """Everything about one call signature, fixed at its first call."""
 
-    descs: list[Leaf]
-    split: Split | None
-    out: red.OutPlan
+    path: str  # "whole" (the default) or "per-device" (explicit reductions)
+    structure: partition.Structure  # how the arguments are rebuilt from the traced leaves
+    outputs: partition.Outputs  # the outputs' static leaves, from the trace
+    out: Any  # .treedef: the outputs and the in-place updates, as the executable returns them
     jitted: Any
     place: Callable
     description: str  # the call as this process sees it, for the cross-process check
@@ -94,32 +88,32 @@ class Plan:
         return all(_same_indices(leaves[i], leaves[j]) for i, j in self.shared)
 
     @classmethod
-    def build(cls, core, options, statics, dyn, leaves, share=True) -> Plan:
+    def build(cls, core, options, statics, dyn, call: partition.Call, share=True) -> Plan:
+        structure = call.structure()
+        leaves = call.traced
+        whole = options.reduce is None
         shared = equal_indices(leaves) if share else {}
-        description = processes.describe_call(options, statics, dyn, leaves, shared)
+        traced_entries, names = entries(core, dyn, call, structure)
+        description = processes.describe_call(
+            options, statics, names, structure, traced_entries, shared
+        )
         traced = any(_is_traced(x) for x in leaves)
         digest = None
         if core.groups > 1 and processes.CHECK_CALLS and not traced:
             # Agree before any check can raise, so every process raises alike.
             digest = processes.signature_hash(description)
             processes.agree(core.where, description, digest)
-        every = describe_leaves(core, dyn, leaves, traced)
-        # Non-array leaves are static: in the key, not among the executable's arguments.
-        dynamic = [i for i, d in enumerate(every) if d.role is not Role.STATIC]
-        at = {i: k for k, i in enumerate(dynamic)}
-        descs = [dataclasses.replace(every[i], shares=at.get(shared.get(i))) for i in dynamic]
+        descs = describe_leaves(core, traced_entries, traced)
+        descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
+        core.recompiles.note(core.where, structure, names)
+        outputs = partition.Outputs()
+        call_user = user_call(core.fn, structure, statics, outputs)
+        if whole:
+            return cls._whole(core, options, structure, outputs, descs, call_user, description,
+                              digest, traced, tuple(shared.items()))  # fmt: skip
         split = batch_split(core, descs, options.num_slices)
-        treedef = jax.tree_util.tree_structure(dyn)
-        fixed = [x if d.role is Role.STATIC else None for d, x in zip(every, leaves)]
-
-        def call_user(flat):
-            full = list(fixed)
-            for i, x in zip(dynamic, flat, strict=True):
-                full[i] = x
-            args, kwargs = Statics.merge(statics, jax.tree_util.tree_unflatten(treedef, full))
-            return core.fn(*args, **kwargs)
-
-        out, uses_lax = trace_outputs(core, options, descs, split, call_user)
+        variables = [names[i] for i in structure.variables]
+        out, uses_lax = trace_outputs(core, options, descs, split, call_user, variables)
         if split is not None and (uses_lax or out.indices(red.PER_DEVICE)):
             check_whole_share(core, split, uses_lax)
         layout = Layout.of(descs, split, traced)
@@ -129,16 +123,39 @@ class Plan:
         donated = () if traced else synk_body.donated(core, descs, layout)
         jitted = synk_body.executable(core, body, donated, traced)
         place = placement.placer(core, descs, split, layout)
-        if len(dynamic) != len(leaves):
-            place = _without_statics(place, dynamic)
         return cls(
-            descs, split, out, jitted, place, description, digest, tuple(shared.items()),
+            "per-device", structure, outputs, out, jitted, place, description, digest,
+            tuple(shared.items()), not traced,
+        )  # fmt: skip
+
+    @classmethod
+    def _whole(cls, core, options, structure, outputs, descs, call_user, description, digest,
+               traced, shared):  # fmt: skip
+        partitioned.check_in_axes(core, descs)
+        rows = batch_rows(core, descs, groups=False)
+        pad = partitioned.pads(core, descs, traced)
+        out = partitioned.Outputs()
+        donated = () if traced else synk_body.donated(core, descs, None)
+        first = None if rows is None else (lambda: 0, rows)
+        jitted = partitioned.executable(core, descs, pad, call_user, first, traced, donated, out)
+        place = partitioned.placer(core, descs, pad, traced)
+        return cls(
+            "whole", structure, outputs, out, jitted, place, description, digest, shared,
             not traced,
         )  # fmt: skip
 
 
-def _without_statics(place, dynamic: list[int]):
-    return lambda leaves: place([leaves[i] for i in dynamic])
+def user_call(fn, structure: partition.Structure, statics: tuple, outputs) -> Callable:
+    """The user's function on the traced leaves: (its traced outputs, what it wrote into
+    Variables); `outputs` records the static ones."""
+
+    def call_user(flat):
+        dyn, fresh = structure.rebuild(flat)
+        args, kwargs = Statics.merge(statics, dyn)
+        out = fn(*args, **kwargs)
+        return outputs.split(out), partition.updates(structure, fresh, flat)
+
+    return call_user
 
 
 def _is_traced(x) -> bool:
@@ -176,13 +193,22 @@ def equal_indices(leaves: list) -> dict[int, int]:
 
 def batch_split(core, descs: list[Leaf], slices: int) -> Split | None:
     """How the sliced leaves' rows are dealt; None when no leaf is sliced."""
-    sliced = [d for d in descs if d.role is Role.SLICED]
-    if not sliced:
+    if not any(d.role is Role.SLICED for d in descs):
         if slices != 1:
             raise ValueError(
                 f"{core.where}: num_slices={slices} needs an argument sliced along a batch "
                 "axis, but every argument is broadcast or per-device."
             )
+        return None
+    rows, groups = batch_rows(core, descs)
+    return make_split(rows, len(core.devices), slices, groups=groups, where=core.where)
+
+
+def batch_rows(core, descs: list[Leaf], groups: bool = True):
+    """The global batch length (None if nothing is sliced), and with `groups` the
+    number of process groups that split it; checks that the sliced leaves agree."""
+    sliced = [d for d in descs if d.role is Role.SLICED]
+    if not sliced:
         return None
     first = sliced[0]
     rows = first.aval.shape[first.axis]
@@ -195,19 +221,24 @@ def batch_split(core, descs: list[Leaf], slices: int) -> Split | None:
                 f"{other} rows (axis {d.axis}). Pass batches of equal length, or mark "
                 "arguments that are not batched as broadcast with in_axes=None."
             )
+    if rows < 1:
+        raise ValueError(
+            f"{core.where}: the batch is empty (0 rows along the sliced axis). "
+            "Pass at least one row, or mark the argument as broadcast with in_axes=None."
+        )
     # Host arrays are each process's share, so each process splits its own
     # rows (groups = processes). Views and global device arrays are the same
     # on every process, so one split over all devices serves any batch length.
-    groups = core.groups if any(d.host for d in sliced) else 1
-    if rows % groups:
+    count = core.groups if any(d.host for d in sliced) else 1
+    if rows % count:
         other = next(d for d in sliced if not d.host)
         raise ValueError(
             f"{core.where}: `{other.name}` holds {rows} rows of the global batch, which do "
-            f"not divide over {groups} processes, but the host arrays beside it are each "
+            f"not divide over {count} processes, but the host arrays beside it are each "
             "process's share of it. Use a global batch that is a multiple of the process "
             "count, or pass every batched argument the same way."
         )
-    return make_split(rows, len(core.devices), slices, groups=groups, where=core.where)
+    return (rows, count) if groups else rows
 
 
 # --------------------------------------------------------------------------
@@ -227,12 +258,13 @@ def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]
     return out
 
 
-def trace_outputs(core, options, descs, split, call_user) -> tuple[red.OutPlan, bool]:
+def trace_outputs(core, options, descs, split, call_user, names) -> tuple[red.OutPlan, bool]:
     """Trace the function abstractly at every piece size: its outputs, and whether it
-    talks across devices. Refuses outputs that depend on the number of rows."""
+    talks across devices. Refuses outputs that depend on the number of rows.
+    `names` names each Variable the function may write into."""
     sizes = [None] if split is None else split.piece_sizes()
     traced = [_trace(core, call_user, descs, rows) for rows in sizes]
-    out = red.plan_outputs(options.reduce, traced[0][0], core.where)
+    out = red.plan_with_updates(options.reduce, traced[0][0], core.where, names)
     uses = any(u for _, u in traced)
     if split is None:
         return out, uses

@@ -21,6 +21,8 @@ import zlib
 import jax
 import numpy as np
 
+from synk._src import partition
+
 _RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 
 
@@ -134,32 +136,31 @@ def checking(enabled: bool):
         CHECK_CALLS = before
 
 
-def describe_call(options, statics, dyn, leaves, shared: dict) -> str:
+def describe_call(options, statics, names, structure, traced_entries, shared: dict) -> str:
     """A call's structure, shapes, statics and options: the same text in every process
     that makes the same call (its hash is what `agree` compares)."""
-    from synk._src.data import Batch  # data -> runtime -> processes: import when used
-
     parts = []
-    paths = jax.tree_util.tree_flatten_with_path(dyn)[0]
-    for k, ((path, _), leaf) in enumerate(zip(paths, leaves, strict=True)):
-        name = jax.tree_util.keystr(path)
-        if isinstance(leaf, Batch):
-            same = ""
-            if k in shared:
-                same = f" (equal to {jax.tree_util.keystr(paths[shared[k]][0])}'s)"
+    for k, (name, leaf, _) in enumerate(traced_entries):
+        if partition.is_batch(type(leaf)):
+            same = f" (equal to {traced_entries[shared[k]][0]}'s)" if k in shared else ""
             parts.append(f"{name}: synk.Data batch, indices {list(leaf.index.shape)}{same}")
-        elif type(leaf) in (int, float, bool, complex):
+        elif type(leaf) in partition.NUMBERS:
             parts.append(f"{name}: {type(leaf).__name__}")
-        elif hasattr(leaf, "dtype") and hasattr(leaf, "shape"):
+        else:
             parts.append(f"{name}: {leaf.dtype}{list(leaf.shape)}")  # str: typed keys too
-        else:  # refused later, alike on every process
-            parts.append(f"{name}: {type(leaf).__name__}")
+    for name, slot in zip(names, structure.slots, strict=True):
+        if type(slot) is partition.Static:
+            parts.append(f"{name}: static {_show(slot.value)}")
     for name, _, value in statics:
-        simple = isinstance(value, int | float | str | bool | type(None) | tuple)
-        parts.append(f"static {name}={value!r}" if simple else f"static {name}: {type(value)}")
+        parts.append(f"static {name}: {_show(value)}")
     parts.append(f"reduce={options.reduce!r} num_slices={options.num_slices}")
     parts.append(f"comm_dtype={options.comm_dtype}")
     return "; ".join(parts)
+
+
+def _show(value) -> str:
+    simple = isinstance(value, int | float | str | bool | type(None) | tuple)
+    return repr(value) if simple else str(type(value))
 
 
 def signature_hash(description: str) -> int:

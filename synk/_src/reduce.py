@@ -175,8 +175,10 @@ class Extremum(Reduction):
     largest: bool = True
 
     def check_dtype(self, aval, where: str) -> None:
-        super().check_dtype(aval, where)
         dtype = np.dtype(aval.dtype)
+        if dtype == np.bool_:
+            return  # any (max) or all (min), as jnp.max of bools
+        super().check_dtype(aval, where)
         if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(
                 f"{where} has dtype {dtype} and reduce {self.name!r}, but complex numbers "
@@ -185,10 +187,13 @@ class Extremum(Reduction):
             )
 
     def acc_dtype(self, dtype) -> np.dtype:
-        return np.dtype(dtype)  # exact in any dtype: no widening, no cast
+        # Exact in any dtype: no widening. Bools travel as bytes (XLA's max
+        # all-reduce takes no booleans), 1 for True: max is any, min is all.
+        return np.dtype(np.uint8) if np.dtype(dtype) == np.bool_ else np.dtype(dtype)
 
     def identity(self, aval) -> jax.Array:
-        return jnp.full(aval.shape, _end(aval.dtype, low=self.largest), aval.dtype)
+        dtype = self.acc_dtype(aval.dtype)
+        return jnp.full(aval.shape, _end(dtype, low=self.largest), dtype)
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return jnp.maximum(acc, value) if self.largest else jnp.minimum(acc, value)
@@ -341,6 +346,33 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
     avals = [aval for _, aval in flat]
     for op, aval, path in zip(ops, avals, paths, strict=True):
         op.check(aval, f"{where}: output out{path}")
+    return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
+
+
+def plan_with_updates(spec: Any, shape: Any, where: str, names: list[str]) -> OutPlan:
+    """`plan_outputs` for ``(outputs, in-place updates)``: an op for each updated Variable.
+
+    On this path each device writes its own value into a Variable; floating
+    state (batch statistics) comes back averaged over the devices' rows,
+    integer and boolean state (counters, flags) as its maximum.
+    """
+    out, new = shape
+    user = plan_outputs(spec, out, where)
+    ops, avals, paths = list(user.ops), list(user.avals), list(user.paths)
+    for k, leaves in sorted(new.items()):
+        for aval in leaves:
+            if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
+                raise TypeError(
+                    f"{where}: the function writes a PRNG key into `{names[k]}`, and on the "
+                    "per-device path (an explicit reduce) each device would write its own. "
+                    "Leave reduce out (the whole function under XLA's partitioner), or "
+                    "return the new key as an output with reduce 'per_device'."
+                )
+            inexact = jnp.issubdtype(aval.dtype, jnp.inexact)
+            ops.append(AVG if inexact else MAX)
+            avals.append(aval)
+            paths.append(f" (the in-place update of `{names[k]}`)")
+    treedef = jax.tree_util.tree_structure(shape)
     return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
 
 

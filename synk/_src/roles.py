@@ -18,19 +18,17 @@ from typing import Any
 
 import jax
 
-from synk._src import compat
+from synk._src import compat, partition
 from synk._src import data as synk_data
 from synk._src.signature import PER_DEVICE, leaf_entries
 
 SCALARS = (int, float, bool, complex)
-STATIC = "static"  # marks a non-array leaf's cache key (`plan.leaf_key`)
 
 
 class Role(enum.Enum):
     SLICED = "sliced"  # split along its batch axis across the devices
     BROADCAST = "broadcast"  # every device sees the whole value
     PER_DEVICE = "per_device"  # device i sees entry i of the leading axis
-    STATIC = "static"  # not an array (a function, a string): part of the key, not traced
 
 
 class Source(enum.Enum):
@@ -41,7 +39,6 @@ class Source(enum.Enum):
     DEVICE = "a jax.Array"  # already on the devices, with a known sharding
     VIEW = "a synk.Data batch"  # rows of device-resident data, picked by indices
     TRACED = "a traced value"  # inside jax.jit, grad or vmap: a global value the outer jit places
-    STATIC = "not an array"
 
 
 class View(enum.Enum):
@@ -74,16 +71,34 @@ class Leaf:
         return self.role is Role.SLICED and self.view is None
 
 
-def describe_leaves(core, dyn, leaves: list, traced: bool = False) -> list[Leaf]:
-    """Every leaf's record, in tree_flatten's order; bad input raises here.
+def entries(core, dyn, call: partition.Call, structure: partition.Structure):
+    """(name, leaf, in_axes entry) of every traced leaf, and every slot's name.
+
+    A Variable's value is traced and broadcast; its in_axes entry must be
+    None. An unhashable static leaf is refused here, by name.
+    """
+    every = leaf_entries(core.in_axes, core.signature, dyn, core.where, partition.variable_test())
+    traced = []
+    for (name, leaf, entry), slot in zip(every, structure.slots, strict=True):
+        if slot is partition.TRACED:
+            traced.append((name, leaf, entry))
+        elif type(slot) is partition.Var:
+            if entry is not None:
+                raise ValueError(_sliced_state_error(core.where, name, entry))
+            for path, value in jax.tree_util.tree_flatten_with_path(leaf)[0]:
+                traced.append((name + jax.tree_util.keystr(path), value, None))
+        elif type(slot) is partition.Static and partition.unhashable(slot):
+            raise TypeError(_unhashable_error(core.where, name, slot.value))
+    return traced, [name for name, _, _ in every]
+
+
+def describe_leaves(core, traced_entries: list, traced: bool = False) -> list[Leaf]:
+    """Every traced leaf's record, in tree_flatten's order; bad input raises here.
 
     `traced`: the call is inside a trace (jax.jit, grad, vmap); every value is
     then a global one, as in jax.jit, never one process's share.
     """
-    entries = leaf_entries(core.in_axes, core.signature, dyn, core.where)
-    out = [describe(core, name, leaf, entry, traced) for name, leaf, entry in entries]
-    assert len(out) == len(leaves)
-    return out
+    return [describe(core, name, leaf, entry, traced) for name, leaf, entry in traced_entries]
 
 
 def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
@@ -93,8 +108,6 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
     if type(leaf) in SCALARS:
         aval = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(type(leaf)), weak_type=True)
         return Leaf(name, Role.BROADCAST, None, aval, Source.SCALAR)
-    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-        return _describe_static(core, name, leaf)
     dtype = leaf.dtype
     if not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):  # typed keys are as they are
         dtype = jax.dtypes.canonicalize_dtype(dtype)
@@ -195,20 +208,23 @@ def _spanning_data_error(where: str, name: str) -> str:
     )
 
 
-def _describe_static(core, name: str, leaf) -> Leaf:
-    """A non-array leaf (an Equinox module's function, a string): static, as in
-    ``equinox.filter_jit``; its value is part of the cache key."""
-    try:
-        hash(leaf)
-    except TypeError:
-        raise TypeError(
-            f"{core.where}: argument `{name}` is a {type(leaf).__name__}, which is neither an "
-            "array nor hashable. Non-array leaves are static (part of the compile cache key), "
-            "so they must be hashable: make it hashable (e.g. a tuple instead of a list), pass "
-            "it as an array, or pass it with static_argnums / static_argnames."
-        ) from None
-    aval = jax.ShapeDtypeStruct((), jax.numpy.int32)  # unused: static leaves are not traced
-    return Leaf(name, Role.STATIC, None, aval, Source.STATIC)
+def _unhashable_error(where: str, name: str, leaf) -> str:
+    return (
+        f"{where}: argument `{name}` is a {type(leaf).__name__}, which is neither an array "
+        "nor hashable. Non-array leaves are static (part of the compile cache key), so "
+        "they must be hashable: make it hashable (e.g. a tuple instead of a list), pass "
+        "it as an array, or pass it with static_argnums / static_argnames."
+    )
+
+
+def _sliced_state_error(where: str, name: str, entry) -> str:
+    return (
+        f"{where}: argument `{name}` is a Flax NNX Variable (module state), and its in_axes "
+        f"entry is {entry!r}; state is broadcast, every device sees all of it, and what "
+        "the function writes into it reaches your module after the call. Give the "
+        "argument that holds the module in_axes None, e.g. in_axes=(None, 0) for "
+        "f(model, x)."
+    )
 
 
 def _check_reachable(core, name: str, leaf):

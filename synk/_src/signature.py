@@ -171,10 +171,13 @@ def check_in_axes(in_axes: Any, where: str) -> None:
             )
 
 
-def leaf_entries(in_axes, signature: Signature, dyn, where: str) -> list[tuple[str, Any, Any]]:
+def leaf_entries(
+    in_axes, signature: Signature, dyn, where: str, is_leaf=None
+) -> list[tuple[str, Any, Any]]:
     """(name, leaf, in_axes entry) for every leaf of the call, in tree_flatten's order.
 
     The name is the argument as the user wrote it, with its pytree path.
+    `is_leaf` stops the flattening where `partition` stops it (at Variables).
     """
     args, kwargs = dyn
     if isinstance(in_axes, tuple | list):
@@ -210,6 +213,6 @@ def leaf_entries(in_axes, signature: Signature, dyn, where: str) -> list[tuple[s
             ) from None
         entries = jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: x is None)[0]
         for (prefix, entry), sub in zip(entries, subtrees, strict=True):
-            for path, leaf in jax.tree_util.tree_flatten_with_path(sub)[0]:
+            for path, leaf in jax.tree_util.tree_flatten_with_path(sub, is_leaf=is_leaf)[0]:
                 out.append((label + jax.tree_util.keystr((*prefix, *path)), leaf, entry))
     return out

@@ -144,3 +144,78 @@ def reassemble(main: jax.Array, extra: jax.Array, split: Split) -> jax.Array:
     extra = extra.reshape((g, m, *extra.shape[1:]))[:, :r]
     both = jax.numpy.concatenate([main, extra], axis=1)
     return both.reshape((split.rows, *both.shape[2:]))
+
+
+# --------------------------------------------------------------------------
+# The default path: a whole batch, padded evenly for the devices
+
+
+@dataclasses.dataclass(frozen=True)
+class Pad:
+    """A batch of `rows` rows sharded evenly over `devices` devices, padded where needed.
+
+    Each of the `groups` processes holds ``L = rows / groups`` rows (its share;
+    one group when the batch is global) and pads them to ``m * per`` rows for
+    its ``m`` devices, ``per = ceil(L / m)``: device j of a process holds that
+    process's rows ``[j * per, (j + 1) * per)``, the last devices ending in
+    zero rows. `unpad`, inside the executable, cuts the real rows back out in
+    their order before the function sees them; the padding never reaches it.
+    """
+
+    rows: int
+    devices: int
+    groups: int = 1
+
+    @property
+    def local_rows(self) -> int:
+        return self.rows // self.groups
+
+    @property
+    def per(self) -> int:
+        """Rows each device holds, padding included."""
+        return -(-self.local_rows // (self.devices // self.groups))
+
+    @property
+    def padded(self) -> int:
+        """Rows of the padded batch, over every process."""
+        return self.per * self.devices
+
+    @property
+    def needed(self) -> bool:
+        return self.padded != self.rows
+
+    def host(self, x: np.ndarray, axis: int) -> np.ndarray:
+        """This process's share, padded for its devices (a copy only when needed)."""
+        if not self.needed:
+            return x
+        shape = list(x.shape)
+        shape[axis] = self.padded // self.groups - self.local_rows
+        return np.concatenate([x, np.zeros(shape, x.dtype)], axis=axis)
+
+    def device(self, x: jax.Array, axis: int) -> jax.Array:
+        """`host` for a global array (traced, inside jit): every group's rows padded."""
+        if not self.needed:
+            return x
+        g, extra = self.groups, self.padded // self.groups - self.local_rows
+        rows = jax.numpy.moveaxis(x, axis, 0)
+        rows = rows.reshape((g, self.local_rows, *rows.shape[1:]))
+        filler = compat.zeros((g, extra, *rows.shape[2:]), rows.dtype)
+        rows = jax.numpy.concatenate([rows, filler], axis=1)
+        return jax.numpy.moveaxis(rows.reshape((self.padded, *rows.shape[2:])), 0, axis)
+
+    def unpad(self, x: jax.Array, axis: int) -> jax.Array:
+        """The real rows of a padded batch, in order (inside the executable)."""
+        if not self.needed:
+            return x
+        step, size = self.padded // self.groups, self.local_rows
+        parts = [
+            jax.lax.slice_in_dim(x, g * step, g * step + size, axis=axis)
+            for g in range(self.groups)
+        ]
+        return parts[0] if len(parts) == 1 else jax.numpy.concatenate(parts, axis=axis)
+
+    def index(self, index: np.ndarray) -> np.ndarray:
+        """A global index padded with row 0 (a real row, never used) to the padded length."""
+        if not self.needed:
+            return index
+        return np.concatenate([index, np.zeros(self.padded - len(index), index.dtype)])

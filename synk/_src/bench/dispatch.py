@@ -40,7 +40,7 @@ from synk._src.bench.workloads import (
 REPEATS = (
     ("synk plans built", "synk/_src/plan.py", "build"),
     ("argument descriptions (in_axes trees)", "synk/_src/roles.py", "describe_leaves"),
-    ("batch splits made", "synk/_src/plan.py", "batch_split"),
+    ("batch lengths checked", "synk/_src/plan.py", "batch_rows"),
     ("jaxprs traced", "jax/_src/interpreters/partial_eval.py", "trace_to_jaxpr"),
     # NamedSharding is built in C++, out of cProfile's sight; synk builds each
     # of its shardings from a new PartitionSpec, which is counted.

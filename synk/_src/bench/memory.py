@@ -28,7 +28,13 @@ import jax
 import synk
 from synk._src.bench.harness import check_close
 from synk._src.bench.report import fmt_bytes, machine, print_table
-from synk._src.bench.workloads import cnn_step, hand_written, init_cnn, make_images, mesh_of
+from synk._src.bench.workloads import (
+    cnn_step,
+    hand_written_shard_map,
+    init_cnn,
+    make_images,
+    mesh_of,
+)
 
 HAND = "hand-written jit(shard_map)"
 TARGET_SLICES, TARGET = 4, 0.4  # temp at num_slices=4 at most 0.4x that at num_slices=1
@@ -48,8 +54,8 @@ def run(args) -> dict:
     params = init_cnn(args.image, args.channels, seed=args.seed)
     x, y = make_images(rows, args.image, seed=args.seed + 1)
     want = jax.jit(cnn_step)(params, x, y)
-    f = synk.function(cnn_step, in_axes=(None, 0, 0))
-    hand = hand_written(mesh_of(devices), cnn_step)
+    f = synk.function(cnn_step, in_axes=(None, 0, 0), reduce="avg")  # num_slices needs it
+    hand = hand_written_shard_map(mesh_of(devices), cnn_step)
     check_close(HAND, hand(params, x, y), want)
     results = [_row(HAND, None, hand.lower(params, x, y))]
     for k in args.slices:

@@ -163,7 +163,34 @@ def global_arrays(tree, sharding: NamedSharding):
 
 
 def hand_written(mesh: Mesh, step: Callable = train_step):
-    """The fastest hand-written form: jit(shard_map) with in_shardings (jit places numpy)."""
+    """The whole step under XLA's partitioner: jit with in_shardings (jit places numpy)."""
+    return jax.jit(step, in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)))
+
+
+def hand_written_padded(mesh: Mesh, rows: int, groups: int, step: Callable = train_step):
+    """`hand_written` for a batch the devices do not divide: each process pads its
+    share (host rows) with zeros to an even split, and the jit cuts the real rows back."""
+    local, per_group = rows // groups, mesh.size // groups
+    padded = -(-local // per_group) * per_group  # rows of each process's padded share
+
+    def cut(x):
+        parts = [x[g * padded : g * padded + local] for g in range(groups)]
+        return parts[0] if groups == 1 else jnp.concatenate(parts)
+
+    jitted = jax.jit(
+        lambda p, x, y: step(p, cut(x), cut(y)),
+        in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)),
+    )
+
+    def pad(x):
+        extra = np.zeros((padded - x.shape[0], *x.shape[1:]), x.dtype)
+        return np.concatenate([x, extra])
+
+    return jitted, pad
+
+
+def hand_written_shard_map(mesh: Mesh, step: Callable = train_step):
+    """The per-device form: jit(shard_map) with in_shardings (jit places numpy)."""
     return jax.jit(
         sharded(mesh, step), in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh))
     )
@@ -183,15 +210,13 @@ def sharded(mesh: Mesh, step: Callable = train_step) -> Callable:
 
 def hand_written_indexed(mesh: Mesh, step: Callable = train_step):
     """The hand-written step on rows picked by index from data already on every device."""
-
-    def body(params, data_x, data_y, idx):  # idx: this device's rows
-        params = jax.tree_util.tree_map(lambda p: lax.pcast(p, AXIS, to="varying"), params)
-        x, y = (jnp.take(d, idx, axis=0, mode="clip") for d in (data_x, data_y))
-        return lax.pmean(step(params, x, y), AXIS)
-
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(AXIS)), out_specs=P())
     everywhere, rows = replicated(mesh), by_rows(mesh)
-    return jax.jit(mapped, in_shardings=(everywhere, everywhere, everywhere, rows))
+
+    def picked(params, data_x, data_y, idx):  # idx sharded: each device its rows
+        x, y = (jnp.take(d, idx, axis=0, mode="clip") for d in (data_x, data_y))
+        return step(params, x, y)
+
+    return jax.jit(picked, in_shardings=(everywhere, everywhere, everywhere, rows))
 
 
 def pmapped(devices, step: Callable = train_step) -> Callable:

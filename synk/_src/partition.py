@@ -1,0 +1,360 @@
+"""A call's leaves, partitioned once: what is traced, what is static, what is state.
+
+One predicate (`kind`) decides for the call, the cache key, ``f.serial`` and
+the cross-process description:
+
+* arrays (numpy, ``jax.Array``, numpy scalars, tracers) and synk.Data batches
+  are traced;
+* a Python number (bool, int, float, complex) is traced where it is an
+  argument itself or sits in tuples, lists, dicts and named tuples, as under
+  ``jax.jit``: a learning rate that changes every call does not recompile.
+  Where it is a field of an object (an Equinox module, a dataclass) it is
+  static, as under ``equinox.filter_jit``: the ``inference`` flag of a
+  Dropout, a hidden size, MaxPool's ``init=-inf`` are configuration;
+* anything else (functions, strings, enums) is static: part of the cache key,
+  reaching the function as it is;
+* a Flax NNX ``Variable`` is state: its value is traced, and what the
+  function writes into it reaches the caller's Variable after the call, as
+  under ``nnx.jit`` (`Structure.rebuild`, `Call.write_back`). A Variable
+  that appears twice (a model inside an optimiser) stays one Variable.
+
+`partition` runs at every call, so it reads each leaf once and caches what a
+tree structure tells (which leaves sit inside objects).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+NUMBERS = (bool, int, float, complex)
+_ARRAYS = (np.ndarray,)  # the common case, tested first; jax.Array types by isinstance
+_PLAIN = (tuple, list, dict, type(None))
+
+
+class _Traced:
+    def __repr__(self) -> str:
+        return "TRACED"
+
+
+TRACED = _Traced()  # a slot whose leaf is traced
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """A static leaf: its value, and the key it compiles under (what compares)."""
+
+    value: Any = dataclasses.field(compare=False)
+    key: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Var:
+    """A Flax NNX Variable: rebuilt from `count` traced leaves by `treedef`."""
+
+    treedef: Any
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """A Variable seen before, at variable number `index`."""
+
+    index: int
+
+
+# --------------------------------------------------------------------------
+# The predicate
+
+
+def kind(x, plain: bool):
+    """TRACED, or a `Static` for a leaf that is not: the one rule for every step."""
+    t = type(x)
+    if t in _ARRAYS or isinstance(x, jax.Array) or is_batch(t):
+        return TRACED
+    if t in NUMBERS:
+        return TRACED if plain else Static(x, _number_key(x))
+    if hasattr(x, "shape") and hasattr(x, "dtype"):  # numpy scalars, array-likes
+        return TRACED
+    try:
+        hash(x)
+    except TypeError:
+        return Static(x, _Unhashable(x))
+    return Static(x, (t, x))
+
+
+def _number_key(x):
+    # -0.0 == 0.0 and NaN != NaN: key floats by their bits, as they compile.
+    if type(x) is float:
+        return (float, x.hex())
+    if type(x) is complex:
+        return (complex, x.real.hex(), x.imag.hex())
+    return (type(x), x)
+
+
+@functools.cache
+def is_batch(t: type) -> bool:
+    return t.__name__ == "Batch" and t.__module__ == "synk._src.data"
+
+
+class _Unhashable:
+    """The key of an unhashable static leaf: never equal, so the plan refuses it by name."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def unhashable(slot: Static) -> bool:
+    return type(slot.key) is _Unhashable
+
+
+# --------------------------------------------------------------------------
+# A call, partitioned
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """How a call's arguments are rebuilt from its traced leaves (part of the cache key)."""
+
+    treedef: Any
+    slots: tuple  # one per leaf of `treedef`: TRACED, Static, Var or Alias
+    paths: tuple[str, ...]  # each slot's pytree path, for messages
+
+    def rebuild(self, traced: list) -> tuple[Any, list]:
+        """The arguments, and the Variables made afresh for this trace (in order)."""
+        it = iter(traced)
+        leaves, fresh = [], []
+        for slot in self.slots:
+            if slot is TRACED:
+                leaves.append(next(it))
+            elif type(slot) is Static:
+                leaves.append(slot.value)
+            elif type(slot) is Var:
+                # Made inside the trace that runs the function, so that the
+                # function may write into it (flax refuses writes from another trace).
+                var = slot.treedef.unflatten([next(it) for _ in range(slot.count)])
+                fresh.append(var)
+                leaves.append(var)
+            else:
+                leaves.append(fresh[slot.index])
+        return jax.tree_util.tree_unflatten(self.treedef, leaves), fresh
+
+    @property
+    def variables(self) -> list[int]:
+        """The slot of each Variable, in order."""
+        return [i for i, s in enumerate(self.slots) if type(s) is Var]
+
+
+def updates(structure: Structure, fresh: list, traced: list) -> dict:
+    """What the function wrote into Variables: {variable number: its new leaves}.
+
+    A Variable counts as written when any of its leaves is no longer the one
+    it was built from (as ``nnx.jit`` tells), so unchanged state never travels.
+    """
+    out, start = {}, 0
+    for k, (slot, var) in enumerate(zip(_var_slots(structure), fresh, strict=True)):
+        before = traced[start : start + slot.count]
+        start += slot.count
+        after = jax.tree_util.tree_leaves(var)
+        if len(after) != len(before) or any(a is not b for a, b in zip(after, before)):
+            out[k] = [jax.numpy.asarray(a) for a in after]
+    return out
+
+
+def _var_slots(structure: Structure) -> list[Var]:
+    return [s for s in structure.slots if type(s) is Var]
+
+
+@dataclasses.dataclass
+class Call:
+    """One call's leaves: the traced ones, the key of the rest, the caller's Variables."""
+
+    traced: list
+    key: tuple
+    treedef: Any
+    leaves: list  # every leaf, Variables whole
+    variables: list  # the caller's Variables, in order of first appearance
+
+    def structure(self) -> Structure:
+        """The call's `Structure` (on a cache miss only: it walks every leaf's path)."""
+        plain = _plain(self.treedef)
+        slots, seen = [], {}
+        for x, p in zip(self.leaves, plain, strict=True):
+            if _is_variable(x):
+                if id(x) in seen:
+                    slots.append(Alias(seen[id(x)]))
+                else:
+                    seen[id(x)] = len(seen)
+                    leaves, treedef = jax.tree_util.tree_flatten(x)
+                    slots.append(Var(treedef, len(leaves)))
+            else:
+                slots.append(kind(x, p))
+        paths = _paths(self.treedef)
+        return Structure(self.treedef, tuple(slots), paths)
+
+    def write_back(self, new: dict, structure: Structure) -> None:
+        """Set the caller's Variables to what the function wrote into them."""
+        slots = _var_slots(structure)
+        for k, leaves in new.items():
+            fresh = slots[k].treedef.unflatten(leaves)
+            self.variables[k].set_raw_value(fresh.get_raw_value())
+
+
+def partition(tree) -> Call:
+    """Split a call's pytree into its traced leaves and the key of everything else."""
+    is_var = variable_test()
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_var)
+    plain = _plain(treedef)
+    traced, key, variables = [], [treedef], []
+    for x, p in zip(leaves, plain):
+        t = type(x)
+        if t in _ARRAYS or (p and t in NUMBERS):  # the common cases first
+            traced.append(x)
+            key.append(None)
+        elif is_var is not None and is_var(x):
+            key.append(_variable(x, traced, variables))
+        else:
+            k = kind(x, p)
+            if k is TRACED:
+                traced.append(x)
+                key.append(None)
+            else:
+                key.append(k.key)
+    return Call(traced, tuple(key), treedef, leaves, variables)
+
+
+def _variable(x, traced: list, variables: list):
+    for k, v in enumerate(variables):
+        if v is x:
+            return ("alias", k)
+    variables.append(x)
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    traced.extend(leaves)
+    return ("variable", treedef)
+
+
+class Outputs:
+    """A function's outputs, split by the same rule as its arguments.
+
+    Traced leaves come back from the executable; the others (an Equinox
+    module's functions, flags and sizes, returned with the module) come back
+    as the trace left them, as under ``equinox.filter_jit``. Recorded while
+    the function is traced, read after every call.
+    """
+
+    def __init__(self):
+        self.treedef = None
+        self.slots: tuple = ()
+        self.static = False  # whether any output leaf is static
+
+    def split(self, out):
+        """The traced part of `out` (its static leaves replaced by None), inside the trace."""
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        slots = tuple(kind(x, p) for x, p in zip(leaves, _plain(treedef)))
+        self.treedef, self.slots = treedef, slots
+        self.static = any(s is not TRACED for s in slots)
+        if not self.static:
+            return out
+        return treedef.unflatten([x if s is TRACED else None for x, s in zip(leaves, slots)])
+
+    def restore(self, traced):
+        """The outputs as the function returned them, from their traced part."""
+        if not self.static:
+            return traced
+        it = iter(jax.tree_util.tree_leaves(traced))
+        return self.treedef.unflatten([next(it) if s is TRACED else s.value for s in self.slots])
+
+
+# --------------------------------------------------------------------------
+# What a tree structure tells
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain(treedef) -> tuple[bool, ...]:
+    """For each leaf: whether only tuples, lists, dicts and named tuples hold it."""
+    out: list[bool] = []
+
+    def walk(node, plain: bool) -> None:
+        children = node.children()
+        if not children:
+            if node.num_leaves == 1:
+                out.append(plain)
+            return
+        kind_ = node.node_data()[0]
+        inside = plain and (kind_ in _PLAIN or issubclass(kind_, tuple | dict))
+        for child in children:
+            walk(child, inside)
+
+    walk(treedef, True)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _paths(treedef) -> tuple[str, ...]:
+    """Each leaf's pytree path as text."""
+    dummy = jax.tree_util.tree_unflatten(treedef, [0] * treedef.num_leaves)
+    is_var = variable_test()
+    flat = jax.tree_util.tree_flatten_with_path(dummy, is_leaf=is_var)[0]
+    return tuple(jax.tree_util.keystr(p) for p, _ in flat)
+
+
+def variable_test():
+    """``isinstance(x, nnx.Variable)``, or None where Flax NNX is not imported (no Variables)."""
+    nnx = sys.modules.get("flax.nnx")
+    cls = getattr(nnx, "Variable", None) if nnx is not None else None
+    return None if cls is None else _instance_test(cls)
+
+
+@functools.cache
+def _instance_test(cls: type):
+    return lambda x: isinstance(x, cls)
+
+
+def _is_variable(x) -> bool:
+    test = variable_test()
+    return test is not None and test(x)
+
+
+# --------------------------------------------------------------------------
+# Static numbers that keep changing
+
+
+class Recompiles:
+    """Warns once when a static number inside an object keeps taking new values.
+
+    Each value compiles the function anew; a hyperparameter kept as a Python
+    float field of a module and changed every step would silently recompile
+    every step.
+    """
+
+    LIMIT = 5
+
+    def __init__(self):
+        self._seen: dict = {}
+        self._warned: set = set()
+
+    def note(self, where: str, structure: Structure, names: list[str]) -> None:
+        for i, slot in enumerate(structure.slots):
+            if type(slot) is not Static or type(slot.value) not in NUMBERS:
+                continue
+            at = (structure.treedef, i)
+            values = self._seen.setdefault(at, set())
+            values.add(slot.key)
+            if len(values) >= self.LIMIT and at not in self._warned:
+                self._warned.add(at)
+                warnings.warn(
+                    f"{where}: `{names[i]}` is a Python {type(slot.value).__name__} inside an "
+                    f"object, which synk keeps static (as equinox.filter_jit does); it has "
+                    f"taken {len(values)} different values, and each one compiles the function "
+                    "anew. Make it an array (jnp.asarray(value)) to trace it, or pass it as an "
+                    "argument of its own (Python numbers there are traced).",
+                    stacklevel=4,
+                )
+
+

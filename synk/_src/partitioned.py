@@ -1,0 +1,251 @@
+"""The default path: the whole function under XLA's partitioner, exact for any function.
+
+With no explicit ``reduce``, synk compiles the user's function for the whole
+batch with ``jax.jit``: the sliced arguments sharded over the devices along
+their batch axis, the broadcast ones replicated. XLA's SPMD partitioner runs
+each device on its rows and places a collective wherever the function combines
+rows, so whatever the function computes from the batch (a mean, a root mean
+square, batch statistics, dropout from one key) is what one device computes.
+It is the form a careful hand-written data-parallel step takes,
+``jit(in_shardings=...)``, so the exactness costs nothing.
+
+An uneven batch travels padded evenly over the devices (`split.Pad`) and is
+cut back to its real rows inside the executable, before the function sees it.
+A view of synk.Data gathers its rows on the devices: replicated data from each
+device's copy, sharded data with one ``all_to_all``. Inside a trace (the
+user's ``jax.jit``, ``grad``, ``vmap``) the outer jit places every value and
+each batch is only constrained to be sharded over the devices.
+
+The function runs with synk's device axis bound at size 1 (`lax.on_one_device`),
+as under ``f.serial``: it sees the whole batch, so ``synk.lax`` collectives
+act as on one device, which is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from synk._src import indices, placement
+from synk._src import data as synk_data
+from synk._src import lax as synk_lax
+from synk._src.layout import spec
+from synk._src.roles import Leaf, Role, Source, View
+from synk._src.runtime import AXIS
+from synk._src.split import Pad
+
+# --------------------------------------------------------------------------
+# The plan's parts
+
+
+@dataclasses.dataclass
+class Outputs:
+    """The output structure, known once the executable has traced the function."""
+
+    treedef: object = None
+
+
+def check_in_axes(core, descs: list[Leaf]) -> None:
+    """'per_device' arguments need the per-device path: refused before anything runs."""
+    for d in descs:
+        if d.role is Role.PER_DEVICE:
+            raise ValueError(
+                f"{core.where}: argument `{d.name}` has in_axes 'per_device' (device i sees entry "
+                "i), which needs the per-device path: give an explicit reduce (e.g. "
+                "reduce='per_device' to keep one result per device, or 'avg'). Without "
+                "reduce the function runs once on the whole batch."
+            )
+
+
+def pads(core, descs: list[Leaf], traced: bool) -> dict[int, Pad]:
+    """Each sliced leaf's padded layout (eager calls only: inside a trace nothing is padded)."""
+    if traced:
+        return {}
+    out = {}
+    for i, d in enumerate(descs):
+        if d.role is not Role.SLICED or d.view is View.LOCAL or d.data_layout is not None:
+            continue  # not a batch, or the rows of sharded data (`_view_rows` pads those)
+        rows = d.aval.shape[d.axis]
+        # Host arrays are each process's share: each process pads its own rows.
+        groups = core.groups if d.host else 1
+        out[i] = Pad(rows, len(core.devices), groups)
+    return out
+
+
+# --------------------------------------------------------------------------
+# The executable
+
+
+def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable, rows,
+               traced: bool, donated: tuple[int, ...], out: Outputs):  # fmt: skip
+    """``jit`` of the whole function; the executable's arguments are `slots`' layout."""
+    mesh = core.mesh
+    views = view_slots(descs)
+    batch = {i: NamedSharding(mesh, spec(d)) for i, d in enumerate(descs) if d.role is Role.SLICED}
+    name = getattr(core.fn, "__name__", "fn")
+
+    def whole(*args):
+        flat = []
+        for i, d in enumerate(descs):
+            x = args[i]
+            if d.view is not None:
+                x = _view_rows(d, x, args[views[i]], mesh)
+            if i in pad:
+                x = pad[i].unpad(x, d.axis)
+            elif i in batch:
+                # Inside a trace: the batch, whole, sharded over the devices (XLA
+                # pads an uneven one itself); a view's rows are gathered there.
+                x = lax.with_sharding_constraint(x, batch[i])
+            flat.append(x)
+        with synk_lax.tracing(bound=True, rows=rows):
+            result = synk_lax.on_one_device(call_user, flat)
+        leaves, out.treedef = jax.tree_util.tree_flatten(result)
+        return leaves
+
+    whole.__name__ = f"synk_whole_{name}"  # shown by f.lower: the path this function takes
+    if traced:
+        return jax.jit(whole)
+    shardings = tuple(NamedSharding(mesh, s) for s in slot_specs(descs))
+    out_shardings = NamedSharding(mesh, P()) if core.groups > 1 else None
+    return jax.jit(
+        whole, in_shardings=shardings, out_shardings=out_shardings, donate_argnums=donated
+    )
+
+
+def view_slots(descs: list[Leaf]) -> dict[int, int]:
+    """The slot of each view's index: after one slot per leaf (a view's holds its data).
+
+    Views with equal indices (``X[idx], Y[idx]``) share one slot: one transfer.
+    """
+    slots: dict[int, int] = {}
+    for i, d in enumerate(descs):
+        if d.view is not None:
+            slots[i] = slots[d.shares] if d.shares is not None else len(descs) + len(slots)
+    return slots
+
+
+def slot_specs(descs: list[Leaf]) -> list[P]:
+    specs = [spec(d) for d in descs]
+    for d in descs:
+        if d.view is not None and d.shares is None:
+            # local: one row of indices per device; replicated data: each device its
+            # own requests (padded evenly); sharded data: every request everywhere
+            specs.append(P(AXIS) if d.view is View.LOCAL or d.data_layout is None else P())
+    return specs
+
+
+def _view_rows(d: Leaf, data: jax.Array, index: jax.Array, mesh) -> jax.Array:
+    """The rows a view picks, sharded over the devices, gathered where they lie."""
+    if d.view is View.LOCAL:  # each device its own rows of its own shard
+
+        def own(shard, idx):
+            return jnp.take(shard, idx[0], axis=0, mode="clip")
+
+        return _mapped(own, mesh, (P(AXIS), P(AXIS)))(data, index)
+    if d.data_layout is None:  # replicated: each device takes its rows from its copy
+        return jnp.take(data, index, axis=0, mode="clip")
+    # Sharded rows: every device's requests, padded to an equal count, in one all_to_all.
+    n = mesh.size
+    rows = index.shape[0]
+    per = -(-rows // n)
+    padded = jnp.concatenate([index, jnp.zeros(per * n - rows, index.dtype)])
+    requests = padded.reshape(n, per)
+    layout = d.data_layout
+
+    def move(shard, req):
+        return synk_data.rows_from_shards(shard, req, layout)
+
+    got = _mapped(move, mesh, (P(AXIS), P()))(data, requests)
+    return got[:rows]
+
+
+def _mapped(fn, mesh, in_specs):
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(AXIS), check_vma=False)
+
+
+# --------------------------------------------------------------------------
+# Placement of an eager call's leaves
+
+
+def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callable:
+    """A function from the call's leaves to the executable's arguments, built once per plan."""
+    views = view_slots(descs)
+    size = len(descs) + len(set(views.values()))
+    named = [(i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view]
+    if traced:
+        if not named:
+            return list
+
+        def place_traced(leaves: list) -> list:
+            args = [*leaves, *[None] * (size - len(leaves))]
+            for i, where in named:
+                args[i] = leaves[i].data._live(where)
+                if args[views[i]] is None:  # not yet sent by a view with equal indices
+                    args[views[i]] = indices.device_index(leaves[i])
+            return args
+
+        return place_traced
+
+    shardings = [NamedSharding(core.mesh, s) for s in slot_specs(descs)]
+    actions = [_action(core, i, d, pad.get(i), shardings[i]) for i, d in enumerate(descs)]
+    if core.groups == 1 and not named and all(a is placement.PASS for a in actions):
+        return list  # the common case: every leaf goes to jit as it is
+    shares = frozenset(i for i, d in enumerate(descs) if d.sliced_array and d.host)
+
+    def place(leaves: list) -> list:
+        args = [None] * size
+        for i, (action, x) in enumerate(zip(actions, leaves)):
+            action.put(x, args, i)
+        for i, where in named:
+            args[i] = leaves[i].data._live(where)
+            if args[views[i]] is None:  # not yet sent by a view with equal indices
+                index = leaves[i].index
+                args[views[i]] = pad[i].index(index) if i in pad else index
+        if core.groups > 1:
+            placement.to_global(args, shardings, shares, core.groups)
+        return args
+
+    return place
+
+
+@dataclasses.dataclass(frozen=True)
+class _Padded:
+    """A sliced leaf padded evenly for the devices (host rows, or a device array)."""
+
+    pad: Callable
+
+    def put(self, x, args: list, i: int) -> None:
+        args[i] = self.pad(x)
+
+
+def _action(core, i: int, d: Leaf, pad: Pad | None, target: NamedSharding):
+    if d.view is not None:
+        return placement.PASS  # the placer hands over its data and index
+    if d.source is Source.DEVICE and d.role is Role.SLICED:
+        if pad.needed or not d.sharding.is_equivalent_to(target, d.aval.ndim):
+            return _Padded(_device_padder(core, d, pad, target))
+        return placement.PASS
+    if d.role is Role.SLICED and pad.needed:
+        return _Padded(functools.partial(_host_pad, pad, d.axis))
+    return placement.action_for_whole(core, d, target)
+
+
+def _host_pad(pad: Pad, axis: int, x) -> np.ndarray:
+    return pad.host(np.asarray(x), axis)
+
+
+def _device_padder(core, d: Leaf, pad: Pad, target: NamedSharding):
+    padded = jax.jit(lambda x: pad.device(x, d.axis), out_shardings=target)
+    if placement.on_mesh_in_order(core, d):
+        return padded
+    replicated = NamedSharding(core.mesh, P())
+    # jit needs it on the mesh, in the mesh's order; device_put reorders shards.
+    return lambda x: padded(jax.device_put(x, replicated))
