@@ -245,7 +245,7 @@ def test_serial_runs_a_flax_model_that_updates_its_variables():
     nnx = pytest.importorskip("flax.nnx")
     _, x, _ = _data(2 * N)
     bn = nnx.BatchNorm(3, axis_name=synk.lax.axis_name, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(bn)
+    graphdef, _ = nnx.split(bn)
 
     def normalised(state, x):
         model = nnx.merge(graphdef, state)  # train mode: updates its batch statistics

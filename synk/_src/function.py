@@ -40,7 +40,7 @@ from synk._src import lax as synk_lax
 from synk._src import processes, runtime
 from synk._src import reduce as red
 from synk._src.partition import Outputs, Recompiles, Structure, partition
-from synk._src.plan import Plan, leaf_key, user_call
+from synk._src.plan import Plan, user_call
 from synk._src.roles import entries
 from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
 
@@ -211,7 +211,7 @@ class Function:
         statics, dyn = core.bind(args, kwargs)
         call = partition(dyn)
         leaves = call.traced
-        key = (self._key, statics, call.key, *map(leaf_key, leaves))
+        key = (self._key, statics, call.key)
         plan = core.cache.get(key)
         share = True
         if plan is not None and plan.shared and not plan.sharing_holds(leaves):
@@ -285,7 +285,7 @@ class Function:
         core = self._core
         statics, dyn = core.bind(args, kwargs)
         call = partition(dyn)
-        key = (statics, call.key, *map(leaf_key, call.traced))
+        key = (statics, call.key)
         serial = core.serials.get(key)
         if serial is None:
             serial = core.serials[key] = _Serial.build(core, statics, dyn, call)

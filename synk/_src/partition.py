@@ -33,9 +33,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from synk._src import compat
+
 NUMBERS = (bool, int, float, complex)
-_ARRAYS = (np.ndarray,)  # the common case, tested first; jax.Array types by isinstance
 _PLAIN = (tuple, list, dict, type(None))
+# Types whose every value is traced: numpy's, and each jax.Array type once seen
+# (`kind`); and the concrete jax.Array types among them (with a sharding). The
+# common leaves take a set lookup or two per call, not an isinstance of an ABC.
+_ARRAYS: set[type] = {np.ndarray}
+_DEVICE: set[type] = set()
 
 
 class _Traced:
@@ -76,7 +82,14 @@ class Alias:
 def kind(x, plain: bool):
     """TRACED, or a `Static` for a leaf that is not: the one rule for every step."""
     t = type(x)
-    if t in _ARRAYS or isinstance(x, jax.Array) or is_batch(t):
+    if t in _ARRAYS:
+        return TRACED
+    if isinstance(x, jax.Array):
+        _ARRAYS.add(t)
+        if not isinstance(x, compat.Tracer):
+            _DEVICE.add(t)
+        return TRACED
+    if is_batch(t):
         return TRACED
     if t in NUMBERS:
         return TRACED if plain else Static(x, _number_key(x))
@@ -171,15 +184,17 @@ def _var_slots(structure: Structure) -> list[Var]:
     return [s for s in structure.slots if type(s) is Var]
 
 
-@dataclasses.dataclass
 class Call:
-    """One call's leaves: the traced ones, the key of the rest, the caller's Variables."""
+    """One call's leaves: the traced ones, the key of the call, the caller's Variables."""
 
-    traced: list
-    key: tuple
-    treedef: Any
-    leaves: list  # every leaf, Variables whole
-    variables: list  # the caller's Variables, in order of first appearance
+    __slots__ = ("key", "leaves", "traced", "treedef", "variables")
+
+    def __init__(self, traced: list, key: tuple, treedef, leaves: list, variables: list):
+        self.traced = traced
+        self.key = key
+        self.treedef = treedef
+        self.leaves = leaves  # every leaf, Variables whole
+        self.variables = variables  # the caller's Variables, in order of first appearance
 
     def structure(self) -> Structure:
         """The call's `Structure` (on a cache miss only: it walks every leaf's path)."""
@@ -207,26 +222,59 @@ class Call:
 
 
 def partition(tree) -> Call:
-    """Split a call's pytree into its traced leaves and the key of everything else."""
+    """Split a call's pytree into its traced leaves and the key of the call.
+
+    The key holds the tree structure, each traced leaf's `leaf_key` and each
+    static leaf's value: what a compiled plan depends on. Runs at every call.
+    """
     is_var = variable_test()
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_var)
     plain = _plain(treedef)
     traced, key, variables = [], [treedef], []
     for x, p in zip(leaves, plain):
         t = type(x)
-        if t in _ARRAYS or (p and t in NUMBERS):  # the common cases first
+        if t is np.ndarray:  # the common cases first, inline
             traced.append(x)
-            key.append(None)
+            key.append((t, x.shape, x.dtype))
+        elif t in _DEVICE:
+            traced.append(x)
+            key.append((t, x.aval, x.sharding))  # aval: shape, dtype, weak type
+        elif p and t in NUMBERS:
+            traced.append(x)
+            key.append(t)
         elif is_var is not None and is_var(x):
             key.append(_variable(x, traced, variables))
         else:
             k = kind(x, p)
             if k is TRACED:
                 traced.append(x)
-                key.append(None)
+                key.append(leaf_key(x))
             else:
                 key.append(k.key)
     return Call(traced, tuple(key), treedef, leaves, variables)
+
+
+def leaf_key(x):
+    """What of a traced leaf a plan depends on: on the hot path, so cheap to read."""
+    t = type(x)
+    if t in NUMBERS:
+        return t
+    if is_batch(t):
+        array = x.data._array
+        if array is None:
+            return (t, id(x))  # deleted: the plan refuses it, naming the argument
+        layout = x.data.layout  # sharded rows: the owner of a row depends on the count
+        # fits: a view made before set_value shrank the data may no longer fit it;
+        # it gets its own plan, which refuses it (`roles`).
+        key = (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
+        if type(x.index) is not np.ndarray:  # a traced index: a traced plan of its own
+            return (*key, "traced")
+        return (*key, x.fits())
+    if isinstance(x, compat.Tracer):  # inside jax.jit, grad, vmap: no sharding
+        return (t, x.aval)
+    if isinstance(x, jax.Array):
+        return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
+    return (t, x.shape, x.dtype)
 
 
 def _variable(x, traced: list, variables: list):
@@ -236,7 +284,7 @@ def _variable(x, traced: list, variables: list):
     variables.append(x)
     leaves, treedef = jax.tree_util.tree_flatten(x)
     traced.extend(leaves)
-    return ("variable", treedef)
+    return ("variable", treedef, *map(leaf_key, leaves))
 
 
 class Outputs:
@@ -356,5 +404,3 @@ class Recompiles:
                     "argument of its own (Python numbers there are traced).",
                     stacklevel=4,
                 )
-
-

@@ -34,8 +34,8 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import indices, placement
 from synk._src import data as synk_data
+from synk._src import indices, placement
 from synk._src import lax as synk_lax
 from synk._src.layout import spec
 from synk._src.roles import Leaf, Role, Source, View

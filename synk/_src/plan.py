@@ -31,37 +31,13 @@ from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
 from synk._src.layout import Layout
-from synk._src.roles import SCALARS, Leaf, Role, describe_leaves, entries
+from synk._src.roles import Leaf, Role, describe_leaves, entries
 from synk._src.runtime import AXIS
 from synk._src.signature import Statics
 from synk._src.split import Split, make_split
 
 # --------------------------------------------------------------------------
 # The cache key
-
-
-def leaf_key(x):
-    """What of a traced leaf the plan depends on: on the hot path, so cheap to read."""
-    t = type(x)
-    if t in SCALARS:
-        return t
-    if t is synk_data.Batch:
-        array = x.data._array
-        if array is None:
-            return (t, id(x))  # deleted: the plan refuses it, naming the argument
-        layout = x.data.layout  # sharded rows: the owner of a row depends on the count
-        # fits: a view made before set_value shrank the data may no longer fit it;
-        # it gets its own plan, which refuses it (`roles`).
-        key = (t, x.local, x.index.shape, array.shape, array.dtype, array.sharding, layout)
-        if type(x.index) is not np.ndarray:  # a traced index: a traced plan of its own
-            return (*key, compat.Tracer)
-        return (*key, x.fits())
-    if isinstance(x, jax.Array):
-        try:
-            return (t, x.aval, x.sharding)  # aval: shape, dtype, weak type (cheapest to read)
-        except AttributeError:  # a tracer (inside jax.jit, grad, vmap): no sharding
-            return (t, x.aval)
-    return (t, x.shape, x.dtype)
 
 
 # --------------------------------------------------------------------------

@@ -5,12 +5,12 @@ path) against the fastest hand-written form, ``jax.jit`` with ``in_shardings``
 (an uneven batch padded on the host and cut back inside), and against
 ``jax.pmap``; on numpy batches, device-resident batches, ``synk.data`` views
 and an uneven batch. The per-device path (``reduce='avg'``) runs against
-``jax.jit(jax.shard_map(...))``, and, compute-bound, with ``num_slices``. Under several processes each process
-hands over its share of every host batch (the hand-written form builds its
-global arrays from the shares in the call, as such code must), pmap is left
-out, and the per-call check that all processes make the same call is timed on
-and off. With ``--conv``, the same comparison for a conv-net step
-(`workloads.cnn_step`) on numpy batches.
+``jax.jit(jax.shard_map(...))``, and, compute-bound, with ``num_slices``.
+Under several processes each process hands over its share of every host
+batch (the hand-written form builds its global arrays from the shares in the
+call, as such code must), pmap is left out, and the per-call check that all
+processes make the same call is timed on and off. With ``--conv``, the same
+comparison for a conv-net step (`workloads.cnn_step`) on numpy batches.
 
 Called by ``cli`` (`run`). Calls ``workloads`` for the step and its
 hand-written forms, ``harness`` to check and time them, ``report`` for the
