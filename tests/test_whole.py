@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PROCESSES, assert_tree_close, counting, fewer_under_mpi
+from helpers import PROCESSES, counting, fewer_under_mpi
 from hypothesis import given
 from hypothesis import strategies as st
 
