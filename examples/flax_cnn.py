@@ -1,9 +1,12 @@
-"""A Flax NNX CNN on every device: synchronised batch norm and per-row dropout.
+"""A Flax NNX CNN with explicit reductions: synchronised batch norm and per-row dropout.
 
 This trains a small convolutional network (two 3x3 conv layers, each followed
 by batch norm, then dropout and a linear classifier) on scikit-learn's bundled
 digits (8x8 images, 1,797 rows, no download), written with Flax NNX and
-optax. It shows how a Flax model fits a ``@synk.function``:
+optax. Without ``reduce`` a Flax model needs none of what follows (see
+``flax_mnist_tutorial.py``); this example shows the per-device path, which
+``reduce="avg"`` asks for (and which ``num_slices`` and in-function
+collectives need), and how a Flax model fits it:
 
 * the model travels as its ``nnx.split`` state (a pytree of arrays),
   broadcast with ``in_axes=None``, and is merged again inside the function;
@@ -120,6 +123,7 @@ def loss(graphdef, params, batch_stats, key, t, x, y):
 step = synk.function(
     jax.value_and_grad(loss, argnums=1, has_aux=True),
     in_axes=(None, None, None, None, None, 0, 0),
+    reduce="avg",
 )
 
 

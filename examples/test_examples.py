@@ -14,10 +14,12 @@ Run with ``make test-examples`` or
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -25,6 +27,15 @@ ROOT = HERE.parent
 TIMEOUT_S = 300
 
 EXAMPLES = sorted(p.name for p in HERE.glob("*.py") if p.name != Path(__file__).name)
+
+# Ports of published examples, changed only in the lines marked "# synk"; each
+# runs a few steps on 8 devices and on 1, and the two runs must agree
+# (`test_port_equals_its_single_device_run`), which is their run here.
+PORTS = {
+    "equinox_mnist.py": {"STEPS": "24", "PRINT_EVERY": "7"},  # step 21: the 3-row batch
+    "flax_mnist_tutorial.py": {"TRAIN_STEPS": "10", "EVAL_EVERY": "3"},
+}
+MAX_SYNK_LINES = 5
 
 # Command-line arguments per example: small sizes, no progress bars.
 DEFAULT_ARGS = ["--quiet"]
@@ -69,11 +80,38 @@ def _run(name: str, launcher: list[str], env: dict[str, str]) -> str:
 
 
 # An empty glob must fail, not be skipped as an empty parameter set.
-@pytest.mark.parametrize("name", EXAMPLES or [pytest.param(None, id="no-examples")])
+@pytest.mark.parametrize(
+    "name", [n for n in EXAMPLES if n not in PORTS] or [pytest.param(None, id="no-examples")]
+)
 def test_example_runs(name: str | None) -> None:
     if name is None:
         pytest.fail(f"no example scripts found in {HERE}")
     _run(name, [], _env())
+
+
+def _losses(out: str) -> np.ndarray:
+    """Every loss a port printed (``train_loss=...``, ``test_loss=...``), in order."""
+    return np.array([float(v) for v in re.findall(r"_loss=([-0-9.e]+)", out)])
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_port_equals_its_single_device_run(name: str) -> None:
+    # The published code with synk's lines: on 8 devices it must print what the
+    # same code prints on one device, up to float rounding amplified by a few
+    # steps of training (adam turns rounding noise into small steps).
+    runs = {n: _run(name, [], {**_env(), **PORTS[name], "SYNK_CPU_DEVICES": n}) for n in "81"}
+    assert "synk: 8 cpu device(s)" in runs["8"] and "synk: 1 cpu device(s)" in runs["1"]
+    many, one = _losses(runs["8"]), _losses(runs["1"])
+    assert len(many) >= 6 and len(many) == len(one), (runs["8"], runs["1"])
+    np.testing.assert_allclose(many, one, rtol=5e-3)
+    np.testing.assert_allclose(many[0], one[0], rtol=1e-5)  # the first loss: rounding only
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_port_changes_at_most_five_lines(name: str) -> None:
+    # Every line synk changes in the published code carries the marker "# synk".
+    marked = [line for line in (HERE / name).read_text().splitlines() if "# synk" in line]
+    assert 1 <= len(marked) <= MAX_SYNK_LINES, marked
 
 
 def _two_process_examples() -> list[str]:

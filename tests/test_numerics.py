@@ -248,7 +248,7 @@ def test_avg_sum_propagate_nan_and_infinities(dtype, op):
 @pytest.mark.parametrize("rows", [4 * N, 4 * N + 1])  # even, uneven
 def test_float32_avg_and_sum_compile_to_one_all_reduce_per_op_and_no_casts(rows):
     x = synk.process_share(np.ones((global_rows(rows), 3), np.float32))
-    f = synk.function(lambda x: (x.mean(0), (x * x).mean()))
+    f = synk.function(lambda x: (x.mean(0), (x * x).mean()), reduce="avg")
     text = hlo(f, x)
     assert count_all_reduces(text) == 1
     assert not float_casts(text) and "all-gather" not in text
@@ -260,7 +260,7 @@ def test_float32_avg_and_sum_compile_to_one_all_reduce_per_op_and_no_casts(rows)
 
 def test_float16_and_float32_avg_share_one_float32_all_reduce():
     x = synk.process_share(np.ones((global_rows(4 * N), 3), np.float32))
-    f = synk.function(lambda x: (x.mean(0), x.astype(jnp.float16).mean(0)))
+    f = synk.function(lambda x: (x.mean(0), x.astype(jnp.float16).mean(0)), reduce="avg")
     text = hlo(f, x)
     assert count_all_reduces(text) == 1
     assert re.search(r"\(f32\[3\]\{0\}, f32\[3\]\{0\}\) all-reduce", text)

@@ -185,6 +185,8 @@ def test_views_equal_serial(sharded, count):
     f = synk.function(in_order, in_axes=(None, None, 0))
     want = f.serial(key, w, x[idx])
     _close(f(key, w, X[idx]), want)
+    if sharded and PROCESSES > 1:
+        return  # inside a trace the data is a constant, which no process holds whole
     _close(jax.jit(lambda i: f(key, w, X[i]))(idx), want)
 
 

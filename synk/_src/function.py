@@ -3,28 +3,36 @@
 The map of a call, one module per step, in call order:
 
 1. `function` (here): ``Function.__call__`` binds the arguments to the wrapped
-   function's signature and takes out the statics (`signature`), flattens the
-   rest, and looks up a plan by its key (`plan.leaf_key` of every leaf, the
-   tree structure, the statics, the options).
+   function's signature and takes out the statics (`signature`), partitions
+   the rest into traced leaves and the call's key by one rule (`partition`:
+   arrays and plain Python numbers traced, the fields of objects static,
+   Flax NNX Variables as state), and looks up a plan by the key.
 2. On a miss, `plan.Plan.build`:
    - several processes agree on the call (`processes`);
-   - each leaf gets its role, sliced, broadcast or per-device (`roles`);
-   - the batch is split over the devices and num_slices (`split`);
-   - the function is traced abstractly and the reduce spec matched to its
-     outputs (`reduce`);
-   - the executable's arguments are laid out (`layout`) and the per-device
-     body compiled as one ``jit(shard_map(body))`` followed, in the same jit,
-     by the reduction of each output over the devices (`body`, `reduce`);
-   - how each leaf reaches the executable is decided (`placement`).
+   - each traced leaf gets its role, sliced, broadcast or per-device (`roles`);
+   - with no ``reduce`` (the default path, `partitioned`): the whole function
+     is compiled for the whole batch, sharded over the devices, an uneven
+     batch padded (`split.Pad`), and XLA's partitioner places the collectives;
+   - with explicit reductions: the batch is split over the devices and
+     num_slices (`split`); the function is traced abstractly and the reduce
+     spec matched to its outputs (`reduce`); the executable's arguments are
+     laid out (`layout`) and the per-device body compiled as one
+     ``jit(shard_map(body))`` followed, in the same jit, by the reduction of
+     each output over the devices (`body`, `reduce`); how each leaf reaches
+     the executable is decided (`placement`).
 3. A hit with several processes agrees on the call (one hash, `processes`).
 4. ``plan.place`` carries out what was decided per leaf: host arrays go to
-   jit as they are (its in_shardings place them), device arrays already laid
-   out pass through, synk.Data views hand over their data and indices.
+   jit as they are (its in_shardings place them), or padded; device arrays
+   already laid out pass through; synk.Data views hand over their data and
+   indices.
 5. The executable runs; on CPU, `runtime.throttle` bounds the calls in flight.
+   What the function wrote into NNX Variables is written back to the caller's
+   (`partition.Call.write_back`), and static outputs are put back
+   (`partition.Outputs`).
 
 Cost of a repeated call (measured by ``synk bench dispatch``): one
-``tree_flatten``, one dict lookup, the placement, one jit dispatch and one
-``tree_unflatten``; no tracing and no planning.
+``tree_flatten`` and a pass over its leaves, one dict lookup, the placement,
+one jit dispatch and one ``tree_unflatten``; no tracing and no planning.
 """
 
 from __future__ import annotations
@@ -82,9 +90,11 @@ def function(
     """Replicate a single-device function over every device, exactly.
 
     The wrapped function is written for one device and a whole batch. synk
-    slices the sliced arguments along their batch axis across the devices,
-    runs the function on each device's rows, and combines the outputs so that
-    the result equals ``fn(*args)`` on one device, for any batch size.
+    slices the sliced arguments along their batch axis across the devices so
+    that the result equals ``fn(*args)`` on one device, for any batch size.
+    With no ``reduce`` (the default) the whole function runs under XLA's
+    partitioner, exact for any function; with explicit reductions it runs on
+    each device's rows and its outputs are combined by their ops.
 
     Args:
       fn: the function. Use ``@synk.function`` bare or ``@synk.function(...)``.
@@ -95,12 +105,18 @@ def function(
         entry i. Python numbers and 0-d arrays are always broadcast.
         Keyword-only arguments take a single (non-tuple) ``in_axes``, else
         they are broadcast.
-      reduce: how outputs combine, one op or a pytree prefix of the outputs:
-        ``'avg'`` (outputs are means over rows; weighted by rows), ``'sum'``,
-        ``'max'``, ``'min'``, ``'prod'``, ``'gather'`` (one row per input row,
-        concatenated in input order), ``'per_device'`` (no reduction).
+      reduce: None (default): outputs as the function returns them on one
+        device, for any function (batch statistics, root mean squares,
+        dropout from one key, per-row outputs). Or explicit reductions, the
+        statement that outputs combine over rows, one op or a pytree prefix
+        of the outputs: ``'avg'`` (outputs are means over rows; weighted by
+        rows), ``'sum'``, ``'max'``, ``'min'``, ``'prod'``, ``'gather'`` (one
+        row per input row, concatenated in input order), ``'per_device'``
+        (no reduction). ``num_slices``, ``comm_dtype``, ``'per_device'``
+        in_axes and collectives across devices need them.
       num_slices: each device runs its rows as this many sequential pieces and
-        accumulates them: less memory per step, the same result.
+        accumulates them: less memory per step, the same result (explicit
+        reductions only).
       static_argnums: positions of arguments that are compile-time constants.
       static_argnames: names of arguments that are compile-time constants.
       donate_argnums: positions of arguments whose device buffers the call may
@@ -118,8 +134,9 @@ def function(
       A `synk.Function`: call it like ``fn``.
 
     Raises:
-      ValueError, TypeError: bad options, here; bad arguments, at the call,
-        before anything runs.
+      ValueError, TypeError: bad options (num_slices or comm_dtype without
+        an explicit reduce, say), here; bad arguments, at the call, before
+        anything runs.
 
     Example:
       >>> import numpy as np, jax.numpy as jnp, synk
@@ -129,6 +146,14 @@ def function(
       >>> w, x = np.ones(3, np.float32), np.ones((1001, 3), np.float32)
       >>> float(mse(w, x))  # 1001 rows over every device; equals mse.serial(w, x)
       9.0
+      >>> @synk.function(in_axes=(None, 0))
+      ... def rms(w, x):  # not a mean over rows: exact all the same
+      ...     return jnp.sqrt(jnp.mean((x @ w) ** 2))
+      >>> float(rms(w, x))
+      3.0
+      >>> total = synk.function(lambda x: x.sum(), reduce="sum")  # a row-separable sum
+      >>> float(total.with_options(num_slices=2)(np.ones(64)))  # in 2 pieces per device
+      64.0
     """
     if fn is None:
         return functools.partial(

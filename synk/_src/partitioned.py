@@ -91,6 +91,7 @@ def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable
     views = view_slots(descs)
     batch = {i: NamedSharding(mesh, spec(d)) for i, d in enumerate(descs) if d.role is Role.SLICED}
     name = getattr(core.fn, "__name__", "fn")
+    everywhere = NamedSharding(mesh, P())
 
     def whole(*args):
         flat = []
@@ -100,7 +101,13 @@ def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable
                 x = _view_rows(d, x, args[views[i]], mesh)
             if i in pad:
                 x = pad[i].unpad(x, d.axis)
-            elif i in batch:
+            elif traced and d.view is None and (i not in batch or core.groups > 1):
+                # Inside a trace: broadcast values replicated, and so the derivatives
+                # with respect to them (XLA's own choice of layout may be one that no
+                # PartitionSpec names); with several processes, batches too, so that
+                # every process can read a derivative with respect to one.
+                x = lax.with_sharding_constraint(x, everywhere)
+            if i in batch and i not in pad:
                 # Inside a trace: the batch, whole, sharded over the devices (XLA
                 # pads an uneven one itself); a view's rows are gathered there.
                 x = lax.with_sharding_constraint(x, batch[i])
@@ -108,13 +115,15 @@ def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable
         with synk_lax.tracing(bound=True, rows=rows):
             result = synk_lax.on_one_device(call_user, flat)
         leaves, out.treedef = jax.tree_util.tree_flatten(result)
+        if traced and core.groups > 1:  # every process can read the outputs (np.asarray)
+            leaves = [lax.with_sharding_constraint(x, everywhere) for x in leaves]
         return leaves
 
     whole.__name__ = f"synk_whole_{name}"  # shown by f.lower: the path this function takes
     if traced:
         return jax.jit(whole)
     shardings = tuple(NamedSharding(mesh, s) for s in slot_specs(descs))
-    out_shardings = NamedSharding(mesh, P()) if core.groups > 1 else None
+    out_shardings = everywhere if core.groups > 1 else None
     return jax.jit(
         whole, in_shardings=shardings, out_shardings=out_shardings, donate_argnums=donated
     )
