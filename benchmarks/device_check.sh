@@ -8,8 +8,10 @@
 #
 # Steps, each under its own time limit (a failed or late step is reported, and
 # the others still run):
-#   1. overhead  synk bench overhead --conv: per-call time of synk against the
-#                hand-written jit(shard_map), for the bench MLP and a conv net
+#   1. overhead  synk bench overhead --conv: per-call time of synk's default path
+#                against the hand-written jit(in_shardings), even and uneven
+#                (target 1.03), and of reduce='avg' against jit(shard_map), for
+#                the bench MLP and a conv net
 #   2. indexing  synk bench indexing: X[idx] on device data against shipping each
 #                batch over the host-to-device link (target: X[idx] costs less)
 #   3. bf16      comm_dtype=jnp.bfloat16: the all-reduces of a small function,
@@ -71,7 +73,8 @@ else
     MEMORY=()
     # Quick and telling first, the slow property tests last: a file that does
     # not start in time is reported as such.
-    TESTS=(tests/test_arguments.py tests/test_errors.py tests/test_function.py
+    TESTS=(tests/test_whole.py tests/test_modules.py
+           tests/test_arguments.py tests/test_errors.py tests/test_function.py
            tests/test_data.py tests/test_collectives.py tests/test_inside_function.py
            tests/test_dispatch.py tests/test_row_keys.py tests/test_numerics.py
            tests/test_equivalence.py)

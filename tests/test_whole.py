@@ -7,9 +7,12 @@ back as one device computes them, for any batch length. Each result is
 compared with ``f.serial`` and with ``jax.jit(fn)`` on one device.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import PROCESSES, counting, fewer_under_mpi
 from hypothesis import given
@@ -160,17 +163,52 @@ def test_vmap_equals_serial():
     _close(got, jax.vmap(f.serial, in_axes=(None, 0, None))(key, ws, x))
 
 
-def test_a_fused_step_compiles_the_whole_function_with_its_update():
-    key, w, x = _inputs((2 * N + 3) * PROCESSES)
+@pytest.mark.parametrize("rows", [2 * N, 12 * N + 4])  # 100 rows on 8 devices: 25 on 4
+def test_a_fused_step_compiles_the_whole_function_with_its_update(rows):
+    # The batch enters the caller's jit as an argument, as a training loop passes it:
+    # its layout there must be one the caller's jit can take.
+    key, w, x = _inputs(rows * PROCESSES)
     f = synk.function(dropout, in_axes=(None, None, 0))
 
     @jax.jit
-    def step(w):
+    def step(w, x):
         g = jax.grad(lambda w: f(key, w, x)[0])(w)
         return w - 0.1 * g
 
     want = w - 0.1 * jax.grad(lambda w: dropout(key, w, x)[0])(w)
-    _close(step(w), want, rtol=1e-4)
+    _close(step(w, x), want, rtol=1e-4)
+
+
+def test_a_fused_optimiser_step_takes_an_uneven_batch_as_an_argument():
+    # XLA, left to itself, would lay out these 100 rows as 25 on each of 4 devices,
+    # twice over (no PartitionSpec over the 8 devices names that): the caller's
+    # jit could then not take the batch.
+    rows = 12 * N + 4
+    rng = np.random.default_rng(0)
+    sizes = [(8, 16), (16, 3)]
+    params = [{"w": rng.normal(size=s).astype(np.float32), "b": np.zeros(s[1], np.float32)}
+              for s in sizes]  # fmt: skip
+    x = rng.normal(size=(rows * PROCESSES, 8)).astype(np.float32)
+    y = rng.integers(0, 3, rows * PROCESSES)
+
+    def loss(params, x, y):
+        h = jax.nn.relu(x @ params[0]["w"] + params[0]["b"])
+        logits = h @ params[1]["w"] + params[1]["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    optimizer = optax.adam(1e-2)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+
+    def step(loss_fn, params, state, x, y):
+        updates, state = optimizer.update(jax.grad(loss_fn)(params, x, y), state, params)
+        return optax.apply_updates(params, updates), state
+
+    fused = jax.jit(functools.partial(step, f))
+    mine = theirs = (params, optimizer.init(params))
+    for _ in range(2):
+        mine = fused(*mine, x, y)
+        theirs = jax.jit(functools.partial(step, loss))(*theirs, x, y)
+        _close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------- device-resident data

@@ -90,6 +90,7 @@ def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable
     mesh = core.mesh
     views = view_slots(descs)
     batch = {i: NamedSharding(mesh, spec(d)) for i, d in enumerate(descs) if d.role is Role.SLICED}
+    uneven = {i for i in batch if descs[i].aval.shape[descs[i].axis] % mesh.size}
     name = getattr(core.fn, "__name__", "fn")
     everywhere = NamedSharding(mesh, P())
 
@@ -101,10 +102,13 @@ def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable
                 x = _view_rows(d, x, args[views[i]], mesh)
             if i in pad:
                 x = pad[i].unpad(x, d.axis)
-            elif traced and d.view is None and (i not in batch or core.groups > 1):
+            elif traced and d.view is None and (i not in batch or i in uneven or core.groups > 1):
                 # Inside a trace: broadcast values replicated, and so the derivatives
-                # with respect to them (XLA's own choice of layout may be one that no
-                # PartitionSpec names); with several processes, batches too, so that
+                # with respect to them; an uneven batch too, as it enters the
+                # caller's jit. Left to itself, XLA may lay such a value out in a
+                # way that no PartitionSpec over the devices names (25 rows on
+                # each of 4 devices, twice), which the caller's jit then cannot
+                # take or return. With several processes, batches too, so that
                 # every process can read a derivative with respect to one.
                 x = lax.with_sharding_constraint(x, everywhere)
             if i in batch and i not in pad:
