@@ -259,3 +259,30 @@ def test_serial_runs_a_flax_model_that_updates_its_variables():
     got = f(mine, synk.process_share(x)) if P == 1 else f.serial(mine, x)
     _close(got, f.serial(reference, x))
     _close(mine, reference)
+
+
+# ---------------------------------------------------------------- one synk.Function in another
+
+
+@pytest.mark.parametrize("rows", fewer_under_mpi(ROWS, keep=ROWS[1:2]))
+@pytest.mark.parametrize("outer", [None, "avg"])
+@pytest.mark.parametrize("inner", [None, "avg", "max"])
+def test_a_synk_function_inside_another_runs_as_its_serial_function(rows, outer, inner):
+    w, x, y = _data(rows)
+    h = synk.function(lambda w, x: jnp.max(jnp.tanh(x @ w)), in_axes=(None, 0), reduce=inner)
+    f = synk.function(lambda w, x, y: loss(w, x, y) * h(w, x), in_axes=(None, 0, 0),
+                      reduce=outer)  # fmt: skip
+    # The inner function is part of the outer one's body, on the rows that body
+    # sees: as an undecorated function. Without reduce that is the whole batch.
+    want = f.serial(w, x, y)
+    if outer is None:
+        _close(want, loss(w, x, y) * jnp.max(jnp.tanh(x @ w)))
+        _close(f(w, *synk.process_share((x, y))), want, rtol=1e-5)
+        _close(jax.grad(f)(w, x, y), jax.grad(f.serial)(w, x, y), rtol=1e-4)
+    elif P == 1:  # each piece: B // N rows per device, and one extra row on the first B % N
+        q, r = divmod(rows, N)
+        pieces = [range(j * q, (j + 1) * q) for j in range(N) if q] + [
+            [N * q + j] for j in range(r)
+        ]
+        means = [float(f.serial(w, x[list(p)], y[list(p)])) * len(p) for p in pieces]
+        _close(f(w, x, y), sum(means) / rows, rtol=1e-5)

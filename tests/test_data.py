@@ -368,3 +368,91 @@ def test_a_view_on_other_devices_than_the_function(X):
     f = synk.function(lambda a: a.sum(), reduce="sum", devices=1)
     with pytest.raises(ValueError, match=rf"synk.Data on {N} devices, but this function runs on 1"):
         f(X[:4])
+
+
+# ------------------------------------------------------------- data never dropped or mangled
+
+
+@pytest.mark.parametrize("reduce", [None, "sum"])
+def test_local_every_row_of_uneven_shards_uses_every_row(reduce):
+    x = np.arange(38.0 * N - 4, dtype=np.float32)  # shards of 38 and 37 rows
+    X = synk.data(x, sharded=True)
+    assert len(set(X.rows_per_device)) == 2
+    f = synk.function(lambda x: (x.sum(), x.shape[0]), reduce=reduce)
+    total, rows = f(X.local[:])
+    assert int(rows) == len(x)
+    np.testing.assert_allclose(float(total), x.sum(), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(X.local[:]), x)
+
+
+def test_a_local_slice_that_would_take_unequal_counts_is_refused():
+    X = synk.data(np.arange(38.0 * N - 4), sharded=True)
+    with pytest.raises(IndexError, match=r"X.local\[:38\]: the shards hold 38 or 37 rows"):
+        X.local[:38]
+    assert len(X.local[:37]) == 37 * N  # the same count from every shard
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_batch_as_a_host_array_is_its_rows(sharded):
+    x = RNG.normal(size=(10 * N + 3, 2)).astype(np.float32)
+    X = synk.data(x, sharded=sharded)
+    idx = np.array([3, -1, 0, 3, len(x) - 2])
+    np.testing.assert_array_equal(np.asarray(X[idx]), x[idx])
+    assert np.asarray(X[idx]).shape == (5, 2)
+    if sharded:
+        local = np.asarray(X.local[[1, 0]])
+        starts = np.asarray(X.layout.starts)
+        np.testing.assert_array_equal(local, x[(starts[:, None] + [1, 0]).reshape(-1)])
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        (np.array([2**40, 1]), r"holds 1099511627776, which int32 cannot hold"),
+        (np.array([1e300, 1.0]), r"holds 1e\+300, which float32 cannot hold"),
+    ],
+)
+def test_values_the_device_dtype_cannot_hold_are_refused(value, pattern):
+    with pytest.raises(ValueError, match=rf"synk.data\(value\): the value {pattern}.*x64"):
+        synk.data(value)
+    X = synk.data(np.zeros(2, value.dtype))
+    with pytest.raises(ValueError, match=rf"Data.set_value\(value\): the value {pattern}"):
+        X.set_value(value)
+    np.testing.assert_array_equal(np.asarray(X), np.zeros(2))  # the old value stays
+    assert synk.data(np.array([2**30, -(2**31)])).dtype == np.int32  # what fits is kept
+
+
+@single_process("a device array laid out for one process's call")
+@pytest.mark.parametrize("reduce", [None, "avg"])
+def test_a_whole_data_set_passed_broadcast_moves_nothing(reduce):
+    D = synk.data(RNG.normal(size=(50, 3)).astype(np.float32))
+    mesh = jax.sharding.Mesh(np.array(synk.devices()), ("synk",))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("synk"))
+    x = jax.device_put(np.ones(4 * N, np.float32), rows)  # laid out as the call takes it
+    f = synk.function(lambda D, x: D.sum() * x.mean(), in_axes=(None, 0), reduce=reduce)
+    want = f(D, x)
+    with jax.transfer_guard("disallow"):  # neither the data set nor the batch moves
+        got = f(D, x)
+    np.testing.assert_allclose(float(got), float(want))
+
+
+@pytest.mark.parametrize("reduce", [None, "avg"])
+def test_a_whole_data_set_passed_broadcast_is_its_device_array(reduce):
+    table = RNG.normal(size=(50, 3)).astype(np.float32)
+    D = synk.data(table)
+    x = jnp.asarray(RNG.normal(size=(4 * N * PROCESSES,)).astype(np.float32))
+    f = synk.function(lambda D, x: D[:, 0].mean() * x.mean() + D.sum(), in_axes=(None, 0),
+                      reduce=reduce)  # fmt: skip
+    want = f.serial(table, x)
+    np.testing.assert_allclose(float(f(D, synk.process_share(np.asarray(x)))), float(want), 1e-5)
+    np.testing.assert_allclose(float(f.serial(D, x)), float(want), rtol=1e-5)
+    np.testing.assert_allclose(float(jax.jit(lambda x: f(D, x))(x)), float(want), rtol=1e-5)
+
+
+def test_a_whole_data_set_sliced_or_sharded_is_refused_by_name():
+    D = synk.data(np.ones((8, 2), np.float32))
+    with pytest.raises(ValueError, match=r"`D` is a whole synk.Data, which is broadcast.*D\[:\]"):
+        synk.function(lambda D: D.sum())(D)
+    S = synk.data(np.ones((8, 2), np.float32), sharded=True)
+    with pytest.raises(ValueError, match=r"`D` is a sharded synk.Data passed whole"):
+        synk.function(lambda D: D.sum(), in_axes=None)(S)

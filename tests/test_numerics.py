@@ -295,3 +295,23 @@ def test_gradient_through_the_max_min_combine_matches_serial(op):
         for i, j in ties:
             x[i, j] = 9.0 if op == "max" else -9.0
         np.testing.assert_allclose(jax.grad(f)(x), jax.grad(pick)(x))
+
+
+# ---------------------------------------------------------------- booleans
+
+
+@pytest.mark.parametrize("rows", [2 * N, 2 * N + 3, max(N - 1, 1)])
+@pytest.mark.parametrize("slices", [1, 2])
+def test_max_and_min_of_booleans_are_any_and_all(rows, slices):
+    rows = global_rows(rows)
+    if rows // N < slices:
+        pytest.skip("num_slices larger than the rows a device gets")
+    for hit in ([], [0], [rows - 1], list(range(rows))):  # no row, the first, the last, every
+        x = np.zeros((rows, 2), np.float32)
+        x[hit] = 1.0
+        fn = lambda x: ((x > 0).any(0), (x > 0).all(0))  # noqa: E731
+        got = synk.function(fn, reduce=("max", "min"), num_slices=slices)(synk.process_share(x))
+        want = fn(x)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == np.bool_
+            np.testing.assert_array_equal(np.asarray(g), w)

@@ -325,7 +325,7 @@ def donated(core, descs: list[Leaf], layout: Layout | None) -> tuple[int, ...]:
     hit = [
         k
         for k, d in enumerate(descs)
-        if d.source not in (Source.SCALAR, Source.VIEW)  # a view's data outlives the call
+        if d.source not in (Source.SCALAR, Source.VIEW, Source.DATA)  # data outlives the call
         and any(d.name == nm or d.name.startswith((nm + "[", nm + ".")) for nm in names)
     ]
     extra = layout.extra.items() if layout is not None else ()

@@ -37,6 +37,28 @@ def _fmt_bytes(n: float) -> str:
     raise AssertionError
 
 
+def _check_fits(array: np.ndarray, dtype: np.dtype, where: str) -> None:
+    """Refuse values that the device dtype (32 bits, x64 off) would wrap or make infinite."""
+    kind = array.dtype.kind
+    if kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        bad = high if high > info.max else low if low < info.min else None
+    elif kind in "fc" and array.size:
+        finite = np.isfinite(array)
+        big = np.abs(array[finite]).max() if finite.any() else 0
+        bad = big if big > np.finfo(dtype).max else None
+    else:
+        return
+    if bad is not None:
+        raise ValueError(
+            f"{where}: the value holds {bad}, which {dtype} cannot hold; JAX keeps "
+            f"{array.dtype} as {dtype} on the devices unless 64-bit types are on. Scale or "
+            f"convert the values so that they fit {dtype}, or turn on 64-bit types "
+            "(jax.config.update('jax_enable_x64', True), before anything uses JAX)."
+        )
+
+
 class Data:
     """A data set put on the devices once; index it to pass batches. See `synk.data`."""
 
@@ -60,7 +82,10 @@ class Data:
             )
         if array.dtype == object:
             raise TypeError(f"{where}: expected a numeric array, got dtype object.")
-        return array.astype(jax.dtypes.canonicalize_dtype(array.dtype), copy=False)
+        dtype = jax.dtypes.canonicalize_dtype(array.dtype)
+        if dtype != array.dtype:
+            _check_fits(array, dtype, where)
+        return array.astype(dtype, copy=False)
 
     def _place(self, host: np.ndarray) -> None:
         rows = host.shape[0]
@@ -172,6 +197,8 @@ class Data:
         """
         dtype = self._live("set_value: this synk.Data").dtype
         host = self._as_host(value, "Data.set_value(value)")
+        if host.dtype != dtype and np.can_cast(host.dtype, dtype, casting="same_kind"):
+            _check_fits(host, dtype, "Data.set_value(value)")
         if not np.can_cast(host.dtype, dtype, casting="same_kind"):
             raise TypeError(
                 f"Data.set_value: this data is {dtype} and the new value is {host.dtype}, "
@@ -304,6 +331,10 @@ class _LocalIndexer:
 
     def __getitem__(self, idx) -> Batch:
         data = self._data
+        if isinstance(idx, slice) and indices.every_row(idx) and len(set(data.rows_per_device)) > 1:
+            # Every row of every shard: the shards are the data's rows in order,
+            # and they hold unequal counts, so one index per device cannot take them.
+            return data[:]
         if isinstance(idx, compat.Tracer):  # resolved in the trace, as X[idx] is
             index = indices.traced_index(
                 idx, "X.local[idx]", local=True, devices=len(data._devices)
@@ -349,6 +380,40 @@ class Batch:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def gathered(self) -> jax.Array:
+        """The rows this batch picks, gathered by JAX (inside a trace: in the trace)."""
+        array = self.data._live("X[idx]: the synk.Data of this batch")
+        index = indices.device_index(self)
+        if self.local:  # device d's rows idx[d] of its shard, in device order
+            n = len(self.data._devices)
+            shards = array.reshape((n, array.shape[0] // n, *array.shape[1:]))
+            return shards[jnp.arange(n)[:, None], index].reshape((-1, *array.shape[1:]))
+        layout = self.data.layout
+        if layout is not None:  # global rows of sharded data: where each one lies
+            owner, pos = layout.owner(index)
+            index = owner * layout.per + pos
+        return jnp.take(array, index, axis=0)
+
+    def __array__(self, dtype=None, copy=None):
+        """The rows this batch picks, on the host: what a function sees of it, whole."""
+        if self.traced:
+            raise TypeError(
+                "np.asarray(X[idx]): the index is traced (inside jax.jit, grad or vmap), so "
+                "its rows are not known here. Use X[idx] as an argument of a synk.Function."
+            )
+        if not self.fits():
+            raise IndexError(
+                f"np.asarray(X[idx]): the batch reaches row {self.reach - 1}, but the data "
+                f"now has {len(self.data)} rows (set_value shrank it). Make the batch again."
+            )
+        rows = np.asarray(self.data)
+        if self.local:  # device d's rows idx[d] of its shard, in device order
+            starts = np.asarray(self.data.layout.starts)[:, None]
+            out = rows[(starts + self.index).reshape(-1)]
+        else:
+            out = rows[self.index]
+        return out if dtype is None else out.astype(dtype)
 
     def __repr__(self) -> str:
         kind = "local rows" if self.local else "rows"

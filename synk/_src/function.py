@@ -43,11 +43,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 import jax
+import numpy as np
 
 from synk._src import lax as synk_lax
 from synk._src import processes, runtime
 from synk._src import reduce as red
-from synk._src.partition import Outputs, Recompiles, Structure, partition
+from synk._src.partition import Outputs, Recompiles, Structure, is_batch, is_data, partition
 from synk._src.plan import Plan, user_call
 from synk._src.roles import entries
 from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
@@ -233,6 +234,11 @@ class Function:
 
     def __call__(self, *args, **kwargs):
         core = self._core
+        if synk_lax.inside():
+            # Called inside another synk.Function's body (or f.serial): that
+            # function already runs on the devices, and this one is part of it,
+            # as an undecorated function would be: the serial result.
+            return core.fn(*args, **kwargs)
         statics, dyn = core.bind(args, kwargs)
         call = partition(dyn)
         leaves = call.traced
@@ -314,7 +320,7 @@ class Function:
         serial = core.serials.get(key)
         if serial is None:
             serial = core.serials[key] = _Serial.build(core, statics, dyn, call)
-        result, new = serial.jitted(call.traced)
+        result, new = serial.jitted([_as_array(x) for x in call.traced])
         if new:
             call.write_back(new, serial.structure)
         return serial.outputs.restore(result)
@@ -355,6 +361,17 @@ class Function:
             f"synk.Function({core.name}, in_axes={core.in_axes!r}, reduce={o.reduce!r}, "
             f"path={self.path!r}{extras}, devices={n}x{kind}, compiled={len(core.cache)})"
         )
+
+
+def _as_array(x):
+    """A traced leaf as one device takes it: a synk.Data batch as its rows, a whole
+    synk.Data as its value (on the host, or gathered in the trace for a traced index)."""
+    t = type(x)
+    if is_batch(t):
+        return x.gathered() if x.traced else np.asarray(x)
+    if is_data(t):
+        return np.asarray(x)
+    return x
 
 
 def _rows(traced: list) -> int | None:

@@ -137,12 +137,28 @@ def device_index(view: Batch):
     return jnp.clip(wide, 0, jnp.maximum(held - 1, 0)).astype(jnp.int32)
 
 
+def every_row(idx: slice) -> bool:
+    """Whether a slice takes every row, whatever the length (``[:]``, ``[0:]``)."""
+    return idx.start in (None, 0) and idx.stop is None and idx.step in (None, 1)
+
+
 def local_index(idx, data: Data) -> np.ndarray:
     n, held = len(data._devices), np.array(data.rows_per_device)
     if isinstance(idx, slice):
         traced_slice(idx, "X.local[idx]")
         if idx.step not in (None, 1):
             raise ValueError("X.local[a:b:step]: slices with a step are not supported.")
+        counts = {len(range(*idx.indices(int(h)))) for h in held}
+        if len(counts) > 1:
+            bounds = ":".join("" if b is None else str(b) for b in (idx.start, idx.stop))
+            raise IndexError(
+                f"X.local[{bounds}]: the shards hold {int(held.max())} or "
+                f"{int(held.min())} rows, so this slice takes {max(counts)} rows of some "
+                f"shards and {min(counts)} of others, and a local batch takes the same "
+                f"count from every device. Take at most {int(held.min())} rows of each "
+                "shard (X.local[:k]), pass X.local[:] for every row, or use global "
+                "indices (X[idx])."
+            )
         idx = np.arange(*idx.indices(int(held.min())))
     array = as_index_array(idx, "X.local[idx]")
     if array.ndim == 1:

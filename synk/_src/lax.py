@@ -50,6 +50,11 @@ def _bound() -> bool:
     return _trace.bound
 
 
+def inside() -> bool:
+    """Whether synk is tracing a function's body (or ``f.serial``) in this thread."""
+    return _trace.bound
+
+
 def on_one_device(fn, arrays: list):
     """``fn(arrays)`` with synk's device axis bound at size 1: the whole batch on one device.
 

@@ -89,7 +89,7 @@ def kind(x, plain: bool):
         if not isinstance(x, compat.Tracer):
             _DEVICE.add(t)
         return TRACED
-    if is_batch(t):
+    if is_batch(t) or is_data(t):
         return TRACED
     if t in NUMBERS:
         return TRACED if plain else Static(x, _number_key(x))
@@ -113,7 +113,14 @@ def _number_key(x):
 
 @functools.cache
 def is_batch(t: type) -> bool:
+    """A synk.Data batch view (known by name: data imports the runtime, this module not)."""
     return t.__name__ == "Batch" and t.__module__ == "synk._src.data"
+
+
+@functools.cache
+def is_data(t: type) -> bool:
+    """A whole synk.Data, passed as an argument."""
+    return t.__name__ == "Data" and t.__module__ == "synk._src.data"
 
 
 class _Unhashable:
@@ -270,6 +277,11 @@ def leaf_key(x):
         if type(x.index) is not np.ndarray:  # a traced index: a traced plan of its own
             return (*key, "traced")
         return (*key, x.fits())
+    if is_data(t):
+        array = x._array
+        if array is None:
+            return (t, id(x))  # deleted: the plan refuses it, naming the argument
+        return (t, array.shape, array.dtype, array.sharding, x.sharded)
     if isinstance(x, compat.Tracer):  # inside jax.jit, grad, vmap: no sharding
         return (t, x.aval)
     if isinstance(x, jax.Array):

@@ -193,12 +193,15 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
     views = view_slots(descs)
     size = len(descs) + len(set(views.values()))
     named = [(i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view]
+    whole = placement.data_arrays(core, descs)
     if traced:
-        if not named:
+        if not named and not whole:
             return list
 
         def place_traced(leaves: list) -> list:
             args = [*leaves, *[None] * (size - len(leaves))]
+            for i, where in whole:
+                args[i] = leaves[i]._live(where)
             for i, where in named:
                 args[i] = leaves[i].data._live(where)
                 if args[views[i]] is None:  # not yet sent by a view with equal indices
@@ -209,7 +212,7 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
 
     shardings = [NamedSharding(core.mesh, s) for s in slot_specs(descs)]
     actions = [_action(core, i, d, pad.get(i), shardings[i]) for i, d in enumerate(descs)]
-    if core.groups == 1 and not named and all(a is placement.PASS for a in actions):
+    if core.groups == 1 and not (named or whole) and all(a is placement.PASS for a in actions):
         return list  # the common case: every leaf goes to jit as it is
     shares = frozenset(i for i, d in enumerate(descs) if d.sliced_array and d.host)
 
@@ -217,6 +220,8 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
         args = [None] * size
         for i, (action, x) in enumerate(zip(actions, leaves)):
             action.put(x, args, i)
+        for i, where in whole:
+            args[i] = leaves[i]._live(where)
         for i, where in named:
             args[i] = leaves[i].data._live(where)
             if args[views[i]] is None:  # not yet sent by a view with equal indices
@@ -240,8 +245,8 @@ class _Padded:
 
 
 def _action(core, i: int, d: Leaf, pad: Pad | None, target: NamedSharding):
-    if d.view is not None:
-        return placement.PASS  # the placer hands over its data and index
+    if d.view is not None or d.source is Source.DATA:
+        return placement.PASS  # the placer hands over its data (and a view's index)
     if d.source is Source.DEVICE and d.role is Role.SLICED:
         if pad.needed or not d.sharding.is_equivalent_to(target, d.aval.ndim):
             return _Padded(_device_padder(core, d, pad, target))

@@ -91,6 +91,16 @@ class _ViewIndices:
 PASS = _Pass()
 
 
+@dataclasses.dataclass(frozen=True)
+class _DataArray:
+    """A whole synk.Data: its array, already on the devices."""
+
+    where: str
+
+    def put(self, x, jit_args: list, i: int) -> None:
+        jit_args[i] = x._live(self.where)
+
+
 # --------------------------------------------------------------------------
 # The placer
 
@@ -125,11 +135,14 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     views = [
         (i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view is not None
     ]
-    if not views:
+    whole = data_arrays(core, descs)
+    if not views and not whole:
         return list
 
     def place(leaves: list) -> list:
         jit_args = [*leaves, *[None] * (layout.size - len(leaves))]
+        for i, where in whole:
+            jit_args[i] = leaves[i]._live(where)
         for i, where in views:
             x = leaves[i]
             jit_args[i] = x.data._live(where)
@@ -141,8 +154,19 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     return place
 
 
+def data_arrays(core, descs: list[Leaf]) -> list[tuple[int, str]]:
+    """The leaves that are whole synk.Data, with how to name them in an error."""
+    return [
+        (i, f"{core.where}: argument `{d.name}` is a synk.Data that")
+        for i, d in enumerate(descs)
+        if d.source is Source.DATA
+    ]
+
+
 def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, shardings: list):
     uneven = split is not None and not split.even
+    if d.source is Source.DATA:
+        return _DataArray(f"{core.where}: argument `{d.name}` is a synk.Data that")
     if d.source is Source.VIEW:
         own = d.view is View.GLOBAL and d.data_layout is None
         parts = functools.partial(synk_data.host_requests, split=split) if own else None

@@ -38,6 +38,7 @@ class Source(enum.Enum):
     HOST = "a host array"  # numpy and the like; with several processes, this process's share
     DEVICE = "a jax.Array"  # already on the devices, with a known sharding
     VIEW = "a synk.Data batch"  # rows of device-resident data, picked by indices
+    DATA = "a synk.Data"  # a whole replicated data set: its array, as it lies
     TRACED = "a traced value"  # inside jax.jit, grad or vmap: a global value the outer jit places
 
 
@@ -105,6 +106,8 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
     where, n = core.where, len(core.devices)
     if type(leaf) is synk_data.Batch:
         return _describe_view(core, name, leaf, entry, traced)
+    if type(leaf) is synk_data.Data:
+        return _describe_data(core, name, leaf, entry)
     if type(leaf) in SCALARS:
         aval = jax.ShapeDtypeStruct((), jax.dtypes.canonicalize_dtype(type(leaf)), weak_type=True)
         return Leaf(name, Role.BROADCAST, None, aval, Source.SCALAR)
@@ -161,12 +164,7 @@ def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) 
             "np.asarray(X) (the whole data set) to broadcast it."
         )
     if data._devices != core.devices:
-        raise ValueError(
-            f"{where}: argument `{name}` is a batch of a synk.Data on {len(data._devices)} "
-            f"devices, but this function runs on {len(core.devices)} devices "
-            f"({[d.id for d in core.devices]}). Use a function on every device "
-            "(devices=None)."
-        )
+        raise ValueError(_other_devices_error(where, name, data, core))
     if not view.fits():
         raise IndexError(_stale_view_error(where, name, view))
     aval = jax.ShapeDtypeStruct(view.shape, data.dtype)
@@ -174,8 +172,41 @@ def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) 
     return Leaf(name, Role.SLICED, 0, aval, Source.VIEW, view=kind, data_layout=data.layout)
 
 
+def _describe_data(core, name: str, data: synk_data.Data, entry) -> Leaf:
+    """A whole synk.Data: broadcast, its device array used as it lies (no transfer)."""
+    where = core.where
+    array = data._live(f"{where}: argument `{name}` is a synk.Data that")
+    if entry is not None:
+        raise ValueError(
+            f"{where}: argument `{name}` is a whole synk.Data, which is broadcast (every "
+            f"device sees all of it, from its own copy), but its in_axes entry is {entry!r}. "
+            "To split its rows over the devices pass a batch of it, D[:] (every row) or "
+            "D[idx]; to broadcast it, give it in_axes None."
+        )
+    if data.sharded:
+        raise ValueError(
+            f"{where}: argument `{name}` is a sharded synk.Data passed whole, to be "
+            "broadcast: every device would need every row, and each holds only its shard. "
+            "Pass a batch of it, D[:] (every row, split over the devices) with in_axes 0, or "
+            "make it replicated: synk.data(value)."
+        )
+    if data._devices != core.devices:
+        raise ValueError(_other_devices_error(where, name, data, core))
+    aval = jax.ShapeDtypeStruct(array.shape, array.dtype)
+    return Leaf(name, Role.BROADCAST, None, aval, Source.DATA, array.sharding)
+
+
 # --------------------------------------------------------------------------
 # Error text
+
+
+def _other_devices_error(where: str, name: str, data, core) -> str:
+    return (
+        f"{where}: argument `{name}` is a batch of a synk.Data on {len(data._devices)} "
+        f"devices, but this function runs on {len(core.devices)} devices "
+        f"({[d.id for d in core.devices]}). Use a function on every device "
+        "(devices=None)."
+    )
 
 
 def _stale_view_error(where: str, name: str, view: synk_data.Batch) -> str:
