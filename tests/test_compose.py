@@ -143,6 +143,34 @@ def test_max_and_min_outputs_differentiate_like_jnp_max_ties_included(op):
     _close(got, want)
 
 
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize(("rows", "slices"), fewer_under_mpi(
+    [(2 * N, 1), (2 * N, 2), (2 * N + 3, 1), (4 * N + 5, 2)], keep=[(2 * N + 3, 1)]
+))  # fmt: skip
+def test_max_and_min_gradients_share_ties_over_every_tied_row_of_the_batch(op, rows, slices):
+    # Three tied rows, two of them on one device: each gets a third, as under jnp.max
+    # (not a half per device, shared again on the device).
+    sign = 1.0 if op == "max" else -1.0
+    x = np.zeros(rows * P, np.float32)
+    x[[0, 1, 2]] = 5.0 * sign
+    x[-1] = 5.0 * sign  # and one on the last device
+    pick = {"max": jnp.max, "min": jnp.min}[op]
+    f = synk.function(pick, reduce=op, num_slices=slices)
+    want = jax.grad(pick)(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(want)[[0, 1, 2, -1]], 0.25)
+    _close(jax.grad(f)(x), want)
+    _close(jax.jit(jax.grad(f))(x), want)
+    tangent = np.arange(rows * P, dtype=np.float32)
+    _close(jax.jvp(f, (x,), (tangent,)), jax.jvp(pick, (jnp.asarray(x),), (tangent,)))
+    # A vector output, ties per column; and a derived quantity of the rows.
+    m = np.zeros((rows * P, 2), np.float32)
+    m[[0, 1, rows * P - 1], 1] = 3.0 * sign
+    g = synk.function(lambda m: pick(jnp.tanh(m), axis=0), reduce=op, num_slices=slices)
+    weights = np.array([1.0, 2.0], np.float32)
+    serial = lambda m: (pick(jnp.tanh(m), axis=0) * weights).sum()  # noqa: E731
+    _close(jax.grad(lambda m: (g(m) * weights).sum())(m), jax.grad(serial)(jnp.asarray(m)))
+
+
 # ---------------------------------------------------------------- jax.vmap
 
 

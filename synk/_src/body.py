@@ -29,7 +29,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat
+from synk._src import compat, ties
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
@@ -260,9 +260,17 @@ def _view_rows(d: Leaf, data, index: list, split: Split):
 # The executable
 
 
-def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False):
-    """``jit(shard_map(body))``, with outputs in the user's order and rows in input order."""
+def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
+               talks: bool = False):  # fmt: skip
+    """``jit(shard_map(body))``, with outputs in the user's order and rows in input order.
+
+    `talks`: the function calls synk.lax collectives.
+    """
     specs = body.layout.specs
+    # Only a traced call can be differentiated: there max/min outputs count ties.
+    tie_leaves = ties.leaves(body) if traced and not talks else []
+    per_device_fn = ties.counted(body, tie_leaves) if tie_leaves else body
+    out_specs = (*body.out_specs(), [P(AXIS)] * len(tie_leaves)) if tie_leaves else body.out_specs()
     # check_vma=False: the user's function is written for one device and must
     # run as written. With value-varying types, a constant scan carry or cond
     # branch (0.0) is a type error beside per-device values, and the implicit
@@ -272,7 +280,7 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False)
     # transposes to psum, and shard_map's transpose divides the cotangent of a
     # replicated output by n and psums that of a replicated input.
     mapped = jax.shard_map(
-        body, mesh=core.mesh, in_specs=specs, out_specs=body.out_specs(), check_vma=False
+        per_device_fn, mesh=core.mesh, in_specs=specs, out_specs=out_specs, check_vma=False
     )
     split, n_out = body.split, len(body.out.ops)
 
@@ -289,10 +297,11 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False)
             flat = list(flat)
             for k in arguments:
                 flat[k] = lax.with_sharding_constraint(flat[k], everywhere)
-        local, rows, extra_rows, per_device = mapped(*flat)
+        local, rows, extra_rows, per_device, *counted = mapped(*flat)
+        counts = dict(zip(tie_leaves, counted[0], strict=True)) if counted else {}
         with jax.named_scope("synk_reduce"):
             reduced = red.combine(
-                body.ops, local, body.divisor, body.comm_dtype, body.dtypes, core.mesh
+                body.ops, local, body.divisor, body.comm_dtype, body.dtypes, core.mesh, counts
             )
         if body.uneven:
             rows = [reassemble(m, e, split) for m, e in zip(rows, extra_rows)]

@@ -97,7 +97,7 @@ class Plan:
             call_user, descs, split, out, layout, options.comm_dtype, len(core.devices)
         )
         donated = () if traced else synk_body.donated(core, descs, layout)
-        jitted = synk_body.executable(core, body, donated, traced)
+        jitted = synk_body.executable(core, body, donated, traced, uses_lax)
         place = placement.placer(core, descs, split, layout)
         return cls(
             "per-device", structure, outputs, out, jitted, place, description, digest,

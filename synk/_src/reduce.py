@@ -115,8 +115,11 @@ class Reduction(Op):
         """The local value as it goes into the collective."""
         return acc
 
-    def collective(self, values: list[jax.Array], comm_dtype, mesh) -> list[jax.Array]:
-        """Every device's local values (axis 0, one entry per device) reduced over the devices."""
+    def collective(self, values: list[jax.Array], comm_dtype, mesh, counts) -> list[jax.Array]:
+        """Every device's local values (axis 0, one entry per device) reduced over the devices.
+
+        `counts`: for max/min, each value's tied rows per device, or None (`ties`).
+        """
         sent = [_encode(v, comm_dtype) for v in values]
         return [_decode(_over_devices(lax.reduce_sum, s), v.dtype) for s, v in zip(sent, values)]
 
@@ -198,13 +201,17 @@ class Extremum(Reduction):
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return jnp.maximum(acc, value) if self.largest else jnp.minimum(acc, value)
 
-    def collective(self, values: list[jax.Array], comm_dtype, mesh) -> list[jax.Array]:
-        return _extremum(self.largest, comm_dtype, list(values))
+    def collective(self, values: list[jax.Array], comm_dtype, mesh, counts) -> list[jax.Array]:
+        return _extremum(self.largest, comm_dtype, list(values), list(counts))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _extremum(largest: bool, comm_dtype, values: list) -> list:
-    """The max (or min) over axis 0 (the devices) of `values`, NaN winning, as integers."""
+def _extremum(largest: bool, comm_dtype, values: list, counts: list) -> list:
+    """The max (or min) over axis 0 (the devices) of `values`, NaN winning, as integers.
+
+    `counts` (None or, per device, its rows tied at its own extreme) weighs the
+    winning devices in the derivative.
+    """
     return _extremum_and_winners(largest, comm_dtype, values)[0]
 
 
@@ -220,15 +227,17 @@ def _extremum_and_winners(largest: bool, comm_dtype, values: list) -> tuple[list
 
 @_extremum.defjvp
 def _extremum_jvp(largest: bool, comm_dtype, primals, tangents):
-    # As jnp.max's own rule: the tangent of the winner, split among the ties
-    # (here among the devices that hold the result). The integer keys would
-    # silently give a zero gradient.
-    (values,), (dots,) = primals, tangents
+    # As jnp.max's own rule: the tangent of the winner, split among the tied
+    # rows: each winning device's tangent (the mean over its tied rows) weighs
+    # its count of them. The integer keys would silently give a zero gradient.
+    (values, counts), (dots, _) = primals, tangents
     out, winners = _extremum_and_winners(largest, comm_dtype, values)
     out_dots = [np.zeros(o.shape, jax.dtypes.float0) for o in out]  # integers: no tangent
     for i, v in enumerate(values):
         if jnp.issubdtype(v.dtype, jnp.inexact):
             hits = winners[i].astype(dots[i].dtype)
+            if counts[i] is not None:
+                hits = hits * counts[i].astype(dots[i].dtype)
             out_dots[i] = lax.reduce_sum(dots[i] * hits, (0,)) / lax.reduce_sum(hits, (0,))
     return out, out_dots
 
@@ -241,7 +250,7 @@ class Prod(Reduction):
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return acc * value
 
-    def collective(self, values: list[jax.Array], comm_dtype, mesh) -> list[jax.Array]:
+    def collective(self, values: list[jax.Array], comm_dtype, mesh, counts) -> list[jax.Array]:
         # Every device's product on every device (an all-gather of what travels),
         # multiplied in the accumulation dtype in device order: exact, as
         # serial as a product over devices can be.
@@ -381,8 +390,9 @@ def plan_with_updates(spec: Any, shape: Any, where: str, names: list[str]) -> Ou
 
 
 def combine(
-    ops: list[Reduction], values: list, divisor: int, comm_dtype, dtypes: list, mesh
-) -> list:
+    ops: list[Reduction], values: list, divisor: int, comm_dtype, dtypes: list, mesh,
+    counts: dict | None = None,
+) -> list:  # fmt: skip
     """Reduce the devices' local values into one value each, replicated on `mesh`.
 
     Runs outside the per-device body, on global arrays: `values` hold every
@@ -400,11 +410,12 @@ def combine(
     Floating values travel in `comm_dtype` when one is given, complex ones as
     their real and imaginary parts in it.
     """
-    out = list(values)
+    out, counts = list(values), counts or {}
     for op in dict.fromkeys(ops):  # each op once, in order
         idx = [i for i, o in enumerate(ops) if o == op]
         sent = [op.prepare(values[i], divisor, comm_dtype) for i in idx]
-        for i, g in zip(idx, op.collective(sent, comm_dtype, mesh), strict=True):
+        tied = [counts.get(i) for i in idx]
+        for i, g in zip(idx, op.collective(sent, comm_dtype, mesh, tied), strict=True):
             out[i] = op.finish(g, divisor, comm_dtype, dtypes[i])
     return out
 
