@@ -21,6 +21,7 @@ from synk._src.function import Function as Function
 from synk._src.function import function as function
 from synk._src.runtime import device_count as device_count
 from synk._src.runtime import devices as devices
+from synk._src.runtime import global_batch as global_batch
 from synk._src.runtime import init as init
 from synk._src.runtime import process_count as process_count
 from synk._src.runtime import process_index as process_index
@@ -41,6 +42,7 @@ __all__ = [
     "function",
     "gather",
     "get_value",
+    "global_batch",
     "init",
     "lax",
     "process_count",

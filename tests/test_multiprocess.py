@@ -111,3 +111,85 @@ def test_data_views_take_global_indices_on_every_process():
         np.testing.assert_allclose(np.asarray(total), x[idx].sum(0), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(rows), x[idx] * 2, rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(X), x)
+
+
+# ---------------------------------------------------------------- one convention
+
+
+def _problem(seed, rows_per_process=5):
+    rng = np.random.default_rng(seed)  # the same global batch on every process
+    params = {
+        "w1": rng.normal(size=(4, 6)).astype(np.float32),
+        "w2": rng.normal(size=(6, 1)).astype(np.float32),
+    }
+    x = rng.normal(size=(rows_per_process * P_COUNT, 4)).astype(np.float32)
+    y = rng.normal(size=(rows_per_process * P_COUNT, 1)).astype(np.float32)
+    return params, x, y
+
+
+def _close(got, want, rtol=1e-4, atol=1e-6):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("reduce", [None, "avg"])
+def test_grad_of_a_synk_function_given_shares_equals_the_eager_call(reduce):
+    params, x, y = _problem(21)
+    f = synk.function(loss, in_axes=(None, 0, 0), reduce=reduce)
+    mine = synk.process_share((x, y))
+    want = jax.value_and_grad(loss)(params, x, y)  # the global batch, on one device
+    _close(f(params, *mine), want[0])
+    _close(jax.value_and_grad(f)(params, *mine), want)  # shares, under an eager grad
+    _close(jax.grad(f)(params, *mine), want[1])
+
+
+@pytest.mark.skipif(P_COUNT == 1, reason="needs several processes: runs under mpiexec -n 2")
+def test_an_eager_grad_with_respect_to_a_share_is_refused_by_name():
+    params, x, y = _problem(22)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    with pytest.raises(ValueError, match=r"`x` is this process's share.*synk.global_batch"):
+        jax.grad(f, argnums=1)(params, *synk.process_share((x, y)))
+
+
+@pytest.mark.parametrize("reduce", [None, "avg"])
+def test_jax_arrays_of_each_process_are_its_shares(reduce):
+    params, x, y = _problem(23)
+    f = synk.function(loss, in_axes=(None, 0, 0), reduce=reduce)
+    xs, ys = (jnp.asarray(s) for s in synk.process_share((x, y)))  # on this process's device
+    _close(f(params, xs, ys), loss(params, x, y))
+
+
+@pytest.mark.skipif(P_COUNT == 1, reason="needs several processes: runs under mpiexec -n 2")
+def test_a_host_share_on_one_process_and_a_jax_array_on_another_raise_on_every_process():
+    params, x, y = _problem(24)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    xs, ys = synk.process_share((x, y))
+    if RANK == 1:
+        xs = jnp.asarray(xs)
+    with pytest.raises(ValueError, match=r"different calls(.|\n)*a host array(.|\n)*of this proc"):
+        f(params, xs, ys)
+
+
+@pytest.mark.skipif(P_COUNT == 1, reason="needs several processes: runs under mpiexec -n 2")
+def test_numbers_and_indices_that_differ_between_processes_are_named():
+    params, x, y = _problem(25)
+    f = synk.function(lambda p, x, y, lr: lr * loss(p, x, y), in_axes=(None, 0, 0, None))
+    mine = synk.process_share((x, y))
+    f(params, *mine, 0.1)  # planned with equal values
+    with pytest.raises(ValueError, match=r"different values for `lr`(.|\n)*process 1: 0.2"):
+        f(params, *mine, 0.1 * (1 + RANK))
+    X = synk.data(x)
+    g = synk.function(lambda a: a.sum(), reduce="sum")
+    with pytest.raises(ValueError, match=r"different values for `a`.*indices"):
+        g(X[[0, 1 + RANK]])
+
+
+@pytest.mark.parametrize("rows_per_process", [jax.local_device_count(), 3])
+def test_a_global_batch_from_shares_feeds_a_fused_step(rows_per_process):
+    params, x, y = _problem(26, rows_per_process)
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    step = jax.jit(lambda p, x, y: jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(f)(p, x, y)))
+    xs, ys = synk.global_batch(synk.process_share((x, y)))
+    assert xs.shape == x.shape and ys.shape == y.shape  # the whole batch, on every process
+    want = jax.tree.map(lambda a, g: a - 0.1 * g, params, jax.grad(loss)(params, x, y))
+    _close(step(params, xs, ys), want)

@@ -72,6 +72,17 @@ def uses_axis(jaxpr, axis: str) -> bool:
     return walk(jaxpr)
 
 
+def under_jit() -> bool:
+    """Whether JAX is tracing a program to compile (jit, scan, ...), not only
+    transforming eagerly (an eager jax.grad or jax.vmap computes as it goes)."""
+    try:
+        from jax._src import core
+
+        return core.unsafe_am_i_under_a_jit()
+    except (ImportError, AttributeError):
+        return True  # unknown: the convention inside a trace, every value global
+
+
 def device_order(sharding) -> tuple | None:
     """The devices of a sharding in its order (None if unknown).
 

@@ -45,8 +45,8 @@ from typing import Any, overload
 import jax
 import numpy as np
 
+from synk._src import compat, processes, runtime
 from synk._src import lax as synk_lax
-from synk._src import processes, runtime
 from synk._src import reduce as red
 from synk._src.partition import Outputs, Recompiles, Structure, is_batch, is_data, partition
 from synk._src.plan import Plan, user_call
@@ -243,6 +243,12 @@ class Function:
         call = partition(dyn)
         leaves = call.traced
         key = (self._key, statics, call.key)
+        if call.tracing and core.groups > 1 and not compat.under_jit():
+            # An eager jax.grad or vmap under several processes: host arrays are
+            # still each process's share, as in an eager call; gathered whole, the
+            # call goes on as inside a trace, where every value is global.
+            call.traced = leaves = processes.gather_shares(core, dyn, call)
+            key = (*key, "gathered")
         plan = core.cache.get(key)
         share = True
         if plan is not None and plan.shared and not plan.sharing_holds(leaves):
@@ -252,7 +258,7 @@ class Function:
         if plan is None:  # building agrees across processes itself
             plan = core.cache[key] = Plan.build(core, self._options, statics, dyn, call, share)
         elif plan.digest is not None:  # several processes: all must make this same call
-            processes.agree(core.where, plan.description, plan.digest)
+            processes.agree(core.where, plan.description, plan.digest, plan.values(leaves))
         out = plan.jitted(*plan.place(leaves))
         if plan.eager:  # inside a trace the outer executable is what runs
             runtime.throttle(out[0] if out else None, core.platform)

@@ -194,14 +194,16 @@ def _var_slots(structure: Structure) -> list[Var]:
 class Call:
     """One call's leaves: the traced ones, the key of the call, the caller's Variables."""
 
-    __slots__ = ("key", "leaves", "traced", "treedef", "variables")
+    __slots__ = ("key", "leaves", "traced", "tracing", "treedef", "variables")
 
-    def __init__(self, traced: list, key: tuple, treedef, leaves: list, variables: list):
+    def __init__(self, traced: list, key: tuple, treedef, leaves: list, variables: list,
+                 tracing: bool = False):  # fmt: skip
         self.traced = traced
         self.key = key
         self.treedef = treedef
         self.leaves = leaves  # every leaf, Variables whole
         self.variables = variables  # the caller's Variables, in order of first appearance
+        self.tracing = tracing  # a leaf is a tracer: the call is inside jax.jit, grad, vmap
 
     def structure(self) -> Structure:
         """The call's `Structure` (on a cache miss only: it walks every leaf's path)."""
@@ -237,7 +239,7 @@ def partition(tree) -> Call:
     is_var = variable_test()
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_var)
     plain = _plain(treedef)
-    traced, key, variables = [], [treedef], []
+    traced, key, variables, tracing = [], [treedef], [], False
     for x, p in zip(leaves, plain):
         t = type(x)
         if t is np.ndarray:  # the common cases first, inline
@@ -256,9 +258,10 @@ def partition(tree) -> Call:
             if k is TRACED:
                 traced.append(x)
                 key.append(leaf_key(x))
+                tracing = tracing or isinstance(x, compat.Tracer)
             else:
                 key.append(k.key)
-    return Call(traced, tuple(key), treedef, leaves, variables)
+    return Call(traced, tuple(key), treedef, leaves, variables, tracing)
 
 
 def leaf_key(x):

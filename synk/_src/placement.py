@@ -219,8 +219,8 @@ def to_global(jit_args: list, shardings: list, shares: frozenset, groups: int) -
     on every process (broadcast values, per-device values, indices).
     """
     for k, x in enumerate(jit_args):
-        if isinstance(x, jax.Array):
-            continue
+        if isinstance(x, jax.Array) and k not in shares:
+            continue  # a global array (a process's own jax.Array share comes through)
         x, sharding = np.asarray(x), shardings[k]
         if k in shares:
             shape = list(x.shape)

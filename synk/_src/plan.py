@@ -58,10 +58,15 @@ class Plan:
     digest: int | None  # its hash, where several processes must agree on every call
     shared: tuple[tuple[int, int], ...]  # (view, view it shares indices with)
     eager: bool  # called with values, not tracers: the CPU in-flight bound applies
+    checked: tuple[tuple[int, str], ...] = ()  # leaves whose values the processes compare
 
     def sharing_holds(self, leaves: list) -> bool:
         """Whether the views this plan sends one index for still have equal indices."""
         return all(_same_indices(leaves[i], leaves[j]) for i, j in self.shared)
+
+    def values(self, leaves: list) -> list:
+        """(argument, value) of the Python numbers and view indices of a call."""
+        return agreed_values(self.checked, leaves)
 
     @classmethod
     def build(cls, core, options, statics, dyn, call: partition.Call, share=True) -> Plan:
@@ -74,11 +79,16 @@ class Plan:
             options, statics, names, structure, traced_entries, shared
         )
         traced = any(_is_traced(x) for x in leaves)
-        digest = None
+        digest, checked = None, ()
         if core.groups > 1 and processes.CHECK_CALLS and not traced:
             # Agree before any check can raise, so every process raises alike.
             digest = processes.signature_hash(description)
-            processes.agree(core.where, description, digest)
+            checked = tuple(
+                (k, name)
+                for k, (name, leaf, _) in enumerate(traced_entries)
+                if type(leaf) in partition.NUMBERS or type(leaf) is synk_data.Batch
+            )
+            processes.agree(core.where, description, digest, agreed_values(checked, leaves))
         descs = describe_leaves(core, traced_entries, traced)
         descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
         core.recompiles.note(core.where, structure, names)
@@ -86,7 +96,7 @@ class Plan:
         call_user = user_call(core.fn, structure, statics, outputs)
         if whole:
             return cls._whole(core, options, structure, outputs, descs, call_user, description,
-                              digest, traced, tuple(shared.items()))  # fmt: skip
+                              digest, traced, tuple(shared.items()), checked)  # fmt: skip
         split = batch_split(core, descs, options.num_slices)
         variables = [names[i] for i in structure.variables]
         out, uses_lax = trace_outputs(core, options, descs, split, call_user, variables)
@@ -101,12 +111,12 @@ class Plan:
         place = placement.placer(core, descs, split, layout)
         return cls(
             "per-device", structure, outputs, out, jitted, place, description, digest,
-            tuple(shared.items()), not traced,
+            tuple(shared.items()), not traced, checked,
         )  # fmt: skip
 
     @classmethod
     def _whole(cls, core, options, structure, outputs, descs, call_user, description, digest,
-               traced, shared):  # fmt: skip
+               traced, shared, checked):  # fmt: skip
         partitioned.check_in_axes(core, descs)
         rows = batch_rows(core, descs, groups=False)
         pad = partitioned.pads(core, descs, traced)
@@ -117,8 +127,13 @@ class Plan:
         place = partitioned.placer(core, descs, pad, traced)
         return cls(
             "whole", structure, outputs, out, jitted, place, description, digest, shared,
-            not traced,
+            not traced, checked,
         )  # fmt: skip
+
+
+def agreed_values(checked, leaves: list) -> list:
+    """The values several processes must pass alike: numbers, and views' indices."""
+    return [(name, getattr(leaves[k], "index", leaves[k])) for k, name in checked]
 
 
 def user_call(fn, structure: partition.Structure, statics: tuple, outputs) -> Callable:

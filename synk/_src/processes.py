@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import zlib
 import jax
 import numpy as np
 
-from synk._src import partition
+from synk._src import compat, partition
 
 _RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 
@@ -146,8 +147,8 @@ def describe_call(options, statics, names, structure, traced_entries, shared: di
             parts.append(f"{name}: synk.Data batch, indices {list(leaf.index.shape)}{same}")
         elif type(leaf) in partition.NUMBERS:
             parts.append(f"{name}: {type(leaf).__name__}")
-        else:
-            parts.append(f"{name}: {leaf.dtype}{list(leaf.shape)}")  # str: typed keys too
+        else:  # str(dtype): typed keys too
+            parts.append(f"{name}: {leaf.dtype}{list(leaf.shape)}, {_lives(leaf)}")
     for name, slot in zip(names, structure.slots, strict=True):
         if type(slot) is partition.Static:
             parts.append(f"{name}: static {_show(slot.value)}")
@@ -158,9 +159,60 @@ def describe_call(options, statics, names, structure, traced_entries, shared: di
     return "; ".join(parts)
 
 
+def _lives(leaf) -> str:
+    """Where an array argument lives: it decides whether it is a share or global."""
+    if isinstance(leaf, compat.Tracer):
+        return "a traced value"
+    if not isinstance(leaf, jax.Array):
+        return "a host array"
+    return "a jax.Array of this process" if leaf.is_fully_addressable else "a global jax.Array"
+
+
 def _show(value) -> str:
     simple = isinstance(value, int | float | str | bool | type(None) | tuple)
     return repr(value) if simple else str(type(value))
+
+
+def gather_shares(core, dyn, call) -> list:
+    """A call's traced leaves, with each process's share of a batch gathered whole.
+
+    For an eager jax.grad or jax.vmap under several processes: there host
+    arrays are shares, as in an eager call, and a tracer of a share cannot be
+    gathered (refused, naming the argument).
+    """
+    from synk._src import roles  # roles -> data -> runtime -> processes: import when used
+
+    entries, _ = roles.entries(core, dyn, call, call.structure())
+    out = []
+    for name, leaf, entry in entries:
+        sliced = isinstance(entry, int) and np.ndim(leaf) > 0 and not partition.is_batch(type(leaf))
+        traced = isinstance(leaf, compat.Tracer)
+        if not sliced or (
+            not traced and isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+        ):
+            out.append(leaf)  # broadcast, a view, or a global array: the same everywhere
+            continue
+        if traced:
+            raise ValueError(
+                f"{core.where}: argument `{name}` is this process's share of the batch, and "
+                "a JAX transformation outside jax.jit (jax.grad, jax.vmap) traces it; a "
+                "share cannot be gathered there. Differentiate with respect to broadcast "
+                "arguments only, or call the function inside jax.jit on a global batch "
+                "(synk.global_batch(share))."
+            )
+        out.append(gather_rows(np.asarray(leaf), entry % np.ndim(leaf)))
+    return out
+
+
+def gather_rows(share: np.ndarray, axis: int) -> np.ndarray:
+    """Every process's share concatenated along `axis`, in process order, on every process."""
+    comm = _mpi_world()
+    if comm is not None:  # on the host: usable inside a JAX transformation too
+        return np.concatenate(comm.allgather(share), axis=axis)
+    from jax.experimental import multihost_utils
+
+    rows = multihost_utils.process_allgather(np.moveaxis(share, axis, 0), tiled=True)
+    return np.moveaxis(np.asarray(rows), 0, axis)
 
 
 def signature_hash(description: str) -> int:
@@ -168,23 +220,49 @@ def signature_hash(description: str) -> int:
     return zlib.crc32(description.encode())
 
 
-def agree(where: str, description: str, digest: int) -> None:
+def agree(where: str, description: str, digest: int, values: list | tuple = ()) -> None:
     """Raise on every process if the processes are not making the same call.
 
     A call is collective: processes that disagree on shapes or structure would
     wait for each other in a collective forever. One tiny allgather of a hash
     per call (over MPI where mpiexec launched us) tells them apart first.
+    `values` are (argument, value) pairs that must be equal too, hashed into the
+    same number: Python numbers (a learning rate) and the indices of X[idx].
     """
+    shown = [(name, _show_value(value)) for name, value in values]
+    if shown:
+        digest = zlib.crc32("\n".join(f"{n}={v}" for n, v in shown).encode(), digest)
     digests = _allgather(int(digest))
     if len(set(digests)) == 1:
         return
-    texts = _allgather(description)
-    lines = "\n".join(f"  process {i}: {t}" for i, t in enumerate(texts))
-    raise ValueError(
-        f"{where}: the processes made different calls; every process must call with the "
-        f"same argument structure, shapes (its own share of the batch), dtypes, static "
-        f"arguments and options:\n{lines}"
+    texts = _allgather(json.dumps([description, shown]))
+    calls = [json.loads(t) for t in texts]
+    if len({c[0] for c in calls}) > 1:
+        lines = "\n".join(f"  process {i}: {c[0]}" for i, c in enumerate(calls))
+        raise ValueError(
+            f"{where}: the processes made different calls; every process must call with the "
+            f"same argument structure, shapes (its own share of the batch), dtypes, where "
+            f"each argument lives, static arguments and options:\n{lines}"
+        )
+    differ = [k for k, (name, _) in enumerate(calls[0][1]) if len({c[1][k][1] for c in calls}) > 1]
+    lines = "\n".join(
+        f"  `{calls[0][1][k][0]}`: "
+        + ", ".join(f"process {i}: {c[1][k][1]}" for i, c in enumerate(calls))
+        for k in differ
     )
+    raise ValueError(
+        f"{where}: the processes passed different values for "
+        + ", ".join(f"`{calls[0][1][k][0]}`" for k in differ)
+        + ". Every process must pass the same Python numbers and broadcast values, and "
+        f"the same global indices to X[idx]:\n{lines}"
+    )
+
+
+def _show_value(value) -> str:
+    """A value as the agreement compares it: a number as it prints, indices by a hash."""
+    if isinstance(value, np.ndarray):
+        return f"{value.size} indices, crc32 {zlib.crc32(value.tobytes()):08x}"
+    return repr(value)
 
 
 def _allgather(value):
@@ -202,7 +280,9 @@ def _allgather(value):
     from jax.experimental import multihost_utils
 
     if isinstance(value, str):  # only on the error path: bytes through a device collective
-        data = np.frombuffer(value.encode()[:4096].ljust(4096), np.uint8)
+        raw = value.encode()
+        size = max(_allgather(len(raw)))
+        data = np.frombuffer(raw.ljust(size), np.uint8)
         rows = np.asarray(multihost_utils.process_allgather(data))
         return [bytes(row).rstrip().decode(errors="replace") for row in rows]
     got = multihost_utils.process_allgather(np.array(value, np.int64))

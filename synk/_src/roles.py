@@ -90,6 +90,8 @@ def entries(core, dyn, call: partition.Call, structure: partition.Structure):
                 traced.append((name + jax.tree_util.keystr(path), value, None))
         elif type(slot) is partition.Static and partition.unhashable(slot):
             raise TypeError(_unhashable_error(core.where, name, slot.value))
+    # The call's own traced values: the same leaves, or shares gathered whole.
+    traced = [(n, x, e) for (n, _, e), x in zip(traced, call.traced, strict=True)]
     return traced, [name for name, _, _ in every]
 
 
@@ -143,6 +145,10 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
             f"shape {aval.shape} ({aval.ndim} dims). Use an axis in "
             f"[{-aval.ndim}, {aval.ndim - 1}], or None to broadcast it."
         )
+    if on_device and not traced and core.groups > 1 and leaf.is_fully_addressable:
+        # A jax.Array of this process alone (jnp.asarray(share)): its share, as a
+        # numpy array would be; a global batch spans every process's devices.
+        on_device, source, sharding = False, Source.HOST, None
     if not on_device and core.groups > 1:  # each process passes its share: the batch is larger
         shape = list(aval.shape)
         shape[axis] *= core.groups

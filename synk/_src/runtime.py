@@ -17,6 +17,8 @@ import threading
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, processes
 
@@ -230,6 +232,62 @@ def process_share(x, axis: int = 0):
         return leaf[index]  # a view, not a copy
 
     return jax.tree_util.tree_map_with_path(cut, x)
+
+
+def global_batch(x, axis: int = 0):
+    """Global ``jax.Array``s of this process's share of a batch, for your own ``jax.jit``.
+
+    Inside ``jax.jit`` every value is global: under ``mpiexec`` a batch passed
+    to a jitted step must be the whole batch, on every process, where a
+    `synk.Function` called eagerly takes each process's share. This builds
+    that global batch from the shares without moving more than needed: each
+    process's rows stay on its own devices when they divide over them (the
+    batch then comes sharded over every device along `axis`); otherwise the
+    shares are gathered and the batch is replicated.
+
+    Args:
+      x: this process's share (a pytree of arrays); the global batch is the
+        shares concatenated along `axis` in process order.
+      axis: the batch axis (default 0).
+
+    Returns:
+      The same pytree of global ``jax.Array``s on synk's devices.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, synk
+      >>> loss = synk.function(lambda w, x: jnp.mean((x @ w) ** 2), in_axes=(None, 0))
+      >>> step = jax.jit(lambda w, x: w - 0.1 * jax.grad(loss)(w, x))
+      >>> x = synk.global_batch(synk.process_share(np.ones((16, 3), np.float32)))
+      >>> x.shape  # the whole batch, on every process
+      (16, 3)
+      >>> np.round(np.asarray(step(np.ones(3, np.float32), x)), 4)  # 1 - 0.1 * 6
+      array([0.4, 0.4, 0.4], dtype=float32)
+    """
+    count = process_count()
+    mesh_ = mesh(tuple(devices()))
+    local = jax.local_device_count()
+
+    def build(path, leaf):
+        leaf = np.asarray(leaf)
+        if leaf.ndim == 0 or not -leaf.ndim <= axis < leaf.ndim:
+            raise ValueError(
+                f"synk.global_batch: x{jax.tree_util.keystr(path)} has shape {leaf.shape}, "
+                f"which has no axis {axis} to be a batch along. Pass the batch arrays only, "
+                "or give the batch axis with axis=."
+            )
+        ax = axis % leaf.ndim
+        if leaf.shape[ax] % local == 0:  # each process's rows on its own devices
+            spec = [None] * leaf.ndim
+            spec[ax] = AXIS
+            shape = list(leaf.shape)
+            shape[ax] *= count
+            sharding = NamedSharding(mesh_, P(*spec))
+            return jax.make_array_from_process_local_data(sharding, leaf, tuple(shape))
+        whole = processes.gather_rows(leaf, ax) if count > 1 else leaf
+        replicated = NamedSharding(mesh_, P())
+        return jax.make_array_from_callback(whole.shape, replicated, lambda i: whole[i])
+
+    return jax.tree_util.tree_map_with_path(build, x)
 
 
 def pick_devices(requested, where: str) -> tuple[jax.Device, ...]:
