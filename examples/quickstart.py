@@ -5,10 +5,10 @@ data set (8x8 images of handwritten digits, 1,797 rows, no download) and shows
 the core idea of synk:
 
 * the loss and its gradient are written for ONE device and a whole batch;
-* ``@synk.function`` slices the batch across every device, runs the function
-  on each device's rows and averages the results, so the answer equals the
-  single-device (serial) answer, even when the device count does not divide
-  the batch size (the default batch of 100 rows over 8 devices is uneven);
+* ``@synk.function`` slices the batch across every device and runs the whole
+  function under XLA's partitioner, so the answer equals the single-device
+  (serial) answer, even when the device count does not divide the batch size
+  (the default batch of 100 rows over 8 devices is uneven);
 * the optimiser (optax's adam) runs outside, on the replicated gradients.
 
 It runs on every device synk sees: the GPUs where present, else 8 simulated
@@ -81,15 +81,15 @@ def loss(params, x, y):
 
 # in_axes: the parameters are broadcast (None: every device sees all of them),
 # x and y are sliced along axis 0 (each device gets its share of the rows).
-# The default reduce="avg" combines the per-device loss and gradients as a
-# row-weighted mean, which is exactly the mean over the whole batch.
+# Without a reduce, the whole step runs under XLA's partitioner: the loss and
+# the gradients are those of the whole batch, as on one device.
 @synk.function(in_axes=(None, 0, 0))
 def step(params, x, y):
     return jax.value_and_grad(loss)(params, x, y)
 
 
-# A count is combined by summing over devices (reduce="sum"); int32 keeps it
-# exact. Dividing by the number of rows happens on the host.
+# A count is a sum over rows: reduce="sum" says so, and each device counts its
+# own rows; int32 keeps it exact. Dividing by the number of rows happens on the host.
 @synk.function(in_axes=(None, 0, 0), reduce="sum")
 def n_correct(params, x, y):
     return jnp.sum(jnp.argmax(predict(params, x), axis=-1) == y, dtype=jnp.int32)

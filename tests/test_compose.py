@@ -2,8 +2,10 @@
 jax.jvp and jax.vmap, with Equinox modules as arguments. Each result equals the
 eager call and the serial function.
 
-Inside a trace every value is global, as in jax.jit: the tests pass the whole
-batch on every process (never a process's share).
+Inside jax.jit every value is global: the tests pass the whole batch on every
+process (never a process's share). An eager jax.grad or vmap takes shares, as an
+eager call does (tests/test_multiprocess.py); here, under several processes, the
+transformations run inside jax.jit (`within`), so that the whole batch is global.
 """
 
 import re
@@ -32,6 +34,11 @@ def _data(rows, d=3, seed=0):
 
 
 REDUCE = {k: k for k in ("avg", "sum", "max", "min", "prod", "gather")}
+
+
+def within(transformed):
+    """`transformed` (a jax.grad, vjp, vmap), inside jax.jit under several processes."""
+    return transformed if P == 1 else jax.jit(transformed)
 
 
 def _close(got, want, rtol=1e-5, atol=1e-6):
@@ -110,11 +117,11 @@ def test_grad_and_jvp_of_a_synk_function_equal_serial(rows, reduce, slices):
     w, x, y = _data(rows)
     f = synk.function(loss, in_axes=(None, 0, 0), reduce=reduce, num_slices=slices)
     for argnums in (0, 1, (0, 1)):
-        _close(
-            jax.grad(f, argnums)(w, x, y), jax.grad(loss, argnums)(w, x, y), rtol=1e-4, atol=1e-6
-        )
-    _close(jax.value_and_grad(f)(w, x, y), jax.value_and_grad(loss)(w, x, y), rtol=1e-4)
-    tangent = jax.jvp(lambda w: f(w, x, y), (w,), (w,))
+        got = within(jax.grad(f, argnums))(w, x, y)
+        _close(got, jax.grad(loss, argnums)(w, x, y), rtol=1e-4, atol=1e-6)
+    got = within(jax.value_and_grad(f))(w, x, y)
+    _close(got, jax.value_and_grad(loss)(w, x, y), rtol=1e-4)
+    tangent = within(lambda w: jax.jvp(lambda w: f(w, x, y), (w,), (w,)))(w)
     _close(tangent, jax.jvp(lambda w: loss(w, x, y), (w,), (w,)), rtol=1e-4)
 
 
@@ -138,7 +145,7 @@ def test_max_and_min_outputs_differentiate_like_jnp_max_ties_included(op):
     reduce_fn = (lambda v: v.max(0)) if op == "max" else (lambda v: v.min(0))
     f = synk.function(reduce_fn, reduce=op)
     weights = np.array([1.0, 2.0], np.float32)
-    got = jax.grad(lambda x: (f(x) * weights).sum())(x)
+    got = within(jax.grad(lambda x: (f(x) * weights).sum()))(x)
     want = jax.grad(lambda x: (reduce_fn(x) * weights).sum())(jnp.asarray(x))
     _close(got, want)
 
@@ -158,17 +165,18 @@ def test_max_and_min_gradients_share_ties_over_every_tied_row_of_the_batch(op, r
     f = synk.function(pick, reduce=op, num_slices=slices)
     want = jax.grad(pick)(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(want)[[0, 1, 2, -1]], 0.25)
-    _close(jax.grad(f)(x), want)
+    _close(within(jax.grad(f))(x), want)
     _close(jax.jit(jax.grad(f))(x), want)
     tangent = np.arange(rows * P, dtype=np.float32)
-    _close(jax.jvp(f, (x,), (tangent,)), jax.jvp(pick, (jnp.asarray(x),), (tangent,)))
+    got = within(lambda x, t: jax.jvp(f, (x,), (t,)))(x, tangent)
+    _close(got, jax.jvp(pick, (jnp.asarray(x),), (tangent,)))
     # A vector output, ties per column; and a derived quantity of the rows.
     m = np.zeros((rows * P, 2), np.float32)
     m[[0, 1, rows * P - 1], 1] = 3.0 * sign
     g = synk.function(lambda m: pick(jnp.tanh(m), axis=0), reduce=op, num_slices=slices)
     weights = np.array([1.0, 2.0], np.float32)
     serial = lambda m: (pick(jnp.tanh(m), axis=0) * weights).sum()  # noqa: E731
-    _close(jax.grad(lambda m: (g(m) * weights).sum())(m), jax.grad(serial)(jnp.asarray(m)))
+    _close(within(jax.grad(lambda m: (g(m) * weights).sum()))(m), jax.grad(serial)(jnp.asarray(m)))
 
 
 # ---------------------------------------------------------------- jax.vmap
@@ -178,10 +186,10 @@ def test_vmap_over_a_broadcast_argument_and_over_another_axis_of_a_sliced_one():
     w, x, y = _data(2 * N + 1)
     f = synk.function(loss, in_axes=(None, 0, 0))
     ws = np.stack([w, 2 * w, -w])
-    got = jax.vmap(lambda w: f(w, x, y))(ws)
+    got = within(jax.vmap(lambda w: f(w, x, y)))(ws)
     _close(got, jnp.stack([loss(v, x, y) for v in ws]))
     xs = np.stack([x, x + 1], axis=1)  # (rows, 2, d): vmap over axis 1, rows stay axis 0
-    got = jax.vmap(lambda x: f(w, x, y), in_axes=1)(xs)
+    got = within(jax.vmap(lambda x: f(w, x, y), in_axes=1))(xs)
     _close(got, jnp.stack([loss(w, x, y), loss(w, x + 1, y)]))
 
 
@@ -296,7 +304,7 @@ def test_serial_runs_a_flax_model_that_updates_its_variables():
 @pytest.mark.parametrize("outer", [None, "avg"])
 @pytest.mark.parametrize("inner", [None, "avg", "max"])
 def test_a_synk_function_inside_another_runs_as_its_serial_function(rows, outer, inner):
-    w, x, y = _data(rows)
+    w, x, y = _data(rows * P)  # each process passes its share of it
     h = synk.function(lambda w, x: jnp.max(jnp.tanh(x @ w)), in_axes=(None, 0), reduce=inner)
     f = synk.function(lambda w, x, y: loss(w, x, y) * h(w, x), in_axes=(None, 0, 0),
                       reduce=outer)  # fmt: skip
@@ -306,7 +314,7 @@ def test_a_synk_function_inside_another_runs_as_its_serial_function(rows, outer,
     if outer is None:
         _close(want, loss(w, x, y) * jnp.max(jnp.tanh(x @ w)))
         _close(f(w, *synk.process_share((x, y))), want, rtol=1e-5)
-        _close(jax.grad(f)(w, x, y), jax.grad(f.serial)(w, x, y), rtol=1e-4)
+        _close(within(jax.grad(f))(w, x, y), jax.grad(f.serial)(w, x, y), rtol=1e-4)
     elif P == 1:  # each piece: B // N rows per device, and one extra row on the first B % N
         q, r = divmod(rows, N)
         pieces = [range(j * q, (j + 1) * q) for j in range(N) if q] + [

@@ -375,7 +375,7 @@ def test_a_view_on_other_devices_than_the_function(X):
 
 @pytest.mark.parametrize("reduce", [None, "sum"])
 def test_local_every_row_of_uneven_shards_uses_every_row(reduce):
-    x = np.arange(38.0 * N - 4, dtype=np.float32)  # shards of 38 and 37 rows
+    x = np.arange(38.0 * N - N // 2, dtype=np.float32)  # shards of 38 and 37 rows
     X = synk.data(x, sharded=True)
     assert len(set(X.rows_per_device)) == 2
     f = synk.function(lambda x: (x.sum(), x.shape[0]), reduce=reduce)
@@ -386,7 +386,7 @@ def test_local_every_row_of_uneven_shards_uses_every_row(reduce):
 
 
 def test_a_local_slice_that_would_take_unequal_counts_is_refused():
-    X = synk.data(np.arange(38.0 * N - 4), sharded=True)
+    X = synk.data(np.arange(38.0 * N - N // 2), sharded=True)
     with pytest.raises(IndexError, match=r"X.local\[:38\]: the shards hold 38 or 37 rows"):
         X.local[:38]
     assert len(X.local[:37]) == 37 * N  # the same count from every shard
