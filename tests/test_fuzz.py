@@ -946,3 +946,86 @@ def run_refused(case: Case, refused: tuple[str, str], position: int) -> None:
     assert path in str(caught.value), f"the error does not name {path}: {caught.value}"
     jax.effects_barrier()
     assert not ran, f"the function ran before the error: {caught.value}"
+
+
+# --------------------------------------------------------------------------
+# Gradients: jax.grad of the synk function equals jax.grad of f.serial
+
+GRAD_OPS = ("avg", "sum", "max", "min", "prod", "gather")
+
+
+@st.composite
+def grad_cases(draw):
+    """float32 leaves with few distinct values (ties in max and min are common), sliced
+    and broadcast, and outputs under every reduce op, mostly on uneven batches."""
+    devices = draw(st.sampled_from(DEVICE_COUNTS))
+    local_rows = draw(st.integers(1, (3 * devices + 5) // PROCESSES))
+    rows = local_rows * PROCESSES
+    most = max(1, local_rows // (devices // PROCESSES))
+    slices = draw(st.integers(1, most))
+    roles = ["sliced"] + [
+        draw(st.sampled_from(("sliced", "broadcast"))) for _ in range(draw(st.integers(0, 3)))
+    ]
+    leaves = []
+    for role in roles:
+        dims = draw(st.lists(st.integers(1, 3), max_size=1))
+        if role == "sliced":
+            axis = draw(st.integers(0, len(dims)))
+            shape = (*dims[:axis], rows, *dims[axis:])
+            leaves.append(Leaf(role, "float32", shape, axis, axis))
+        else:
+            leaves.append(Leaf(role, "float32", tuple(dims), None, None))
+    leaves = tuple(leaves)
+    args, in_axes = tuple(range(len(leaves))), tuple(leaf.entry for leaf in leaves)
+    sliced_ = [i for i, leaf in enumerate(leaves) if leaf.role == "sliced"]
+    broadcast = [i for i, leaf in enumerate(leaves) if leaf.role == "broadcast"]
+    outs = []
+    for op in draw(st.lists(st.sampled_from(GRAD_OPS), min_size=1, max_size=5)):
+        out = Out(op, draw(st.sampled_from(sliced_)), draw(st.sampled_from(TRANSFORMS["float"])))
+        if broadcast and draw(st.booleans()):
+            out = dataclasses.replace(out, bias=draw(st.sampled_from(broadcast)))
+        if draw(st.booleans()):
+            out = dataclasses.replace(out, partner=draw(st.sampled_from(sliced_)))
+        outs.append(out)
+    return Case(devices, rows, slices, None, leaves, args, in_axes, tuple(outs),
+                draw(st.booleans()), PROCESSES > 1, draw(st.integers(0, 2**32 - 1)))  # fmt: skip
+
+
+def tied_values(case: Case) -> tuple:
+    """Small integers as float32: exact, and often equal (ties within and across devices)."""
+    rng = np.random.default_rng(case.seed)
+    return tuple(rng.integers(-2, 3, leaf.shape).astype(np.float32) for leaf in case.leaves)
+
+
+def objective(outputs):
+    """A scalar of every output, each element with its own weight: every gradient flows."""
+    total = 0.0
+    for out in jax.tree.leaves(outputs):
+        weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32)).reshape(out.shape)
+        total = total + jnp.sum(out.astype(jnp.float32) * weights)
+    return total
+
+
+@fuzz_settings(default=20, long=200)
+@given(grad_cases())
+def test_gradients_equal_the_serial_gradients(case):
+    """jax.grad through every reduce op, ties, uneven batches and num_slices: f.serial's.
+
+    In one process the gradient runs eagerly on the batch; under several
+    processes it runs inside jax.jit, where the whole batch is global.
+    """
+    f = build(case, function_of(case), reduce_spec(case))
+    values = tied_values(case)
+
+    def grads(fn):
+        g = jax.grad(lambda args: objective(fn(*args)))
+        return (jax.jit(g) if case.jit else g)(values)
+
+    got, want = grads(f), grads(f.serial)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        scale = max(1.0, float(np.abs(np.asarray(w)).max()))
+        np.testing.assert_allclose(
+            np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5 * scale,
+            err_msg=f"d/d leaf{i} of {case.outs} ({case.rows} rows, {case.devices} devices, "
+            f"num_slices={case.slices})",
+        )  # fmt: skip
