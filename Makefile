@@ -2,18 +2,22 @@
 #   make demo   make .venv, install synk, run examples/quickstart.py on every device
 #   make test   make .venv, install synk, run lint, the suite (one process, with
 #               the device check's smoke run in tests/test_bench.py; then
-#               mpiexec -n 2), every example end to end and every notebook
+#               mpiexec -n 2), every example end to end and every notebook; then
+#               the one-process suite again on the newest jax (.venv-newest)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+# The newest jax release, on a Python >= 3.12 (.ci/newest-python finds or builds one).
+NEWEST := .venv-newest
+NEWEST_STAMP := $(NEWEST)/.installed-stamp
 # Test processes that run side by side where tests are independent processes
 # (one process's suite, examples, notebooks): one per core is right on 2 cores.
 JOBS   ?= 2
 
 .PHONY: demo test lint test-single test-mpi test-examples test-notebooks test-runs \
-	device-check-smoke \
+	test-newest device-check-smoke \
 	bench clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -21,10 +25,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,mpi]"
 	touch $(STAMP)
 
+# No constraints: pip takes the newest jax that pyproject.toml's range admits.
+$(NEWEST_STAMP): pyproject.toml
+	rm -rf $(NEWEST)
+	"$$(.ci/newest-python)" -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip install --quiet -e ".[test,mpi]"
+	touch $(NEWEST_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: lint test-single test-mpi test-runs
+test: lint test-single test-mpi test-runs test-newest
 
 lint: $(STAMP)
 	$(BIN)/ruff check synk tests examples benchmarks notebooks
@@ -60,6 +71,12 @@ test-runs: $(STAMP)
 test-notebooks: $(STAMP)
 	$(PYTEST) -q -n $(JOBS) notebooks/test_notebooks.py
 
+# The one-process suite on the newest jax release (pyproject.toml's range says
+# which releases CI tests: the pinned one and the newest).
+test-newest: $(NEWEST_STAMP)
+	$(NEWEST)/bin/python -c "import jax, sys; print('newest: jax', jax.__version__, 'on python', sys.version.split()[0])"
+	$(NEWEST)/bin/python -m pytest -p no:cacheprovider -n $(JOBS) --dist loadfile -m "not alone" tests
+
 bench: $(STAMP)
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench overhead
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench dispatch
@@ -67,4 +84,4 @@ bench: $(STAMP)
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench memory
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(NEWEST) .pytest_cache .ruff_cache .hypothesis

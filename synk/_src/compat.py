@@ -96,6 +96,44 @@ def device_order(sharding) -> tuple | None:
         return None
 
 
+# Functions of JAX's that ``synk bench dispatch`` counts in its profile, by file
+# and name: where tracing a jaxpr happens moved between releases.
+TRACE_TO_JAXPR = (
+    "jax/_src/interpreters/partial_eval.py",
+    ("trace_to_jaxpr", "trace_to_jaxpr_nocache"),
+)
+
+
+def missing_private_names() -> list[str]:
+    """The private JAX names this module reaches that the installed JAX lacks (none, ideally).
+
+    Each accessor above falls back quietly when its name is gone; this says
+    which have, so that a test fails on a JAX release that moved one.
+    """
+    checks = {
+        "jax._src.xla_bridge.backends_are_initialized": (
+            "jax._src.xla_bridge",
+            "backends_are_initialized",
+        ),
+        "jax._src.distributed.global_state": ("jax._src.distributed", "global_state"),
+        "jax._src.core.unsafe_am_i_under_a_jit": ("jax._src.core", "unsafe_am_i_under_a_jit"),
+    }
+    missing = [
+        label
+        for label, (module, name) in checks.items()
+        if not hasattr(importlib.import_module(module), name)
+    ]
+    traced = importlib.import_module("jax._src.interpreters.partial_eval")
+    if not any(hasattr(traced, name) for name in TRACE_TO_JAXPR[1]):
+        missing.append("jax._src.interpreters.partial_eval." + "|".join(TRACE_TO_JAXPR[1]))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if device_order(sharding) is None:
+        missing.append("Sharding._device_assignment")
+    if not hasattr(jax.random.key(0).dtype, "_impl"):
+        missing.append("PRNG key dtype ._impl")
+    return missing
+
+
 def zeros(shape: tuple, dtype):
     """Zeros of any dtype; for typed PRNG keys, keys made of zero bits (a placeholder)."""
     import jax.numpy as jnp

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import jax
 
 import synk
+from synk._src import compat
 from synk._src.bench.harness import check_close, measure, stats
 from synk._src.bench.report import machine, print_stats, print_table
 from synk._src.bench.workloads import (
@@ -41,7 +42,7 @@ REPEATS = (
     ("synk plans built", "synk/_src/plan.py", "build"),
     ("argument descriptions (in_axes trees)", "synk/_src/roles.py", "describe_leaves"),
     ("batch lengths checked", "synk/_src/plan.py", "batch_rows"),
-    ("jaxprs traced", "jax/_src/interpreters/partial_eval.py", "trace_to_jaxpr"),
+    ("jaxprs traced", *compat.TRACE_TO_JAXPR),
     # NamedSharding is built in C++, out of cProfile's sight; synk builds each
     # of its shardings from a new PartitionSpec, which is counted.
     ("PartitionSpecs constructed", "jax/_src/partition_spec.py", "__new__"),
@@ -135,9 +136,13 @@ def _profiled(call: Callable, total: int, calls: int) -> dict:
 def _counts(table: dict, calls: int) -> dict[str, float]:
     """How often each function of `REPEATS` ran, per call."""
     return {
-        label: sum(v[1] for (file, _, fn), v in table.items() if file.endswith(path) and fn == func)
+        label: sum(
+            v[1] for (file, _, fn), v in table.items() if file.endswith(path) and fn in names
+        )
         / calls
-        for label, path, func in REPEATS
+        for label, path, names in (
+            (lab, p, f if isinstance(f, tuple) else (f,)) for lab, p, f in REPEATS
+        )
     }
 
 
