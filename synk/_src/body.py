@@ -29,8 +29,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, ties
-from synk._src import data as synk_data
+from synk._src import compat, shards, ties
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
 from synk._src.layout import Layout
@@ -246,14 +245,14 @@ def _view_rows(d: Leaf, data, index: list, split: Split):
     if d.data_layout is None:  # replicated: gather this device's requests from its copy
         rows = [jnp.take(data, part, axis=0, mode="clip") for part in index]
         return rows[0], rows[1] if len(rows) > 1 else None
-    main, extra = synk_data.requests(index[0], split)
+    main, extra = shards.requests(index[0], split)
     if split.main:
-        rows = synk_data.rows_from_shards(data, main, d.data_layout)
+        rows = shards.rows_from_shards(data, main, d.data_layout)
     else:  # fewer rows than devices: nothing to move for the main block
         rows = jnp.zeros((0, *data.shape[1:]), data.dtype)
     if extra is None:
         return rows, None
-    return rows, synk_data.rows_from_shards(data, extra, d.data_layout)
+    return rows, shards.rows_from_shards(data, extra, d.data_layout)
 
 
 # --------------------------------------------------------------------------

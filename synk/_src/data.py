@@ -14,19 +14,17 @@ the devices). Calls: `runtime` (devices, mesh), `split` (who takes which row).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, indices, runtime
+from synk._src import compat, indices, runtime, wire
 from synk._src.runtime import AXIS
-from synk._src.split import Split
+from synk._src.shards import ShardLayout
 
 
 def _fmt_bytes(n: float) -> str:
@@ -35,28 +33,6 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError
-
-
-def _check_fits(array: np.ndarray, dtype: np.dtype, where: str) -> None:
-    """Refuse values that the device dtype (32 bits, x64 off) would wrap or make infinite."""
-    kind = array.dtype.kind
-    if kind in "iu":
-        info = np.iinfo(dtype)
-        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
-        bad = high if high > info.max else low if low < info.min else None
-    elif kind in "fc" and array.size:
-        finite = np.isfinite(array)
-        big = np.abs(array[finite]).max() if finite.any() else 0
-        bad = big if big > np.finfo(dtype).max else None
-    else:
-        return
-    if bad is not None:
-        raise ValueError(
-            f"{where}: the value holds {bad}, which {dtype} cannot hold; JAX keeps "
-            f"{array.dtype} as {dtype} on the devices unless 64-bit types are on. Scale or "
-            f"convert the values so that they fit {dtype}, or turn on 64-bit types "
-            "(jax.config.update('jax_enable_x64', True), before anything uses JAX)."
-        )
 
 
 class Data:
@@ -84,7 +60,7 @@ class Data:
             raise TypeError(f"{where}: expected a numeric array, got dtype object.")
         dtype = jax.dtypes.canonicalize_dtype(array.dtype)
         if dtype != array.dtype:
-            _check_fits(array, dtype, where)
+            wire.check_fits(array, dtype, where)
         return array.astype(dtype, copy=False)
 
     def _place(self, host: np.ndarray) -> None:
@@ -198,7 +174,7 @@ class Data:
         dtype = self._live("set_value: this synk.Data").dtype
         host = self._as_host(value, "Data.set_value(value)")
         if host.dtype != dtype and np.can_cast(host.dtype, dtype, casting="same_kind"):
-            _check_fits(host, dtype, "Data.set_value(value)")
+            wire.check_fits(host, dtype, "Data.set_value(value)")
         if not np.can_cast(host.dtype, dtype, casting="same_kind"):
             raise TypeError(
                 f"Data.set_value: this data is {dtype} and the new value is {host.dtype}, "
@@ -281,48 +257,6 @@ class Data:
             f"synk.Data(shape={self.shape}, dtype={self.dtype}, {layout} over "
             f"{len(self._devices)} {kind} devices, {_fmt_bytes(self.nbytes)} per device)"
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardLayout:
-    """Rows of sharded data over n devices: device d holds `held[d]` rows from `starts[d]`."""
-
-    rows: int
-    devices: int
-
-    @classmethod
-    @functools.cache
-    def of(cls, rows: int, devices: int) -> ShardLayout:
-        return cls(rows, devices)
-
-    @property
-    def per(self) -> int:
-        """Rows of each shard on the device, padding included."""
-        return -(-self.rows // self.devices)
-
-    @property
-    def padded(self) -> int:
-        return self.per * self.devices
-
-    @property
-    def held(self) -> tuple[int, ...]:
-        q, r = divmod(self.rows, self.devices)
-        return tuple(q + (d < r) for d in range(self.devices))
-
-    @property
-    def starts(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in np.cumsum((0, *self.held[:-1])))
-
-    def owner(self, rows):
-        """The device holding each global row, and the row's position in its shard (traced)."""
-        q, r = divmod(self.rows, self.devices)
-        big = r * (q + 1)  # rows held by the devices with q + 1 rows
-        in_big = rows < big
-        rest = rows - big
-        safe_q = max(q, 1)
-        owner = jnp.where(in_big, rows // (q + 1), r + rest // safe_q)
-        pos = jnp.where(in_big, rows % (q + 1), rest % safe_q)
-        return owner, pos
 
 
 class _LocalIndexer:
@@ -418,52 +352,6 @@ class Batch:
     def __repr__(self) -> str:
         kind = "local rows" if self.local else "rows"
         return f"synk.Data batch of {len(self)} {kind}, shape={self.shape}, dtype={self.dtype}"
-
-
-# ------------------------------------------------------- rows on each device
-
-
-def requests(index, split: Split) -> tuple:
-    """Every device's main-block and extra-row indices, from the global index.
-
-    Returns arrays of shape (n, q) and (n, 1) (None if the split is even): row
-    d holds what device d processes, following `split.py`'s layout. `index` is
-    a numpy array (on the host) or a traced one (inside the body).
-    """
-    g, m, q, r, L = split.groups, split.local_devices, split.main, split.extra, split.local_rows
-    dev = np.arange(g * m)
-    proc, j = dev // m, dev % m
-    main = index[(proc * L + j * q)[:, None] + np.arange(q)[None, :]]
-    if not r:
-        return main, None
-    # Devices j >= r take a real row as a stand-in; it is never computed on.
-    extra = index[(proc * L + m * q + np.minimum(j, r - 1))[:, None]]
-    return main, extra
-
-
-def host_requests(index: np.ndarray, split: Split) -> list[np.ndarray]:
-    """`requests` flattened for a P(AXIS) argument: each device receives its own rows' indices.
-
-    For replicated data every device can gather its rows from its own copy,
-    so it needs only its own requests (q, and 1 extra), not the whole index.
-    """
-    if split.even:
-        return [index]  # device d's rows are already index[d*q : (d+1)*q]
-    main, extra = requests(index, split)
-    return [main.reshape(-1)] + ([] if extra is None else [extra.reshape(-1)])
-
-
-def rows_from_shards(data: jax.Array, requests: jax.Array, layout: ShardLayout):
-    """This device's rows of sharded data, given every device's requests (n, k) (in shard_map)."""
-    # Each device sends every other device the rows it owns of that device's
-    # request; one all_to_all moves them. Selecting the owner's copy
-    # afterwards is exact (no arithmetic on the rows).
-    me = lax.axis_index(AXIS)
-    owner, pos = layout.owner(requests)
-    owned = (owner == me).reshape(owner.shape + (1,) * (data.ndim - 1))
-    send = jnp.where(owned, data[pos], jnp.zeros((), data.dtype))  # (n, k, ...)
-    got = lax.all_to_all(send, AXIS, 0, 0, tiled=True)  # got[src] = src's rows for me
-    return got[owner[me], jnp.arange(requests.shape[1])]
 
 
 def data(value, *, sharded: bool = False) -> Data:

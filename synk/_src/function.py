@@ -28,11 +28,10 @@ The map of a call, one module per step, in call order:
 5. The executable runs; on CPU, `runtime.throttle` bounds the calls in flight.
    What the function wrote into NNX Variables is written back to the caller's
    (`partition.Call.write_back`), and static outputs are put back
-   (`partition.Outputs`).
+   (`outputs.Outputs`).
 
-Cost of a repeated call (measured by ``synk bench dispatch``): one
-``tree_flatten`` and a pass over its leaves, one dict lookup, the placement,
-one jit dispatch and one ``tree_unflatten``; no tracing and no planning.
+A repeated call costs one ``tree_flatten`` and a pass over its leaves, one
+dict lookup, the placement, one jit dispatch and one ``tree_unflatten``.
 """
 
 from __future__ import annotations
@@ -43,14 +42,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 import jax
-import numpy as np
 
-from synk._src import compat, processes, runtime
+from synk._src import compat, processes, runtime, serial
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
-from synk._src.partition import Outputs, Recompiles, Structure, is_batch, is_data, partition
-from synk._src.plan import Plan, user_call
-from synk._src.roles import entries
+from synk._src.partition import Recompiles, partition
+from synk._src.plan import Plan
 from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
 
 # --------------------------------------------------------------------------
@@ -323,13 +320,13 @@ class Function:
         statics, dyn = core.bind(args, kwargs)
         call = partition(dyn)
         key = (statics, call.key)
-        serial = core.serials.get(key)
-        if serial is None:
-            serial = core.serials[key] = _Serial.build(core, statics, dyn, call)
-        result, new = serial.jitted([_as_array(x) for x in call.traced])
+        one = core.serials.get(key)
+        if one is None:
+            one = core.serials[key] = serial.Serial.build(core, statics, dyn, call)
+        result, new = one.jitted([serial.as_array(x) for x in call.traced])
         if new:
-            call.write_back(new, serial.structure)
-        return serial.outputs.restore(result)
+            call.write_back(new, one.structure)
+        return one.outputs.restore(result)
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
         """JAX's ``Lowered`` for these arguments: inspect the HLO and its collectives.
@@ -369,26 +366,6 @@ class Function:
         )
 
 
-def _as_array(x):
-    """A traced leaf as one device takes it: a synk.Data batch as its rows, a whole
-    synk.Data as its value (on the host, or gathered in the trace for a traced index)."""
-    t = type(x)
-    if is_batch(t):
-        return x.gathered() if x.traced else np.asarray(x)
-    if is_data(t):
-        return np.asarray(x)
-    return x
-
-
-def _rows(traced: list) -> int | None:
-    """The batch length of a call: the rows of its first sliced leaf (None if none)."""
-    for _, leaf, entry in traced:
-        shape = getattr(leaf, "shape", ())
-        if isinstance(entry, int) and len(shape) > 0:
-            return shape[entry]
-    return None
-
-
 # --------------------------------------------------------------------------
 # What a synk.function shares with its with_options variants
 
@@ -421,28 +398,3 @@ class _Core:
         """(statics, dyn): the call bound to the signature, statics taken out."""
         args, kwargs = self.signature.bind(args, kwargs)
         return self.statics.split(args, kwargs, self.signature, self.where)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Serial:
-    """`fn` on one device, jitted, for one call signature of `Function.serial`."""
-
-    jitted: Callable
-    structure: Structure
-    outputs: Outputs
-
-    @classmethod
-    def build(cls, core: _Core, statics: tuple, dyn, call) -> _Serial:
-        structure = call.structure()
-        traced, _ = entries(core, dyn, call, structure)
-        rows = _rows(traced)
-        first = None if rows is None else (lambda: 0, rows)
-        outputs = Outputs()
-        call_user = user_call(core.fn, structure, statics, outputs)
-
-        def serial(arrays):
-            # synk's device axis bound at size 1: synk.lax acts as on one device.
-            with synk_lax.tracing(bound=True, rows=first):
-                return synk_lax.on_one_device(call_user, arrays)
-
-        return cls(jax.jit(serial), structure, outputs)

@@ -207,9 +207,9 @@ class Call:
 
     def structure(self) -> Structure:
         """The call's `Structure` (on a cache miss only: it walks every leaf's path)."""
-        plain = _plain(self.treedef)
+        flags = plain(self.treedef)
         slots, seen = [], {}
-        for x, p in zip(self.leaves, plain, strict=True):
+        for x, p in zip(self.leaves, flags, strict=True):
             if _is_variable(x):
                 if id(x) in seen:
                     slots.append(Alias(seen[id(x)]))
@@ -238,9 +238,9 @@ def partition(tree) -> Call:
     """
     is_var = variable_test()
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_var)
-    plain = _plain(treedef)
+    flags = plain(treedef)
     traced, key, variables, tracing = [], [treedef], [], False
-    for x, p in zip(leaves, plain):
+    for x, p in zip(leaves, flags):
         t = type(x)
         if t is np.ndarray:  # the common cases first, inline
             traced.append(x)
@@ -302,44 +302,12 @@ def _variable(x, traced: list, variables: list):
     return ("variable", treedef, *map(leaf_key, leaves))
 
 
-class Outputs:
-    """A function's outputs, split by the same rule as its arguments.
-
-    Traced leaves come back from the executable; the others (an Equinox
-    module's functions, flags and sizes, returned with the module) come back
-    as the trace left them, as under ``equinox.filter_jit``. Recorded while
-    the function is traced, read after every call.
-    """
-
-    def __init__(self):
-        self.treedef = None
-        self.slots: tuple = ()
-        self.static = False  # whether any output leaf is static
-
-    def split(self, out):
-        """The traced part of `out` (its static leaves replaced by None), inside the trace."""
-        leaves, treedef = jax.tree_util.tree_flatten(out)
-        slots = tuple(kind(x, p) for x, p in zip(leaves, _plain(treedef)))
-        self.treedef, self.slots = treedef, slots
-        self.static = any(s is not TRACED for s in slots)
-        if not self.static:
-            return out
-        return treedef.unflatten([x if s is TRACED else None for x, s in zip(leaves, slots)])
-
-    def restore(self, traced):
-        """The outputs as the function returned them, from their traced part."""
-        if not self.static:
-            return traced
-        it = iter(jax.tree_util.tree_leaves(traced))
-        return self.treedef.unflatten([next(it) if s is TRACED else s.value for s in self.slots])
-
-
 # --------------------------------------------------------------------------
 # What a tree structure tells
 
 
 @functools.lru_cache(maxsize=1024)
-def _plain(treedef) -> tuple[bool, ...]:
+def plain(treedef) -> tuple[bool, ...]:
     """For each leaf: whether only tuples, lists, dicts and named tuples hold it."""
     out: list[bool] = []
 

@@ -34,8 +34,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import data as synk_data
-from synk._src import indices, placement
+from synk._src import indices, placement, shards
 from synk._src import lax as synk_lax
 from synk._src.layout import spec
 from synk._src.roles import Leaf, Role, Source, View
@@ -174,7 +173,7 @@ def _view_rows(d: Leaf, data: jax.Array, index: jax.Array, mesh) -> jax.Array:
     layout = d.data_layout
 
     def move(shard, req):
-        return synk_data.rows_from_shards(shard, req, layout)
+        return shards.rows_from_shards(shard, req, layout)
 
     got = _mapped(move, mesh, (P(AXIS), P()))(data, requests)
     return got[:rows]

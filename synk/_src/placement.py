@@ -23,8 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, indices
-from synk._src import data as synk_data
+from synk._src import compat, indices, shards
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
 from synk._src.runtime import AXIS
@@ -169,7 +168,7 @@ def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, sharding
         return _DataArray(f"{core.where}: argument `{d.name}` is a synk.Data that")
     if d.source is Source.VIEW:
         own = d.view is View.GLOBAL and d.data_layout is None
-        parts = functools.partial(synk_data.host_requests, split=split) if own else None
+        parts = functools.partial(shards.host_requests, split=split) if own else None
         return _ViewIndices(layout.index[i], f"{core.where}: argument `{d.name}`", parts)
     if d.role is Role.SLICED and uneven and d.source is Source.DEVICE:
         return _Split(layout.extra[i], _device_splitter(core, d, split, shardings[i]))

@@ -29,6 +29,7 @@ from synk._src import body as synk_body
 from synk._src import compat, partition, partitioned, placement, processes
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
+from synk._src import outputs as synk_outputs
 from synk._src import reduce as red
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, describe_leaves, entries
@@ -50,7 +51,7 @@ class Plan:
 
     path: str  # "whole" (the default) or "per-device" (explicit reductions)
     structure: partition.Structure  # how the arguments are rebuilt from the traced leaves
-    outputs: partition.Outputs  # the outputs' static leaves, from the trace
+    outputs: synk_outputs.Outputs  # the outputs' static leaves, from the trace
     out: Any  # .treedef: the outputs and the in-place updates, as the executable returns them
     jitted: Any
     place: Callable
@@ -92,7 +93,7 @@ class Plan:
         descs = describe_leaves(core, traced_entries, traced)
         descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
         core.recompiles.note(core.where, structure, names)
-        outputs = partition.Outputs()
+        outputs = synk_outputs.Outputs()
         call_user = user_call(core.fn, structure, statics, outputs)
         if whole:
             return cls._whole(core, options, structure, outputs, descs, call_user, description,
@@ -249,13 +250,15 @@ def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]
     return out
 
 
-def trace_outputs(core, options, descs, split, call_user, names) -> tuple[red.OutPlan, bool]:
+def trace_outputs(
+    core, options, descs, split, call_user, names
+) -> tuple[synk_outputs.OutPlan, bool]:
     """Trace the function abstractly at every piece size: its outputs, and whether it
     talks across devices. Refuses outputs that depend on the number of rows.
     `names` names each Variable the function may write into."""
     sizes = [None] if split is None else split.piece_sizes()
     traced = [_trace(core, call_user, descs, rows) for rows in sizes]
-    out = red.plan_with_updates(options.reduce, traced[0][0], core.where, names)
+    out = synk_outputs.plan_with_updates(options.reduce, traced[0][0], core.where, names)
     uses = any(u for _, u in traced)
     if split is None:
         return out, uses
@@ -281,7 +284,7 @@ def _trace(core, call_user, descs, rows):
     return shape, compat.uses_axis(jaxpr, AXIS)
 
 
-def _check_outputs_at(core, out: red.OutPlan, rows0: int, shape, rows: int) -> None:
+def _check_outputs_at(core, out: synk_outputs.OutPlan, rows0: int, shape, rows: int) -> None:
     """The outputs for pieces of `rows` rows fit the plan made for `rows0` rows."""
     leaves, treedef = jax.tree_util.tree_flatten(shape)
     if treedef != out.treedef:

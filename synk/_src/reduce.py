@@ -30,6 +30,8 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from synk._src import wire
+
 # --------------------------------------------------------------------------
 # The ops
 
@@ -98,7 +100,7 @@ class Reduction(Op):
 
     def acc_dtype(self, dtype) -> np.dtype:
         """The dtype the local accumulation and the collective run in."""
-        return _widened(dtype)
+        return wire.widened(dtype)
 
     def identity(self, aval) -> jax.Array:
         """The neutral value: what a device with no rows contributes."""
@@ -106,7 +108,7 @@ class Reduction(Op):
 
     def contribution(self, value: jax.Array, rows: int) -> jax.Array:
         """A piece's output as it enters the local accumulation (in `acc_dtype`)."""
-        return _cast(value, self.acc_dtype(value.dtype))
+        return wire.cast(value, self.acc_dtype(value.dtype))
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return acc + value
@@ -120,12 +122,14 @@ class Reduction(Op):
 
         `counts`: for max/min, each value's tied rows per device, or None (`ties`).
         """
-        sent = [_encode(v, comm_dtype) for v in values]
-        return [_decode(_over_devices(lax.reduce_sum, s), v.dtype) for s, v in zip(sent, values)]
+        sent = [wire.encode(v, comm_dtype) for v in values]
+        return [
+            wire.decode(wire.over_devices(lax.reduce_sum, s), v.dtype) for s, v in zip(sent, values)
+        ]
 
     def finish(self, total: jax.Array, divisor: int, comm_dtype, dtype) -> jax.Array:
         """The combined value as the user sees it, in the output's own `dtype`."""
-        return _cast(total, dtype)
+        return wire.cast(total, dtype)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -148,7 +152,7 @@ class Avg(Reduction):
 
     def contribution(self, value: jax.Array, rows: int) -> jax.Array:
         # Weighing by the rows the piece really had makes uneven splits exact.
-        value = _cast(value, self.acc_dtype(value.dtype))
+        value = wire.cast(value, self.acc_dtype(value.dtype))
         return value if rows == 1 else value * jnp.asarray(rows, value.dtype)
 
     def prepare(self, acc: jax.Array, divisor: int, comm_dtype) -> jax.Array:
@@ -159,7 +163,7 @@ class Avg(Reduction):
     def finish(self, total: jax.Array, divisor: int, comm_dtype, dtype) -> jax.Array:
         # Uncompressed, divide once after the sum, as a hand-written pmean does.
         mean = total / jnp.asarray(divisor, total.dtype) if comm_dtype is None else total
-        return _cast(mean, dtype)
+        return wire.cast(mean, dtype)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -196,7 +200,7 @@ class Extremum(Reduction):
 
     def identity(self, aval) -> jax.Array:
         dtype = self.acc_dtype(aval.dtype)
-        return jnp.full(aval.shape, _end(dtype, low=self.largest), dtype)
+        return jnp.full(aval.shape, wire.end(dtype, low=self.largest), dtype)
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return jnp.maximum(acc, value) if self.largest else jnp.minimum(acc, value)
@@ -217,11 +221,11 @@ def _extremum(largest: bool, comm_dtype, values: list, counts: list) -> list:
 
 def _extremum_and_winners(largest: bool, comm_dtype, values: list) -> tuple[list, list]:
     """The results, and which devices hold them (compared as they travelled)."""
-    sent = [_encode(v, comm_dtype) for v in values]
-    keys = [_ordered(s, nan_wins_high=largest) for s in sent]
+    sent = [wire.encode(v, comm_dtype) for v in values]
+    keys = [wire.ordered(s, nan_wins_high=largest) for s in sent]
     got = [(lax.reduce_max if largest else lax.reduce_min)(k, (0,)) for k in keys]
-    back = [_from_ordered(k, s.dtype) for k, s in zip(got, sent, strict=True)]
-    out = [_decode(b, v.dtype) for b, v in zip(back, values, strict=True)]
+    back = [wire.from_ordered(k, s.dtype) for k, s in zip(got, sent, strict=True)]
+    out = [wire.decode(b, v.dtype) for b, v in zip(back, values, strict=True)]
     return out, [k == g[None] for k, g in zip(keys, got, strict=True)]
 
 
@@ -256,7 +260,10 @@ class Prod(Reduction):
         # serial as a product over devices can be.
         everywhere = NamedSharding(mesh, P())
         return [
-            jnp.prod(_decode(_replicated(_encode(v, comm_dtype), everywhere), v.dtype), axis=0)
+            jnp.prod(
+                wire.decode(wire.replicated(wire.encode(v, comm_dtype), everywhere), v.dtype),
+                axis=0,
+            )
             for v in values
         ]
 
@@ -315,77 +322,6 @@ def parse_comm_dtype(comm_dtype: Any, where: str) -> np.dtype | None:
 
 
 # --------------------------------------------------------------------------
-# Matching a spec to the outputs
-
-
-@dataclasses.dataclass(frozen=True)
-class OutPlan:
-    """What to do with each output leaf, fixed once per compiled signature."""
-
-    treedef: Any
-    ops: tuple[Op, ...]
-    avals: tuple[jax.ShapeDtypeStruct, ...]
-    paths: tuple[str, ...]
-
-    def indices(self, kind: type[Op] | Op) -> list[int]:
-        """The output leaves of one kind of op (a class) or of one op."""
-        if isinstance(kind, Op):
-            return [i for i, op in enumerate(self.ops) if op == kind]
-        return [i for i, op in enumerate(self.ops) if isinstance(op, kind)]
-
-
-def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
-    """Match the reduce spec to the output tree; check dtypes. Before anything runs."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(out_shape)
-    try:
-        subtrees = jax.tree_util.tree_structure(spec).flatten_up_to(out_shape)
-    except (ValueError, TypeError):
-        raise ValueError(
-            f"{where}: the reduce spec {spec!r} does not fit the function's outputs, whose "
-            f"structure is {treedef}. Give one op for every output (e.g. reduce='avg'), or "
-            "a pytree prefix of the outputs with an op at each leaf, e.g. "
-            "reduce=('avg', 'sum') for a function that returns a pair."
-        ) from None
-    ops = [
-        OPS[name]
-        for name, sub in zip(jax.tree_util.tree_leaves(spec), subtrees, strict=True)
-        for _ in jax.tree_util.tree_leaves(sub)
-    ]
-    paths = [jax.tree_util.keystr(p) for p, _ in flat]
-    avals = [aval for _, aval in flat]
-    for op, aval, path in zip(ops, avals, paths, strict=True):
-        op.check(aval, f"{where}: output out{path}")
-    return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
-
-
-def plan_with_updates(spec: Any, shape: Any, where: str, names: list[str]) -> OutPlan:
-    """`plan_outputs` for ``(outputs, in-place updates)``: an op for each updated Variable.
-
-    On this path each device writes its own value into a Variable; floating
-    state (batch statistics) comes back averaged over the devices' rows,
-    integer and boolean state (counters, flags) as its maximum.
-    """
-    out, new = shape
-    user = plan_outputs(spec, out, where)
-    ops, avals, paths = list(user.ops), list(user.avals), list(user.paths)
-    for k, leaves in sorted(new.items()):
-        for aval in leaves:
-            if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
-                raise TypeError(
-                    f"{where}: the function writes a PRNG key into `{names[k]}`, and on the "
-                    "per-device path (an explicit reduce) each device would write its own. "
-                    "Leave reduce out (the whole function under XLA's partitioner), or "
-                    "return the new key as an output with reduce 'per_device'."
-                )
-            inexact = jnp.issubdtype(aval.dtype, jnp.inexact)
-            ops.append(AVG if inexact else MAX)
-            avals.append(aval)
-            paths.append(f" (the in-place update of `{names[k]}`)")
-    treedef = jax.tree_util.tree_structure(shape)
-    return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
-
-
-# --------------------------------------------------------------------------
 # The final combine
 
 
@@ -418,87 +354,3 @@ def combine(
         for i, g in zip(idx, op.collective(sent, comm_dtype, mesh, tied), strict=True):
             out[i] = op.finish(g, divisor, comm_dtype, dtypes[i])
     return out
-
-
-# --------------------------------------------------------------------------
-# Dtypes: accumulation, the wire, the order of floats
-
-
-def _widened(dtype) -> np.dtype:
-    """float16, bfloat16 (and narrower floats) accumulate in float32; the rest as they are."""
-    dtype = np.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
-        return np.dtype(np.float32)
-    return dtype
-
-
-def _cast(x: jax.Array, dtype) -> jax.Array:
-    """`x` in `dtype`; no op at all when it already is (the float32 path stays as it was)."""
-    return x if x.dtype == dtype else x.astype(dtype)
-
-
-def _over_devices(reduction, x):
-    """`x` (or each part of an encoded complex value) reduced over axis 0, the devices."""
-    return jax.tree.map(lambda part: reduction(part, (0,)), x)
-
-
-def _replicated(x, sharding: NamedSharding):
-    """`x` (or each part of it) gathered onto every device."""
-    return jax.tree.map(lambda part: lax.with_sharding_constraint(part, sharding), x)
-
-
-def _encode(x: jax.Array, comm_dtype):
-    """`x` as it travels: floats in comm_dtype, complex as (real, imag) in comm_dtype."""
-    if comm_dtype is None or not jnp.issubdtype(x.dtype, jnp.inexact):
-        return x
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        # A cast of complex to a real dtype drops the imaginary part.
-        return _cast(jnp.real(x), comm_dtype), _cast(jnp.imag(x), comm_dtype)
-    return _cast(x, comm_dtype)
-
-
-def _decode(y, dtype) -> jax.Array:
-    """`_encode`'s value back in `dtype`."""
-    if isinstance(y, tuple):
-        part = np.finfo(dtype).dtype  # complex64 -> float32
-        return lax.complex(_cast(y[0], part), _cast(y[1], part))
-    return _cast(y, dtype)
-
-
-def _end(dtype, *, low: bool):
-    """The lowest (or highest) value of a dtype: -inf/inf for floats."""
-    if jnp.issubdtype(dtype, jnp.inexact):
-        return -jnp.inf if low else jnp.inf
-    info = jnp.iinfo(dtype)
-    return info.min if low else info.max
-
-
-_SIGNED = {1: jnp.int8, 2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
-
-
-def _ordered(x: jax.Array, *, nan_wins_high: bool) -> jax.Array:
-    """Floats as same-width integers in IEEE total order; NaN at the winning end.
-
-    Positive floats already order as their bits do; negative ones order
-    backwards, so their magnitude bits are flipped. Every NaN (either sign,
-    any payload) becomes the integer maximum for max, the minimum for min.
-    Integers pass as they are.
-    """
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        return x
-    key_dtype = _SIGNED[x.dtype.itemsize]
-    key = _flip_negatives(lax.bitcast_convert_type(x, key_dtype))
-    return jnp.where(jnp.isnan(x), _end(key_dtype, low=not nan_wins_high), key)
-
-
-def _from_ordered(key: jax.Array, dtype) -> jax.Array:
-    """`_ordered`'s integers back to floats; the integer ends decode to NaN."""
-    if not jnp.issubdtype(dtype, jnp.floating):
-        return key
-    return lax.bitcast_convert_type(_flip_negatives(key), dtype)
-
-
-def _flip_negatives(bits: jax.Array) -> jax.Array:
-    """Flip every bit but the sign of negative integers: its own inverse."""
-    sign = bits >> (bits.dtype.itemsize * 8 - 1)  # arithmetic: all ones if negative
-    return bits ^ (sign & jnp.iinfo(bits.dtype).max)

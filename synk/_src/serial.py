@@ -1,0 +1,66 @@
+"""``f.serial``: the undecorated function on one device, the reference of every call.
+
+It takes what a call takes (whole modules, synk.Data batches, whole data
+sets) and writes into Flax NNX Variables as a call does; synk's device axis
+is bound at size 1, so synk.lax acts as on one device. One jitted executable
+per call signature, keyed as a call is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from synk._src import lax as synk_lax
+from synk._src.outputs import Outputs
+from synk._src.partition import Structure, is_batch, is_data
+from synk._src.plan import user_call
+from synk._src.roles import entries
+
+
+@dataclasses.dataclass(frozen=True)
+class Serial:
+    """`fn` on one device, jitted, for one call signature of `Function.serial`."""
+
+    jitted: Callable
+    structure: Structure
+    outputs: Outputs
+
+    @classmethod
+    def build(cls, core, statics: tuple, dyn, call) -> Serial:
+        structure = call.structure()
+        traced, _ = entries(core, dyn, call, structure)
+        rows = rows_of(traced)
+        first = None if rows is None else (lambda: 0, rows)
+        outputs = Outputs()
+        call_user = user_call(core.fn, structure, statics, outputs)
+
+        def serial(arrays):
+            # synk's device axis bound at size 1: synk.lax acts as on one device.
+            with synk_lax.tracing(bound=True, rows=first):
+                return synk_lax.on_one_device(call_user, arrays)
+
+        return cls(jax.jit(serial), structure, outputs)
+
+
+def as_array(x):
+    """A traced leaf as one device takes it: a synk.Data batch as its rows, a whole
+    synk.Data as its value (on the host, or gathered in the trace for a traced index)."""
+    t = type(x)
+    if is_batch(t):
+        return x.gathered() if x.traced else np.asarray(x)
+    if is_data(t):
+        return np.asarray(x)
+    return x
+
+
+def rows_of(traced: list) -> int | None:
+    """The batch length of a call: the rows of its first sliced leaf (None if none)."""
+    for _, leaf, entry in traced:
+        shape = getattr(leaf, "shape", ())
+        if isinstance(entry, int) and len(shape) > 0:
+            return shape[entry]
+    return None
