@@ -113,3 +113,14 @@ def test_an_output_tree_that_changes_with_the_rows_is_refused():
 
     with pytest.raises(ValueError, match="output structure changes with the number of rows"):
         synk.function(f, reduce="sum")(mine)
+
+
+def test_a_static_argument_passed_by_keyword_after_a_default_is_static():
+    def f(x, scale=1.0, n=2):
+        return x[:, :n] * scale  # n slices: it must be a Python int
+
+    x, mine = _rows(2 * N + 1)
+    for options in ({"static_argnums": 2}, {"static_argnames": "n"}):
+        g = synk.function(f, reduce="gather", **options)
+        np.testing.assert_allclose(np.asarray(g(mine, n=1)), x[:, :1], rtol=1e-6)
+        assert synk.function(f, **options).serial(x, n=1).shape == (len(x), 1)

@@ -165,6 +165,11 @@ def test_max_and_min_gradients_share_ties_over_every_tied_row_of_the_batch(op, r
     f = synk.function(pick, reduce=op, num_slices=slices)
     want = jax.grad(pick)(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(want)[[0, 1, 2, -1]], 0.25)
+    signed = x.copy()
+    signed[1] = -0.0 if op == "max" else 0.0  # a signed zero ties its opposite, as in jnp.max
+    signed[[0, 2, -1]] = 0.0 if op == "max" else -0.0
+    signed[3:-1] = -1.0 * sign
+    _close(within(jax.grad(f))(signed), jax.grad(pick)(jnp.asarray(signed)))
     _close(within(jax.grad(f))(x), want)
     _close(jax.jit(jax.grad(f))(x), want)
     tangent = np.arange(rows * P, dtype=np.float32)
@@ -322,3 +327,25 @@ def test_a_synk_function_inside_another_runs_as_its_serial_function(rows, outer,
         ]
         means = [float(f.serial(w, x[list(p)], y[list(p)])) * len(p) for p in pieces]
         _close(f(w, x, y), sum(means) / rows, rtol=1e-5)
+
+
+@single_process("arrays committed to one process's device")
+@pytest.mark.parametrize("reduce", [None, "avg"])
+def test_arrays_committed_to_other_devices_pass_an_eager_grad(reduce):
+    w, x, y = _data(2 * N + 1)
+    f = synk.function(loss, in_axes=(None, 0, 0), reduce=reduce)
+    want = jax.grad(loss)(w, x, y)
+    for device in (jax.devices()[0], jax.devices()[-1]):
+        _close(jax.grad(f)(jax.device_put(w, device), x, y), want, rtol=1e-4)
+    backwards = synk.function(loss, in_axes=(None, 0, 0), reduce=reduce,
+                              devices=synk.devices()[::-1])  # fmt: skip
+    w_reversed = synk.function(lambda w: w * 1.0, in_axes=None)(w)  # on every device, in order
+    _close(jax.grad(backwards)(w_reversed, x, y), want, rtol=1e-4)
+
+
+def test_lower_takes_shapes_alone_for_any_batch_length():
+    f = synk.function(loss, in_axes=(None, 0, 0))
+    for rows in (2 * N, 2 * N + 3):
+        shapes = [jax.ShapeDtypeStruct(s, np.float32) for s in ((3,), (rows, 3), (rows,))]
+        for g in (f, f.with_options(reduce="avg")):
+            assert "all-reduce" in g.lower(*shapes).compile().as_text()

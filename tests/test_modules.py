@@ -330,3 +330,41 @@ def test_nnx_state_on_the_per_device_path_is_combined_and_sliced_state_is_refuse
     g = synk.function(lambda m, x: m(x))  # in_axes 0 for the module too
     with pytest.raises(ValueError, match=r"`m.calls` is a Flax NNX Variable .* in_axes None"):
         g(counted, synk.process_share(x))
+
+
+def test_a_static_field_that_keeps_changing_warns():
+    class Static(eqx.Module):
+        scale: float = eqx.field(static=True)  # in the tree structure, not a leaf
+
+        def __call__(self, x):
+            return x * self.scale
+
+    f = synk.function(lambda m, x: m(x).sum(), in_axes=(None, 0))
+    x = _x(ROWS, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for k in range(6):
+            f(Static(float(k)), synk.process_share(x))
+    assert sum("compiled 5 times for arguments of the same shapes" in str(w.message)
+               for w in caught) == 1  # fmt: skip
+
+
+def test_nnx_structure_changes_are_refused_and_sown_values_can_be_returned():
+    class Sown(nnx.Module):
+        def __init__(self):
+            self.total = nnx.Variable(jnp.zeros(3))
+
+        def __call__(self, x):
+            self.sow(nnx.Intermediate, "seen", x * 2)
+            return x.sum()
+
+    x = _x(ROWS, 3)
+    f = synk.function(lambda m, x: m(x), in_axes=(None, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # sow outside nnx.capture
+        with pytest.raises(ValueError, match=r"changed a Flax NNX module's structure.*nnx.pop"):
+            f(Sown(), synk.process_share(x))
+        g = synk.function(lambda m, x: (m(x), nnx.pop(m, nnx.Intermediate)), in_axes=(None, 0))
+        total, sown = g(Sown(), synk.process_share(x))
+    np.testing.assert_allclose(float(total), x.sum(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(sown["seen"].get_value()[0]), x * 2, rtol=1e-6)

@@ -36,7 +36,6 @@ dict lookup, the placement, one jit dispatch and one ``tree_unflatten``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, overload
@@ -45,7 +44,7 @@ import jax
 
 from synk._src import compat, processes, runtime, serial
 from synk._src import lax as synk_lax
-from synk._src import reduce as red
+from synk._src.options import Options
 from synk._src.partition import Recompiles, partition
 from synk._src.plan import Plan
 from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
@@ -169,49 +168,6 @@ def function(
         raise TypeError(f"synk.function expects a callable, got {type(fn).__name__}.")
     core = _Core(fn, in_axes, static_argnums, static_argnames, donate_argnums, devices)
     return Function(core, Options.of(reduce, num_slices, comm_dtype, core.where))
-
-
-# --------------------------------------------------------------------------
-# Options
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """The options `with_options` can change; hashable, part of the cache key."""
-
-    reduce: Any
-    num_slices: int
-    comm_dtype: Any
-
-    @classmethod
-    def of(cls, reduce, num_slices, comm_dtype, where: str) -> Options:
-        """Validated options: every check of an option lives here (and in `reduce`)."""
-        red.check_spec(reduce, where)
-        if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
-            raise ValueError(
-                f"{where}: num_slices={num_slices!r}; expected an integer >= 1 (the number of "
-                "sequential pieces each device splits its rows into)."
-            )
-        comm_dtype = red.parse_comm_dtype(comm_dtype, where)
-        if reduce is None and num_slices != 1:
-            raise ValueError(
-                f"{where}: num_slices={num_slices} runs each device's rows in pieces and "
-                "combines their outputs, which needs outputs that combine over rows: give an "
-                "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
-                "function runs whole under XLA's partitioner, exact for any function."
-            )
-        if reduce is None and comm_dtype is not None:
-            raise ValueError(
-                f"{where}: comm_dtype={comm_dtype} compresses explicit reductions: give one "
-                "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
-                "collectives, in the function's own dtypes."
-            )
-        return cls(reduce, num_slices, comm_dtype)
-
-    @property
-    def key(self):
-        leaves, treedef = jax.tree_util.tree_flatten(self.reduce)
-        return (tuple(leaves), treedef, self.num_slices, self.comm_dtype)
 
 
 # --------------------------------------------------------------------------
@@ -343,6 +299,11 @@ class Function:
         core = self._core
         statics, dyn = core.bind(args, kwargs)
         call = partition(dyn)
+        # Shapes alone (jax.ShapeDtypeStruct) lower as arrays of zeros would.
+        call.traced = [
+            compat.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+            for x in call.traced
+        ]
         plan = Plan.build(core, self._options, statics, dyn, call)
         return plan.jitted.lower(*plan.place(call.traced))
 

@@ -171,20 +171,43 @@ class Structure:
         return [i for i, s in enumerate(self.slots) if type(s) is Var]
 
 
-def updates(structure: Structure, fresh: list, traced: list) -> dict:
+def updates(structure: Structure, tree, fresh: list, traced: list, where: str) -> dict:
     """What the function wrote into Variables: {variable number: its new leaves}.
 
     A Variable counts as written when any of its leaves is no longer the one
     it was built from (as ``nnx.jit`` tells), so unchanged state never travels.
+    `tree` is the arguments as the function left them: a function that added,
+    replaced or removed a Variable (as ``sow`` adds one) is refused.
     """
+    if not fresh:
+        return {}
+    is_var = variable_test()
+    now = [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_var) if is_var(x)]
+    if len(now) != len(fresh) or any(a is not b for a, b in zip(now, fresh)):
+        raise ValueError(_structure_error(where))
+    at = structure.variables
     out, start = {}, 0
     for k, (slot, var) in enumerate(zip(_var_slots(structure), fresh, strict=True)):
         before = traced[start : start + slot.count]
         start += slot.count
-        after = jax.tree_util.tree_leaves(var)
-        if len(after) != len(before) or any(a is not b for a, b in zip(after, before)):
+        after, inner = jax.tree_util.tree_flatten(var)
+        if inner != slot.treedef:
+            raise ValueError(_structure_error(where, structure.paths[at[k]]))
+        if any(a is not b for a, b in zip(after, before)):
             out[k] = [jax.numpy.asarray(a) for a in after]
     return out
+
+
+def _structure_error(where: str, path: str | None = None) -> str:
+    what = f"the Variable at {path} now holds a value of another structure" if path else (
+        "a Variable added (as Module.sow adds one), replaced or removed"
+    )  # fmt: skip
+    return (
+        f"{where}: the function changed a Flax NNX module's structure: {what}. synk carries "
+        "back the new values of a module's existing Variables only. Return what the "
+        "function makes as an output instead (for sown values: nnx.pop(model, "
+        "nnx.Intermediate) inside the function), and set attributes outside it."
+    )
 
 
 def _var_slots(structure: Structure) -> list[Var]:
@@ -357,11 +380,13 @@ def _is_variable(x) -> bool:
 
 
 class Recompiles:
-    """Warns once when a static number inside an object keeps taking new values.
+    """Warns once when a static part of the arguments keeps taking new values.
 
     Each value compiles the function anew; a hyperparameter kept as a Python
     float field of a module and changed every step would silently recompile
-    every step.
+    every step. A number inside an object is named; other static parts (a
+    field marked static, an object that is no pytree) show as new executables
+    for arguments of the same shapes and dtypes.
     """
 
     LIMIT = 5
@@ -370,7 +395,10 @@ class Recompiles:
         self._seen: dict = {}
         self._warned: set = set()
 
-    def note(self, where: str, structure: Structure, names: list[str]) -> None:
+    def note(self, where: str, structure: Structure, names: list[str], call: Call) -> None:
+        shapes = ("shapes", tuple(leaf_key(x) for x in call.traced))
+        keys = self._seen.setdefault(shapes, set())
+        keys.add(call.key)
         for i, slot in enumerate(structure.slots):
             if type(slot) is not Static or type(slot.value) not in NUMBERS:
                 continue
@@ -378,7 +406,7 @@ class Recompiles:
             values = self._seen.setdefault(at, set())
             values.add(slot.key)
             if len(values) >= self.LIMIT and at not in self._warned:
-                self._warned.add(at)
+                self._warned.update((at, shapes))
                 warnings.warn(
                     f"{where}: `{names[i]}` is a Python {type(slot.value).__name__} inside an "
                     f"object, which synk keeps static (as equinox.filter_jit does); it has "
@@ -387,3 +415,13 @@ class Recompiles:
                     "argument of its own (Python numbers there are traced).",
                     stacklevel=4,
                 )
+        if len(keys) >= self.LIMIT and shapes not in self._warned:
+            self._warned.add(shapes)
+            warnings.warn(
+                f"{where}: compiled {len(keys)} times for arguments of the same shapes and "
+                "dtypes: a static part of them keeps changing (a Python number or a field "
+                "marked static inside a module, an object that is not a pytree, a function "
+                "made anew each call). Each new value compiles anew. Keep what changes in "
+                "arrays, or pass it as an argument of its own.",
+                stacklevel=4,
+            )

@@ -194,11 +194,14 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
     named = [(i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view]
     whole = placement.data_arrays(core, descs)
     if traced:
-        if not named and not whole:
+        moved = placement.moved_in_trace(core, descs)
+        if not named and not whole and not moved:
             return list
 
         def place_traced(leaves: list) -> list:
             args = [*leaves, *[None] * (size - len(leaves))]
+            for i in moved:
+                args[i] = placement.onto_mesh(core, leaves[i])
             for i, where in whole:
                 args[i] = leaves[i]._live(where)
             for i, where in named:

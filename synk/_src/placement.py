@@ -134,12 +134,14 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     views = [
         (i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view is not None
     ]
-    whole = data_arrays(core, descs)
-    if not views and not whole:
+    whole, moved = data_arrays(core, descs), moved_in_trace(core, descs)
+    if not views and not whole and not moved:
         return list
 
     def place(leaves: list) -> list:
         jit_args = [*leaves, *[None] * (layout.size - len(leaves))]
+        for i in moved:
+            jit_args[i] = onto_mesh(core, leaves[i])
         for i, where in whole:
             jit_args[i] = leaves[i]._live(where)
         for i, where in views:
@@ -151,6 +153,41 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
         return jit_args
 
     return place
+
+
+def moved_in_trace(core, descs: list[Leaf]) -> list[int]:
+    """The arrays of a traced call that may lie on other devices than the function's (one
+    device, a subset, another order), which its jit would refuse: concrete ones
+    committed elsewhere, and tracers (whose values an eager jax.grad or vmap holds)."""
+    return [
+        i
+        for i, d in enumerate(descs)
+        if d.source is Source.TRACED
+        and d.view is None
+        and (d.sharding is None or compat.device_order(d.sharding) != core.devices)
+    ]
+
+
+def onto_mesh(core, x):
+    """An array of a traced call, replicated on the function's devices.
+
+    A concrete one committed elsewhere moves there (from every process's own
+    copy, under several processes). A tracer moves only outside the caller's
+    jit (an eager jax.grad or vmap holds its value); inside, the caller's jit
+    places its own values.
+    """
+    if isinstance(x, compat.Tracer):
+        if core.groups > 1 or compat.under_jit():
+            return x
+        return jax.device_put(x, NamedSharding(core.mesh, P()))
+    if not isinstance(x, jax.Array) or not x.committed:
+        return x  # numpy, or uncommitted: jit puts it where it is needed
+    if compat.device_order(x.sharding) == core.devices:
+        return x
+    target = NamedSharding(core.mesh, P())
+    if core.groups > 1:  # one process's own array: the same value on every process
+        return jax.make_array_from_callback(x.shape, target, lambda i: np.asarray(x)[i])
+    return jax.device_put(x, target)
 
 
 def data_arrays(core, descs: list[Leaf]) -> list[tuple[int, str]]:

@@ -92,9 +92,9 @@ class Plan:
             processes.agree(core.where, description, digest, agreed_values(checked, leaves))
         descs = describe_leaves(core, traced_entries, traced)
         descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
-        core.recompiles.note(core.where, structure, names)
+        core.recompiles.note(core.where, structure, names, call)
         outputs = synk_outputs.Outputs()
-        call_user = user_call(core.fn, structure, statics, outputs)
+        call_user = user_call(core.fn, structure, statics, outputs, core.where)
         if whole:
             return cls._whole(core, options, structure, outputs, descs, call_user, description,
                               digest, traced, tuple(shared.items()), checked)  # fmt: skip
@@ -137,7 +137,7 @@ def agreed_values(checked, leaves: list) -> list:
     return [(name, getattr(leaves[k], "index", leaves[k])) for k, name in checked]
 
 
-def user_call(fn, structure: partition.Structure, statics: tuple, outputs) -> Callable:
+def user_call(fn, structure: partition.Structure, statics: tuple, outputs, where: str):
     """The user's function on the traced leaves: (its traced outputs, what it wrote into
     Variables); `outputs` records the static ones."""
 
@@ -145,7 +145,7 @@ def user_call(fn, structure: partition.Structure, statics: tuple, outputs) -> Ca
         dyn, fresh = structure.rebuild(flat)
         args, kwargs = Statics.merge(statics, dyn)
         out = fn(*args, **kwargs)
-        return outputs.split(out), partition.updates(structure, fresh, flat)
+        return outputs.split(out), partition.updates(structure, dyn, fresh, flat, where)
 
     return call_user
 

@@ -239,7 +239,9 @@ def _extremum_jvp(largest: bool, comm_dtype, primals, tangents):
     out_dots = [np.zeros(o.shape, jax.dtypes.float0) for o in out]  # integers: no tangent
     for i, v in enumerate(values):
         if jnp.issubdtype(v.dtype, jnp.inexact):
-            hits = winners[i].astype(dots[i].dtype)
+            # Equal as floats (-0.0 ties 0.0, as under jnp.max) or as keys (NaN).
+            tied = winners[i] | (v == out[i][None].astype(v.dtype))
+            hits = tied.astype(dots[i].dtype)
             if counts[i] is not None:
                 hits = hits * counts[i].astype(dots[i].dtype)
             out_dots[i] = lax.reduce_sum(dots[i] * hits, (0,)) / lax.reduce_sum(hits, (0,))

@@ -123,7 +123,7 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
     if traced:
         on_device, source, sharding = True, Source.TRACED, None
         if not isinstance(leaf, compat.Tracer):
-            sharding = _check_reachable(core, name, leaf)
+            sharding = _concrete_sharding(leaf)
     else:
         source = Source.DEVICE if on_device else Source.HOST
         sharding = leaf.sharding if on_device else None
@@ -264,19 +264,8 @@ def _sliced_state_error(where: str, name: str, entry) -> str:
     )
 
 
-def _check_reachable(core, name: str, leaf):
-    """A concrete array in a traced call: the outer jit must be able to use it here."""
-    sharding = getattr(leaf, "sharding", None)
-    if sharding is None or not getattr(leaf, "committed", False):
-        return sharding  # numpy, or uncommitted: jit puts it where it is needed
-    ours = list(core.devices)
-    if set(sharding.device_set) - set(ours):
-        raise ValueError(
-            f"{core.where}: argument `{name}` is a jax.Array committed to devices "
-            f"{sorted(d.id for d in sharding.device_set)}, which this function, called inside "
-            f"a trace (jax.jit, grad, vmap), cannot use: it runs on devices "
-            f"{[d.id for d in ours]}. Move it before the traced call, e.g. "
-            "jax.device_put(x, jax.devices()[0]) or np.asarray(x), or call the function "
-            "outside jax.jit, where synk moves it itself."
-        )
-    return sharding
+def _concrete_sharding(leaf):
+    """A concrete array's sharding in a traced call (None: numpy, or not committed)."""
+    if not getattr(leaf, "committed", False):
+        return None  # numpy, or uncommitted: jit puts it where it is needed
+    return leaf.sharding

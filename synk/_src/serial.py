@@ -36,7 +36,7 @@ class Serial:
         rows = rows_of(traced)
         first = None if rows is None else (lambda: 0, rows)
         outputs = Outputs()
-        call_user = user_call(core.fn, structure, statics, outputs)
+        call_user = user_call(core.fn, structure, statics, outputs, core.where)
 
         def serial(arrays):
             # synk's device axis bound at size 1: synk.lax acts as on one device.

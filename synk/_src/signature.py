@@ -74,6 +74,7 @@ class Statics:
 
     positions: frozenset[int]
     names: tuple[str, ...]  # keyword-only statics
+    keywords: tuple[str, ...] = ()  # every static's name, as a call may pass it by keyword
 
     @classmethod
     def of(cls, signature: Signature, argnums, argnames, where: str) -> Statics:
@@ -100,7 +101,8 @@ class Statics:
                     f"{where}: static_argnames names {name!r}, which is not a parameter; the "
                     f"parameters are {list(signature.positional) + list(signature.kwonly)}."
                 )
-        return cls(frozenset(pos), tuple(kw))
+        named = tuple(signature.positional[i] for i in sorted(pos) if i < len(signature.positional))
+        return cls(frozenset(pos), tuple(kw), (*kw, *named))
 
     def split(self, args: tuple, kwargs: dict, signature: Signature, where: str):
         """(statics, dyn): hashable static values (part of the key), and the traced pytree."""
@@ -110,13 +112,14 @@ class Statics:
         statics = tuple(
             (i, type(args[i]), args[i]) for i in sorted(self.positions) if i < len(args)
         )
-        statics += tuple((k, type(kwargs[k]), kwargs[k]) for k in self.names if k in kwargs)
+        # A positional static passed by keyword (an earlier default left out) counts too.
+        statics += tuple((k, type(kwargs[k]), kwargs[k]) for k in self.keywords if k in kwargs)
         try:
             hash(statics)
         except TypeError:
             _raise_unhashable(statics, signature, where)
         dyn_args = tuple(None if i in self.positions else a for i, a in enumerate(args))
-        dyn_kw = {k: v for k, v in kwargs.items() if k not in self.names}
+        dyn_kw = {k: v for k, v in kwargs.items() if k not in self.keywords}
         return statics, (dyn_args, dyn_kw)
 
     @staticmethod

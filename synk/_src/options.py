@@ -1,0 +1,52 @@
+"""The options of a synk.Function that ``with_options`` can change, checked once.
+
+Hashable: part of the cache key, which every variant of a function shares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from synk._src import reduce as red
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options `with_options` can change; hashable, part of the cache key."""
+
+    reduce: Any
+    num_slices: int
+    comm_dtype: Any
+
+    @classmethod
+    def of(cls, reduce, num_slices, comm_dtype, where: str) -> Options:
+        """Validated options: every check of an option lives here (and in `reduce`)."""
+        red.check_spec(reduce, where)
+        if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
+            raise ValueError(
+                f"{where}: num_slices={num_slices!r}; expected an integer >= 1 (the number of "
+                "sequential pieces each device splits its rows into)."
+            )
+        comm_dtype = red.parse_comm_dtype(comm_dtype, where)
+        if reduce is None and num_slices != 1:
+            raise ValueError(
+                f"{where}: num_slices={num_slices} runs each device's rows in pieces and "
+                "combines their outputs, which needs outputs that combine over rows: give an "
+                "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
+                "function runs whole under XLA's partitioner, exact for any function."
+            )
+        if reduce is None and comm_dtype is not None:
+            raise ValueError(
+                f"{where}: comm_dtype={comm_dtype} compresses explicit reductions: give one "
+                "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
+                "collectives, in the function's own dtypes."
+            )
+        return cls(reduce, num_slices, comm_dtype)
+
+    @property
+    def key(self):
+        leaves, treedef = jax.tree_util.tree_flatten(self.reduce)
+        return (tuple(leaves), treedef, self.num_slices, self.comm_dtype)
