@@ -182,7 +182,9 @@ def updates(structure: Structure, tree, fresh: list, traced: list, where: str) -
     if not fresh:
         return {}
     is_var = variable_test()
-    now = [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_var) if is_var(x)]
+    now = list(
+        {id(x): x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_var) if is_var(x)}.values()
+    )
     if len(now) != len(fresh) or any(a is not b for a, b in zip(now, fresh)):
         raise ValueError(_structure_error(where))
     at = structure.variables
