@@ -341,12 +341,12 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 # XLA's CPU collectives rendezvous every device of a call; with too many
 # calls queued the rendezvous times out and aborts the process (seen at ~60
 # calls in flight, and sooner when other jitted work, an optimiser update,
-# runs between our calls: only our calls are counted here). When 8 calls are
-# queued we wait for the 3rd-newest (two stay queued): at most 8 of ours are
-# ever in flight, and we block once per 6 calls, not per call. Waiting costs
-# the calling thread CPU on an oversubscribed machine (host time per call,
-# measured: 141 us waiting once per 4 calls, 125 us once per 6, 115 us with
-# no bound; the same wall time).
+# runs between our calls: only our calls are counted here; with 24 of ours a
+# loop of a synk gradient and a jitted update aborts, with 16 it completes,
+# also two such loops side by side). When 16 calls are queued we wait for the
+# 5th-newest (four stay queued): at most 16 of ours are ever in flight, and we
+# block once per 12 calls. Waiting costs the calling thread CPU on an
+# oversubscribed machine, so rarer waits are cheaper (benchmarks/RESULTS.md).
 #
 # We hold one output of each call, and the user may have donated it (jit's
 # donate_argnums, the standard optax loop, synk's own donate_argnums) or
@@ -354,10 +354,10 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 # newest output still alive among those that leave the queue, which bounds
 # the older ones just as well (calls run in order). If all of those are gone,
 # we wait on the oldest live one that stays, at worst this call's own output,
-# which cannot be gone yet: the queue stays bounded by 8 whatever the user
-# deletes, at the price of a full drain once per 6 calls in that case.
-_MAX_IN_FLIGHT = 8
-_KEEP = 2
+# which cannot be gone yet: the queue stays bounded by 16 whatever the user
+# deletes, at the price of a full drain once per 12 calls in that case.
+_MAX_IN_FLIGHT = 16
+_KEEP = 4
 _in_flight: collections.deque = collections.deque()
 
 
