@@ -343,19 +343,14 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 # calls in flight, and sooner when other jitted work, an optimiser update,
 # runs between our calls: only our calls are counted here; with 24 of ours a
 # loop of a synk gradient and a jitted update aborts, with 16 it completes,
-# also two such loops side by side). When 16 calls are queued we wait for the
-# 5th-newest (four stay queued): at most 16 of ours are ever in flight, and we
-# block once per 12 calls. Waiting costs the calling thread CPU on an
-# oversubscribed machine, so rarer waits are cheaper (benchmarks/RESULTS.md).
+# also two such loops side by side). So at most 16 of ours run at once.
 #
-# We hold one output of each call, and the user may have donated it (jit's
-# donate_argnums, the standard optax loop, synk's own donate_argnums) or
-# deleted it since: blocking on a deleted buffer raises. So we wait on the
-# newest output still alive among those that leave the queue, which bounds
-# the older ones just as well (calls run in order). If all of those are gone,
-# we wait on the oldest live one that stays, at worst this call's own output,
-# which cannot be gone yet: the queue stays bounded by 16 whatever the user
-# deletes, at the price of a full drain once per 12 calls in that case.
+# We hold one output of each call. Once 16 are held, those that finished
+# (or that the user deleted or donated since: blocking on a deleted buffer
+# raises) are let go; only if 12 or more are still running do we wait, for
+# all but the newest 4 (calls run in order). A loop that waits for its
+# results itself never waits here, and waiting, which costs the calling
+# thread CPU on an oversubscribed machine, happens once per 12 calls at most.
 _MAX_IN_FLIGHT = 16
 _KEEP = 4
 _in_flight: collections.deque = collections.deque()
@@ -366,13 +361,11 @@ def throttle(leaf, platform: str) -> None:
     if platform != "cpu" or leaf is None:
         return
     _in_flight.append(leaf)
-    if len(_in_flight) >= _MAX_IN_FLIGHT:
-        wait = None
-        while len(_in_flight) > _KEEP:
-            oldest = _in_flight.popleft()
-            if not oldest.is_deleted():
-                wait = oldest
-        if wait is None:
-            wait = next((x for x in _in_flight if not x.is_deleted()), None)
-        if wait is not None:  # None only if the user deleted this call's output already
-            wait.block_until_ready()  # calls run in order: the older ones are done too
+    if len(_in_flight) < _MAX_IN_FLIGHT:
+        return
+    running = [x for x in _in_flight if not x.is_deleted() and not x.is_ready()]
+    _in_flight.clear()
+    if len(running) >= _MAX_IN_FLIGHT - _KEEP:
+        running[-_KEEP - 1].block_until_ready()  # the older ones are done too
+        running = running[-_KEEP:]
+    _in_flight.extend(running)
