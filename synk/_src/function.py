@@ -212,7 +212,7 @@ class Function:
             plan = core.cache[key] = Plan.build(core, self._options, statics, dyn, call, share)
         elif plan.digest is not None:  # several processes: all must make this same call
             processes.agree(core.where, plan.description, plan.digest, plan.values(leaves))
-        out = plan.jitted(*plan.place(leaves))
+        out = plan.jitted(*(leaves if plan.place is list else plan.place(leaves)))
         if plan.eager:  # inside a trace the outer executable is what runs
             runtime.throttle(out[0] if out else None, core.platform)
         result, new = jax.tree_util.tree_unflatten(plan.out.treedef, out)
@@ -340,6 +340,7 @@ class _Core:
         check_in_axes(in_axes, self.where)
         self.in_axes = in_axes
         self.statics = Statics.of(self.signature, static_argnums, static_argnames, self.where)
+        self.has_statics = bool(self.statics.positions or self.statics.names)
         self.donate = frozenset(as_tuple(donate_argnums))
         if self.donate & self.statics.positions:
             raise ValueError(
@@ -357,5 +358,7 @@ class _Core:
 
     def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, Any]:
         """(statics, dyn): the call bound to the signature, statics taken out."""
+        if not kwargs and not self.has_statics:  # the common case, at every call
+            return (), (args, kwargs)
         args, kwargs = self.signature.bind(args, kwargs)
         return self.statics.split(args, kwargs, self.signature, self.where)

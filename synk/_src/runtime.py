@@ -363,9 +363,19 @@ def throttle(leaf, platform: str) -> None:
     _in_flight.append(leaf)
     if len(_in_flight) < _MAX_IN_FLIGHT:
         return
-    running = [x for x in _in_flight if not x.is_deleted() and not x.is_ready()]
-    _in_flight.clear()
+    # Calls finish in order: the running ones are the newest. Find the oldest
+    # of them by bisection (a handful of checks, not one per held output).
+    held = list(_in_flight)
+    lo, hi = 0, len(held)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if held[mid].is_deleted() or held[mid].is_ready():
+            lo = mid + 1
+        else:
+            hi = mid
+    running = held[lo:]
     if len(running) >= _MAX_IN_FLIGHT - _KEEP:
         running[-_KEEP - 1].block_until_ready()  # the older ones are done too
         running = running[-_KEEP:]
+    _in_flight.clear()
     _in_flight.extend(running)
