@@ -137,9 +137,10 @@ def test_hundreds_of_calls_in_a_row_without_blocking():
 
 # ------------------------------------------------------- outputs the user donates or deletes
 # The bound above waits on outputs it holds; the user may have donated or
-# deleted every one of them since. A loop longer than the bound (8) shows it.
+# deleted every one of them since. A loop several times longer than the bound
+# (16 calls) shows it.
 
-STEPS = 30
+STEPS = 60
 
 
 def loss_and_grad(w, x, y):

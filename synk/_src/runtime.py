@@ -364,18 +364,22 @@ def throttle(leaf, platform: str) -> None:
     if len(_in_flight) < _MAX_IN_FLIGHT:
         return
     # Calls finish in order: the running ones are the newest. Find the oldest
-    # of them by bisection (a handful of checks, not one per held output).
+    # of them by bisection (a handful of checks, not one per held output). A
+    # deleted output tells nothing: its call counts as running.
     held = list(_in_flight)
     lo, hi = 0, len(held)
     while lo < hi:
         mid = (lo + hi) // 2
-        if held[mid].is_deleted() or held[mid].is_ready():
+        if not held[mid].is_deleted() and held[mid].is_ready():
             lo = mid + 1
         else:
             hi = mid
     running = held[lo:]
     if len(running) >= _MAX_IN_FLIGHT - _KEEP:
-        running[-_KEEP - 1].block_until_ready()  # the older ones are done too
+        # Wait for all but the newest 4, on the first live output from there on
+        # (at worst this call's own, which cannot be gone yet: a full drain).
+        wait = next(x for x in running[-_KEEP - 1 :] if not x.is_deleted())
+        wait.block_until_ready()  # calls run in order: the older ones are done too
         running = running[-_KEEP:]
     _in_flight.clear()
     _in_flight.extend(running)
