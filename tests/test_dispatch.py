@@ -188,6 +188,24 @@ def test_a_loop_that_deletes_every_output():
     np.testing.assert_allclose(np.asarray(f(w, xs)), ((x @ w) ** 2).mean(), rtol=1e-5)
 
 
+def test_a_loop_whose_first_output_is_a_typed_key():
+    """A Monte Carlo step returns its next key first; the bound waits on a key too."""
+
+    def draw(key, x):
+        key, sub = jax.random.split(key)
+        return key, (x * jax.random.normal(sub, x.shape)).sum()
+
+    f = synk.function(draw, in_axes=(None, 0))
+    x, _ = regression((2 * N + 3) * PROCESSES)
+    xs = synk.process_share(x)
+    key = want_key = jax.random.key(0)
+    for _ in range(STEPS):
+        key, total = f(key, xs)
+        want_key, want = f.serial(want_key, x)
+    assert jax.random.key_data(key).tolist() == jax.random.key_data(want_key).tolist()
+    np.testing.assert_allclose(np.asarray(total), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 def test_donate_argnums_feeding_outputs_back():
     """Local SGD: each call donates the replicas the previous call returned."""
 
