@@ -259,10 +259,25 @@ def partition(tree) -> Call:
     """Split a call's pytree into its traced leaves and the key of the call.
 
     The key holds the tree structure, each traced leaf's `leaf_key` and each
-    static leaf's value: what a compiled plan depends on. Runs at every call.
+    static leaf's value: what a compiled plan depends on. Runs at every call,
+    so the common call, arrays only, takes one pass that builds nothing else.
     """
     is_var = variable_test()
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_var)
+    key = [treedef]
+    for x in leaves:
+        t = type(x)
+        if t is np.ndarray:
+            key.append((t, x.shape, x.dtype))
+        elif t in _DEVICE:
+            key.append((t, x.aval, x.sharding))  # aval: shape, dtype, weak type
+        else:
+            return _partition(leaves, treedef, is_var)
+    return Call(leaves, tuple(key), treedef, leaves, [])
+
+
+def _partition(leaves: list, treedef, is_var) -> Call:
+    """`partition` for a call with other leaves than arrays: numbers, objects, Variables."""
     flags = plain(treedef)
     traced, key, variables, tracing = [], [treedef], [], False
     for x, p in zip(leaves, flags):
@@ -272,7 +287,7 @@ def partition(tree) -> Call:
             key.append((t, x.shape, x.dtype))
         elif t in _DEVICE:
             traced.append(x)
-            key.append((t, x.aval, x.sharding))  # aval: shape, dtype, weak type
+            key.append((t, x.aval, x.sharding))
         elif p and t in NUMBERS:
             traced.append(x)
             key.append(t)

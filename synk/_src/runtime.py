@@ -360,8 +360,8 @@ def throttle(leaf, platform: str) -> None:
     """Bound the number of collective calls in flight on the CPU backend."""
     if platform != "cpu" or leaf is None:
         return
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        leaf = jax.random.key_data(leaf)  # a typed key's buffer tells when it is ready
+    if not hasattr(leaf, "is_ready"):  # a typed PRNG key: its buffer tells when it is ready
+        leaf = jax.random.key_data(leaf)
     _in_flight.append(leaf)
     if len(_in_flight) < _MAX_IN_FLIGHT:
         return
