@@ -24,7 +24,6 @@ act as on one device, which is exact.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import jax
@@ -214,8 +213,20 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
 
     shardings = [NamedSharding(core.mesh, s) for s in slot_specs(descs)]
     actions = [_action(core, i, d, pad.get(i), shardings[i]) for i, d in enumerate(descs)]
-    if core.groups == 1 and not (named or whole) and all(a is placement.PASS for a in actions):
-        return list  # the common case: every leaf goes to jit as it is
+    if core.groups == 1 and not (named or whole):
+        moved = [(i, a) for i, a in enumerate(actions) if a is not placement.PASS]
+        if not moved:
+            return list  # the common case: every leaf goes to jit as it is
+        if all(type(a) is _Padded for _, a in moved):  # an uneven batch: pad it, pass the rest
+            padders = [(i, a.pad) for i, a in moved]
+
+            def pad_only(leaves: list) -> list:
+                args = list(leaves)
+                for i, pad in padders:
+                    args[i] = pad(leaves[i])
+                return args
+
+            return pad_only
     shares = frozenset(i for i, d in enumerate(descs) if d.sliced_array and d.host)
 
     def place(leaves: list) -> list:
@@ -254,12 +265,21 @@ def _action(core, i: int, d: Leaf, pad: Pad | None, target: NamedSharding):
             return _Padded(_device_padder(core, d, pad, target))
         return placement.PASS
     if d.role is Role.SLICED and pad.needed:
-        return _Padded(functools.partial(_host_pad, pad, d.axis))
+        return _Padded(_host_padder(pad, d))
     return placement.action_for_whole(core, d, target)
 
 
-def _host_pad(pad: Pad, axis: int, x) -> np.ndarray:
-    return pad.host(np.asarray(x), axis)
+def _host_padder(pad: Pad, d: Leaf) -> Callable:
+    """Host rows padded for the devices: the zero rows are made once, per plan."""
+    axis = d.axis
+    shape = list(d.aval.shape)
+    shape[axis] = pad.padded // pad.groups - pad.local_rows
+    filler = np.zeros(shape, d.aval.dtype)
+
+    def padded(x) -> np.ndarray:
+        return np.concatenate([np.asarray(x), filler], axis=axis)
+
+    return padded
 
 
 def _device_padder(core, d: Leaf, pad: Pad, target: NamedSharding):
