@@ -311,8 +311,9 @@ def test_serial_runs_a_flax_model_that_updates_its_variables():
 def test_a_synk_function_inside_another_runs_as_its_serial_function(rows, outer, inner):
     w, x, y = _data(rows * P)  # each process passes its share of it
     h = synk.function(lambda w, x: jnp.max(jnp.tanh(x @ w)), in_axes=(None, 0), reduce=inner)
+    # Not row-separable: the pieces show. Exact shapes (buckets=None) pin them.
     f = synk.function(lambda w, x, y: loss(w, x, y) * h(w, x), in_axes=(None, 0, 0),
-                      reduce=outer)  # fmt: skip
+                      reduce=outer, buckets=None)  # fmt: skip
     # The inner function is part of the outer one's body, on the rows that body
     # sees: as an undecorated function. Without reduce that is the whole batch.
     want = f.serial(w, x, y)

@@ -229,7 +229,7 @@ def test_local_views_index_each_shard(rows):
         want = np.concatenate([x[starts[d] + full[d]] for d in range(N)])
         rows_out, total = f(X.local[idx])
         np.testing.assert_allclose(np.asarray(rows_out), want * 2, rtol=1e-6)
-        np.testing.assert_allclose(np.asarray(total), want.sum(0), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(total), want.sum(0), rtol=1e-5, atol=1e-5)
 
 
 def executable_arguments(lowered) -> list[tuple[tuple[int, ...], np.dtype]]:
@@ -250,7 +250,10 @@ def test_only_the_indices_cross_from_host_to_device(capfd, reduce):
     # The executable takes the data whole and, X[idx] and Y[idx] having equal
     # indices, one index array: sent once.
     index = ((k,), np.dtype(np.int32))
-    assert executable_arguments(lowered) == [(x.shape, x.dtype), ((1000,), x.dtype), index]
+    # With explicit reductions the batch shares a bucket: its traced length, on the devices.
+    length = [((), np.dtype(np.int32))] if reduce else []
+    assert executable_arguments(lowered) == [(x.shape, x.dtype), ((1000,), x.dtype), index,
+                                             *length]  # fmt: skip
     capfd.readouterr()
     # The data stays where it is (nothing moves between devices or back to the
     # host), and what crosses from the host is the indices alone.
@@ -265,7 +268,7 @@ def test_only_the_indices_cross_from_host_to_device(capfd, reduce):
     assert sent and set(sent) == {f"ShapedArray(int32[{k}])"}, sent
     assert_tree_close(got, f.serial(x[idx], x[idx, 0]))
     # Replicated data: each device receives only its own k / N indices.
-    index_sharding = lowered.compile().input_shardings[0][-1]
+    index_sharding = lowered.compile().input_shardings[0][2]
     assert index_sharding.shard_shape((k,)) == (32,)
 
 
@@ -300,7 +303,7 @@ def test_views_share_equal_indices_and_only_equal_ones(sharded):
         g = synk.function(lambda a, b: a[:, 0] + b, reduce="gather")
         np.testing.assert_allclose(np.asarray(g(X.local[k], Y.local[k])), 2 * want[:, 0])
         assert index_arguments(g.lower(X.local[k], Y.local[k])) == 1
-        assert index_arguments(g.lower(X.local[k], Y.local[k[::-1]])) == 2
+        assert index_arguments(g.lower(X.local[k], Y.local[k[:, ::-1]])) == 2  # unequal
 
 
 # ------------------------------------------------------------- errors

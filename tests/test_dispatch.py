@@ -21,7 +21,8 @@ RNG = np.random.default_rng(1)
 )  # fmt: skip
 def test_a_repeated_call_does_not_retrace_or_recompile(caplog, rows, reduce, slices):
     fn, traces = counting(lambda w, x: jax.grad(lambda w: ((x @ w) ** 2).mean())(w))
-    f = synk.function(fn, in_axes=(None, 0), reduce=reduce, num_slices=slices)
+    # Exact shapes (buckets=None): a new batch length is a new signature.
+    f = synk.function(fn, in_axes=(None, 0), reduce=reduce, num_slices=slices, buckets=None)
     w = RNG.normal(size=3).astype(np.float32)
     x = RNG.normal(size=(rows, 3)).astype(np.float32)
     with compilations(caplog) as first_compiled:

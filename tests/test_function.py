@@ -150,7 +150,9 @@ def test_with_options_shares_the_cache_and_is_cached_itself():
         g.with_options(num_slices=4)(x)
         g(x)
     assert len(traces) == traced
-    assert h.options == {"reduce": "sum", "num_slices": 4, "comm_dtype": None}
+    assert h.options == {
+        "reduce": "sum", "num_slices": 4, "comm_dtype": None, "buckets": "geometric"
+    }
 
 
 def test_with_options_reduce_and_comm_dtype():

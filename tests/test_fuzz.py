@@ -181,6 +181,7 @@ class Case:
     full_reduce: bool  # the reduce spec as a full tree, not a prefix
     jit: bool  # called inside jax.jit
     seed: int
+    buckets: Any = "geometric"  # None, 'geometric', or a tuple of capacities
 
     @property
     def local_rows_per_device(self) -> int:
@@ -373,6 +374,13 @@ def cases(draw, outs: bool = True, jit: bool = False):
         full_reduce=draw(st.booleans()),
         jit=jit,
         seed=draw(st.integers(0, 2**32 - 1)),
+        # Exact shapes, powers of two per device, or a capacity at or past the batch.
+        buckets=draw(
+            st.one_of(
+                st.sampled_from((None, "geometric")),
+                st.tuples(st.integers(rows, rows + 2 * devices)),
+            )
+        ),
     )
 
 
@@ -729,6 +737,7 @@ def build(case: Case, fn, reduce) -> synk.Function:
         # the first k devices, as a list or as a count
         devices=synk.devices()[: case.devices] if case.seed % 2 else case.devices,
         comm_dtype=None if case.comm_dtype is None else jnp.dtype(case.comm_dtype),
+        buckets=case.buckets if reduce is not None else "geometric",
     )
 
 

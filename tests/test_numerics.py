@@ -248,14 +248,26 @@ def test_avg_sum_propagate_nan_and_infinities(dtype, op):
 @pytest.mark.parametrize("rows", [4 * N, 4 * N + 1])  # even, uneven
 def test_float32_avg_and_sum_compile_to_one_all_reduce_per_op_and_no_casts(rows):
     x = synk.process_share(np.ones((global_rows(rows), 3), np.float32))
-    f = synk.function(lambda x: (x.mean(0), (x * x).mean()), reduce="avg")
-    text = hlo(f, x)
-    assert count_all_reduces(text) == 1
-    assert not float_casts(text) and "all-gather" not in text
-    g = synk.function(lambda x: (x.mean(0), x.sum(0), x.sum()), reduce=("avg", "sum", "sum"))
-    text = hlo(g, x)
-    assert count_all_reduces(text) <= 2  # one per op (XLA may merge the two)
-    assert not float_casts(text) and "all-gather" not in text
+    # Exact shapes; in a bucket the traced batch length is cast once, to divide by it.
+    for buckets in (None, "geometric"):
+        f = synk.function(lambda x: (x.mean(0), (x * x).mean()), reduce="avg", buckets=buckets)
+        text = hlo(f, x)
+        assert count_all_reduces(text) == 1
+        assert only_the_length_is_cast(float_casts(text), buckets)
+        assert "all-gather" not in text
+        g = synk.function(lambda x: (x.mean(0), x.sum(0), x.sum()),
+                          reduce=("avg", "sum", "sum"), buckets=buckets)  # fmt: skip
+        text = hlo(g, x)
+        assert count_all_reduces(text) <= 2  # one per op (XLA may merge the two)
+        assert only_the_length_is_cast(float_casts(text), buckets)
+        assert "all-gather" not in text
+
+
+def only_the_length_is_cast(casts: list[str], buckets) -> bool:
+    """No float cast on exact shapes; in a bucket, float32 scalars only (the length)."""
+    if buckets is None:
+        return not casts
+    return bool(casts) and all(re.search(r"= f32\[\] convert\(", line) for line in casts)
 
 
 def test_float16_and_float32_avg_share_one_float32_all_reduce():

@@ -44,6 +44,7 @@ import jax
 
 from synk._src import compat, processes, runtime, serial
 from synk._src import lax as synk_lax
+from synk._src.buckets import Policy
 from synk._src.options import Options
 from synk._src.partition import Recompiles, partition
 from synk._src.plan import Plan
@@ -68,6 +69,7 @@ def function(
     donate_argnums: int | Sequence[int] = (),
     devices: Sequence[jax.Device] | int | None = None,
     comm_dtype: Any = None,
+    buckets: Any = "geometric",
 ) -> Callable[[Callable], Function]: ...
 
 
@@ -83,6 +85,7 @@ def function(
     donate_argnums=(),
     devices=None,
     comm_dtype=None,
+    buckets="geometric",
 ):
     """Replicate a single-device function over every device, exactly.
 
@@ -126,6 +129,17 @@ def function(
         overflows only where the mean itself would; other reductions beyond
         the dtype's range (65504 for float16) become inf. Without it, float16
         and bfloat16 outputs are reduced in float32.
+      buckets: with explicit reductions, batch lengths that share one
+        executable. ``'geometric'`` (default): each batch gets a capacity of
+        the next power of two rows per device, so a few executables serve
+        every length; a sequence of batch lengths, e.g. ``(256, 1024)``: the
+        smallest that holds the batch (longer batches compile their own);
+        None: each length compiles its own. A bucket pads what travels (up to
+        2x the rows, 'geometric'), never what the function sees: each device
+        runs its real rows only, as pieces of a few fixed sizes. Calls inside
+        a trace, with synk.lax collectives, 'gather' or 'per_device' outputs,
+        or batches already on the devices as arrays (pass synk.data views)
+        compile per length.
 
     Returns:
       A `synk.Function`: call it like ``fn``.
@@ -163,11 +177,12 @@ def function(
             donate_argnums=donate_argnums,
             devices=devices,
             comm_dtype=comm_dtype,
+            buckets=buckets,
         )
     if not callable(fn):
         raise TypeError(f"synk.function expects a callable, got {type(fn).__name__}.")
     core = _Core(fn, in_axes, static_argnums, static_argnames, donate_argnums, devices)
-    return Function(core, Options.of(reduce, num_slices, comm_dtype, core.where))
+    return Function(core, Options.of(reduce, num_slices, comm_dtype, core.where, buckets))
 
 
 # --------------------------------------------------------------------------
@@ -227,7 +242,8 @@ class Function:
         the function on each device's rows, outputs combined by their ops)."""
         return "whole" if self._options.reduce is None else "per-device"
 
-    def with_options(self, *, reduce=_UNCHANGED, num_slices=None, comm_dtype=None) -> Function:
+    def with_options(self, *, reduce=_UNCHANGED, num_slices=None, comm_dtype=None,
+                     buckets=_UNCHANGED) -> Function:  # fmt: skip
         """The same function with other options; shares the compile cache.
 
         Args:
@@ -235,6 +251,7 @@ class Function:
             function under XLA's partitioner; default: unchanged.
           num_slices: a new number of sequential pieces per device.
           comm_dtype: a new dtype for reductions to travel in.
+          buckets: a new bucket policy (see `synk.function`); None turns them off.
 
         Returns:
           A `synk.Function`. Calling it compiles once per new option set; the
@@ -248,15 +265,21 @@ class Function:
           496.0
         """
         opts = self._options
+        if buckets is not _UNCHANGED:  # checked before it keys the variants
+            Policy.of(buckets, self._core.where)
+            buckets = tuple(buckets) if isinstance(buckets, list) else buckets
         new = Options(
             opts.reduce if reduce is _UNCHANGED else reduce,
             opts.num_slices if num_slices is None else num_slices,
             opts.comm_dtype if comm_dtype is None else comm_dtype,
+            opts.buckets if buckets is _UNCHANGED else buckets,
         )
         variants = self._core.variants
         hit = variants.get(new.key)
         if hit is None:
-            checked = Options.of(new.reduce, new.num_slices, new.comm_dtype, self._core.where)
+            checked = Options.of(
+                new.reduce, new.num_slices, new.comm_dtype, self._core.where, new.buckets
+            )
             hit = variants[new.key] = Function(self._core, checked)
         return hit
 
@@ -311,7 +334,12 @@ class Function:
     def options(self) -> dict:
         """The options this function was built with."""
         o = self._options
-        return {"reduce": o.reduce, "num_slices": o.num_slices, "comm_dtype": o.comm_dtype}
+        return {
+            "reduce": o.reduce,
+            "num_slices": o.num_slices,
+            "comm_dtype": o.comm_dtype,
+            "buckets": o.buckets,
+        }
 
     def __repr__(self) -> str:
         core, o = self._core, self._options
@@ -321,9 +349,10 @@ class Function:
         if o.reduce is not None:
             extras = f", num_slices={o.num_slices}"
             extras += f", comm_dtype={o.comm_dtype}" if o.comm_dtype is not None else ""
+            extras += f", buckets={o.buckets!r}"
         return (
             f"synk.Function({core.name}, in_axes={core.in_axes!r}, reduce={o.reduce!r}, "
-            f"path={self.path!r}{extras}, devices={n}x{kind}, compiled={len(core.cache)})"
+            f"path={self.path!r}{extras}, devices={n}x{kind}, compiled={core.compiled})"
         )
 
 
@@ -352,9 +381,15 @@ class _Core:
         self.mesh = runtime.mesh(self.devices)
         self.platform = self.devices[0].platform
         self.cache: dict = {}  # plan key -> Plan, shared by every with_options variant
+        self.buckets: dict = {}  # bucket key -> a bucket's executable (or False: none fits)
         self.variants: dict = {}  # options key -> Function
         self.recompiles = Recompiles()
         self.serials: dict = {}  # f.serial's executables, by the same key as a call's
+
+    @property
+    def compiled(self) -> int:
+        """Executables built: a bucket's serves several plans (batch lengths)."""
+        return len({id(plan.jitted) for plan in self.cache.values()})
 
     def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, Any]:
         """(statics, dyn): the call bound to the signature, statics taken out."""

@@ -11,6 +11,9 @@ from typing import Any
 import jax
 
 from synk._src import reduce as red
+from synk._src.buckets import Policy
+
+GEOMETRIC = "geometric"  # the default bucket policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,9 +23,10 @@ class Options:
     reduce: Any
     num_slices: int
     comm_dtype: Any
+    buckets: Any = GEOMETRIC  # as given; `policy` is it parsed
 
     @classmethod
-    def of(cls, reduce, num_slices, comm_dtype, where: str) -> Options:
+    def of(cls, reduce, num_slices, comm_dtype, where: str, buckets=GEOMETRIC) -> Options:
         """Validated options: every check of an option lives here (and in `reduce`)."""
         red.check_spec(reduce, where)
         if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
@@ -44,9 +48,24 @@ class Options:
                 "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
                 "collectives, in the function's own dtypes."
             )
-        return cls(reduce, num_slices, comm_dtype)
+        Policy.of(buckets, where)  # checked here, before any call
+        if reduce is None and buckets is not None and buckets != GEOMETRIC:
+            raise ValueError(
+                f"{where}: buckets={buckets!r} shares one executable between batch lengths by "
+                "running each device's rows in pieces, which needs outputs that combine over "
+                "rows: give an explicit reduce (e.g. reduce='avg'). Without reduce the "
+                "function runs whole under XLA's partitioner and compiles once per length."
+            )
+        if isinstance(buckets, list):
+            buckets = tuple(buckets)
+        return cls(reduce, num_slices, comm_dtype, buckets)
+
+    @property
+    def policy(self) -> Policy | None:
+        """The bucket policy (None: each batch length compiles its own executable)."""
+        return Policy.of(self.buckets, "")
 
     @property
     def key(self):
         leaves, treedef = jax.tree_util.tree_flatten(self.reduce)
-        return (tuple(leaves), treedef, self.num_slices, self.comm_dtype)
+        return (tuple(leaves), treedef, self.num_slices, self.comm_dtype, self.buckets)

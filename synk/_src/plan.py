@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from synk._src import body as synk_body
-from synk._src import compat, partition, partitioned, placement, processes
+from synk._src import buckets, compat, partition, partitioned, placement, processes
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import outputs as synk_outputs
@@ -100,6 +100,16 @@ class Plan:
                               digest, traced, tuple(shared.items()), checked)  # fmt: skip
         split = batch_split(core, descs, options.num_slices)
         variables = [names[i] for i in structure.variables]
+        policy = options.policy
+        if policy is not None and split is not None and not traced:
+            made = _bucketed(core, options, policy, statics, structure, descs, split, call_user,
+                             variables, outputs)  # fmt: skip
+            if made is not None:
+                jitted, place, out, outputs = made
+                return cls(
+                    "per-device", structure, outputs, out, jitted, place, description, digest,
+                    tuple(shared.items()), True, checked,
+                )  # fmt: skip
         out, uses_lax = trace_outputs(core, options, descs, split, call_user, variables)
         if split is not None and (uses_lax or out.indices(red.PER_DEVICE)):
             check_whole_share(core, split, uses_lax)
@@ -130,6 +140,42 @@ class Plan:
             "whole", structure, outputs, out, jitted, place, description, digest, shared,
             not traced, checked,
         )  # fmt: skip
+
+
+def _bucketed(core, options, policy, statics, structure, descs, split, call_user, variables,
+              outputs):  # fmt: skip
+    """(jitted, place, out, outputs) of the bucket this call's batch fits, or None.
+
+    The bucket's executable is built at its first batch length and reused by
+    every other length it holds; each length gets only its own placer.
+    """
+    capacity = policy.capacity(split.rows, split.devices)
+    if capacity is None or (split.groups > 1 and any(d.view is not None for d in descs)):
+        return None
+    cap_split = Split(capacity * split.devices, split.devices, 1, split.groups)
+    cap = buckets.capacity_descs(descs, cap_split.rows)
+    key = (options.key, statics, structure, tuple(cap), capacity)
+    entry = core.buckets.get(key)
+    if entry is None:
+        sizes = buckets.ladder(capacity, options.num_slices)
+        out, uses_lax = trace_outputs(core, options, cap, cap_split, call_user, variables, sizes)
+        if not buckets.eligible(cap, out, uses_lax):
+            core.buckets[key] = False
+            return None
+        layout = Layout.of(cap, cap_split)
+        body = buckets.BucketBody(
+            call_user, cap, cap_split, out, layout, options.comm_dtype, len(core.devices),
+            sizes=sizes,
+        )  # fmt: skip
+        jitted = buckets.executable(core, body, synk_body.donated(core, cap, layout))
+        inner = placement.placer(core, cap, cap_split, layout)
+        entry = core.buckets[key] = (jitted, inner, out, outputs)
+    if entry is False:
+        return None
+    jitted, inner, out, bucket_outputs = entry
+    length = buckets.traced_length(core, split.local_rows)
+    place = buckets.placer(core, descs, split, capacity, inner, length)
+    return jitted, place, out, bucket_outputs
 
 
 def agreed_values(checked, leaves: list) -> list:
@@ -251,12 +297,14 @@ def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]
 
 
 def trace_outputs(
-    core, options, descs, split, call_user, names
+    core, options, descs, split, call_user, names, sizes=None
 ) -> tuple[synk_outputs.OutPlan, bool]:
-    """Trace the function abstractly at every piece size: its outputs, and whether it
-    talks across devices. Refuses outputs that depend on the number of rows.
-    `names` names each Variable the function may write into."""
-    sizes = [None] if split is None else split.piece_sizes()
+    """Trace the function abstractly at every piece size (the split's, or `sizes`): its
+    outputs, and whether it talks across devices. Refuses outputs that depend on the
+    number of rows. `names` names each Variable the function may write into."""
+    if sizes is None:
+        sizes = [None] if split is None else split.piece_sizes()
+    sizes = sorted(sizes)
     traced = [_trace(core, call_user, descs, rows) for rows in sizes]
     out = synk_outputs.plan_with_updates(options.reduce, traced[0][0], core.where, names)
     uses = any(u for _, u in traced)

@@ -1,0 +1,231 @@
+"""Batch-size buckets: one executable for every batch length up to a capacity.
+
+With explicit reductions the outputs are row-separable: a device's rows can be
+run as pieces and the pieces' outputs combined exactly, as ``num_slices``
+does. So one executable can serve any batch length up to a capacity:
+
+* each process deals its ``L`` rows as before (local device ``j`` takes
+  ``k_j = L // m`` rows, one more for ``j < L % m``), but each device's block
+  travels padded to the bucket's capacity ``c`` rows; the true ``L`` travels
+  too, as one traced integer;
+* each device runs the function on its first ``k_j`` rows only, as pieces
+  whose sizes come from a fixed ladder (`ladder`: ``c``, ``c/4``, ``c/16``,
+  ... , 1; the top size capped by ``num_slices``), taken greedily, each size
+  in a loop with a traced trip count. The padding rows are never sliced, so
+  the function never sees one;
+* 'avg' divides by the traced global length.
+
+Each ladder size is one copy of the function in the executable: a bucket
+compiles about ``log4(c) + 1`` copies once, where exact shapes compile one or
+two per length. `Policy` says which capacity a batch gets: the next power of
+two rows per device by default, or the smallest of a list of batch lengths.
+
+What travels per call: host rows padded to the capacity (``np.take`` with a
+dealing index made once per length), and for synk.Data views only their
+indices. Calls that cannot share a bucket compile per length as before:
+inside a trace, functions that call synk.lax collectives, outputs gathered
+or kept per device, batches already on the devices as arrays, local views.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from synk._src import reduce as red
+from synk._src.body import Body
+from synk._src.roles import Leaf, Role, Source, View
+from synk._src.runtime import AXIS
+from synk._src.split import Split
+
+RATIO = 4  # each ladder size is a quarter of the one above
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Which capacity a batch gets. `lengths`: explicit capacities (global batch
+    lengths), or None for geometric per-device capacities (powers of two)."""
+
+    lengths: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, buckets, where: str) -> Policy | None:
+        """The parsed ``buckets`` option: 'geometric', a sequence of lengths, or None (off)."""
+        if buckets is None or buckets is False:
+            return None
+        if buckets == "geometric":
+            return cls()
+        ok = isinstance(buckets, Sequence) and not isinstance(buckets, str) and len(buckets) > 0
+        ok = ok and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)
+        if not ok:
+            raise ValueError(
+                f"{where}: buckets={buckets!r}; expected 'geometric' (capacities of a power "
+                "of two rows per device), a non-empty sequence of positive batch lengths "
+                "(e.g. buckets=(256, 1024, 4096)), or None (compile each batch length)."
+            )
+        return cls(tuple(sorted(set(buckets))))
+
+    def capacity(self, rows: int, devices: int) -> int | None:
+        """Rows per device of the bucket for a global batch of `rows`; None: past the last."""
+        need = -(-rows // devices)
+        if self.lengths is None:
+            return 1 << (need - 1).bit_length()
+        for length in self.lengths:
+            if length >= rows:
+                return -(-length // devices)
+        return None
+
+
+def ladder(capacity: int, slices: int) -> tuple[int, ...]:
+    """The piece sizes, largest first: any count up to `capacity` is a greedy sum of them."""
+    top = -(-capacity // slices)
+    sizes = [top]
+    while sizes[-1] > 1:
+        sizes.append(max(1, sizes[-1] // RATIO))
+    return tuple(sizes)
+
+
+def eligible(descs: list[Leaf], out, uses_lax: bool) -> bool:
+    """Whether a call can share a bucket (see the module docstring for what cannot)."""
+    if uses_lax or out.indices(red.GATHER) or out.indices(red.PER_DEVICE):
+        return False
+    sliced = [d for d in descs if d.role is Role.SLICED]
+    if not sliced:
+        return False
+    return not any(d.view is View.LOCAL or d.source is Source.DEVICE for d in sliced)
+
+
+def capacity_descs(descs: list[Leaf], capacity_rows: int) -> list[Leaf]:
+    """The leaves as the bucket's executable takes them: every batch `capacity_rows` long."""
+    out = []
+    for d in descs:
+        if d.role is Role.SLICED:  # an array, or a view (its rows)
+            shape = list(d.aval.shape)
+            shape[d.axis] = capacity_rows
+            aval = jax.ShapeDtypeStruct(tuple(shape), d.aval.dtype, weak_type=d.aval.weak_type)
+            d = dataclasses.replace(d, aval=aval)
+        out.append(d)
+    return out
+
+
+# --------------------------------------------------------------------------
+# The per-device body
+
+
+class BucketBody(Body):
+    """`Body` for a bucket: each device runs its first ``k_j`` rows as ladder pieces."""
+
+    def __init__(self, *args, sizes: tuple[int, ...], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sizes = sizes
+        self.uniform = False  # pieces weigh their rows; 'avg' divides by the traced length
+
+    def __call__(self, *flat):
+        *flat, total = flat
+        base, _ = self.inputs(flat)
+        m = self.split.local_devices
+        local = lax.axis_index(AXIS) % m
+        process = lax.axis_index(AXIS) // m
+        q, r = total // m, total % m
+        count = q + (local < r).astype(total.dtype)
+        start = process * total + local * q + jnp.minimum(local, r)  # first global row
+        acc = self.identities()
+        done = jnp.zeros((), total.dtype)
+        for size in self.sizes:
+            with jax.named_scope(f"synk_pieces_of_{size}"):
+                acc, done = self._pieces(base, acc, done, count, start, size)
+        return [jnp.expand_dims(x, 0) for x in acc], [], [], []
+
+    def _pieces(self, base: list, acc: list, done, count, start, size: int):
+        """As many pieces of `size` rows as fit in what is left, one after another."""
+
+        def step(_, carry):
+            acc, done = carry
+            piece = {
+                i: lax.dynamic_slice_in_dim(base[i], done, size, axis=self.descs[i].axis)
+                for i in self.sliced
+            }
+            outs = self.run(base, piece, (lambda: start + done, size))
+            return self.fold(acc, outs, size), done + size
+
+        return lax.fori_loop(0, (count - done) // size, step, (acc, done))
+
+
+def executable(core, body: BucketBody, donated: tuple[int, ...]):
+    """``jit(shard_map(body))`` over the capacity's layout and the traced length."""
+    specs = (*body.layout.specs, P())
+    mapped = jax.shard_map(
+        body, mesh=core.mesh, in_specs=specs, out_specs=body.out_specs(), check_vma=False
+    )
+    n_out = len(body.out.ops)
+
+    def outer(*flat):
+        local, _, _, _ = mapped(*flat)
+        divisor = flat[-1] * body.split.groups  # the global batch length
+        with jax.named_scope("synk_reduce"):
+            reduced = red.combine(
+                body.ops, local, divisor, body.comm_dtype, body.dtypes, core.mesh
+            )
+        result = [None] * n_out
+        for i, v in zip(body.reduced, reduced, strict=True):
+            result[i] = v
+        return result
+
+    outer.__name__ = f"synk_per_device_{getattr(core.fn, '__name__', 'fn')}_in_buckets"
+    shardings = tuple(NamedSharding(core.mesh, s) for s in specs)
+    return jax.jit(outer, in_shardings=shardings, donate_argnums=donated)
+
+
+# --------------------------------------------------------------------------
+# One batch length's way into a bucket
+
+
+def dealing(local_rows: int, devices: int, capacity: int) -> np.ndarray:
+    """For each of a process's ``devices * capacity`` slots, the local row it holds.
+
+    Device j's block holds its ``k_j`` rows first; the rest of the block repeats
+    row 0 (any real row would do): it travels, and is never sliced.
+    """
+    q, r = divmod(local_rows, devices)
+    index = np.zeros(devices * capacity, np.int64)
+    first = 0
+    for j in range(devices):
+        k = q + (j < r)
+        index[j * capacity : j * capacity + k] = np.arange(first, first + k)
+        first += k
+    return index
+
+
+def placer(core, descs: list[Leaf], split: Split, capacity: int, inner: Callable,
+           length) -> Callable:  # fmt: skip
+    """The call's leaves in the bucket's layout: batches dealt and padded, views'
+    indices too, then `inner` (the capacity's own placer), then the traced `length`."""
+    index = dealing(split.local_rows, split.local_devices, capacity)
+    batches = [(i, d.axis) for i, d in enumerate(descs) if d.role is Role.SLICED and d.view is None]
+    views = [i for i, d in enumerate(descs) if d.view is not None]
+
+    def place(leaves: list) -> list:
+        leaves = list(leaves)
+        for i, axis in batches:
+            leaves[i] = np.take(np.asarray(leaves[i]), index, axis=axis)
+        for i in views:  # only the indices travel: dealt and padded the same way
+            leaves[i] = dataclasses.replace(leaves[i], index=leaves[i].index[index])
+        args = inner(leaves)
+        args.append(length)
+        return args
+
+    return place
+
+
+def traced_length(core, local_rows: int):
+    """The traced length, on the devices once: nothing travels for it per call."""
+    sharding = NamedSharding(core.mesh, P())
+    value = np.int32(local_rows)
+    return jax.make_array_from_callback((), sharding, lambda _: value)

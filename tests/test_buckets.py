@@ -1,0 +1,208 @@
+"""Batch-size buckets: with explicit reductions, batch lengths share executables, exactly.
+
+Every result is compared with ``f.serial`` on the same batch. That the function
+never sees a padding row is observed through its own outputs: a 'sum' of the
+rows each piece sees, and of their row numbers, equals the batch's exactly
+when every real row is seen once and no other row is.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import PROCESSES, assert_tree_close, compilations, counting, single_process
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import synk
+
+N = synk.device_count()
+RNG = np.random.default_rng(0)
+
+
+def regression(rows: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3)).astype(np.float32)
+    return x, (x @ np.array([1.0, -2.0, 0.5], np.float32) + rng.normal(size=rows)).astype(
+        np.float32
+    )
+
+
+def loss_and_grad(w, x, y):
+    return jax.value_and_grad(lambda w: jnp.mean((jnp.tanh(x @ w) - y) ** 2))(w)
+
+
+def rows_seen(x, numbers):
+    """What a piece sees: its row count, the sum of its row numbers, and extremes."""
+    n = jnp.asarray(x.shape[0], jnp.float32)
+    return n, numbers.sum(), numbers.max(), numbers.min(), x.mean(0)
+
+
+W = np.array([0.3, -0.2, 0.1], np.float32)
+
+
+# ------------------------------------------------------------------ exact
+
+
+@settings(max_examples=12 if PROCESSES == 1 else 6, deadline=None, derandomize=True)
+@given(
+    lengths=st.lists(st.integers(1, 12 * N), min_size=2, max_size=4),
+    slices=st.sampled_from([1, 2]),
+    policy=st.sampled_from(["geometric", (4 * N, 12 * N)]),
+)
+def test_lengths_in_one_bucket_equal_the_serial_function(lengths, slices, policy):
+    """Every op, a gradient inside the function, num_slices; one function for every length."""
+    step = synk.function(loss_and_grad, in_axes=(None, 0, 0), reduce="avg",
+                         num_slices=slices, buckets=policy)  # fmt: skip
+    seen = synk.function(rows_seen, reduce=("sum", "sum", "max", "min", "avg"),
+                         num_slices=slices, buckets=policy)  # fmt: skip
+    prod = synk.function(lambda x: jnp.prod(1 + x / 64, axis=0), reduce="prod",
+                         num_slices=slices, buckets=policy)  # fmt: skip
+    for length in lengths:
+        rows = length * PROCESSES
+        if slices > max(1, length // (N // PROCESSES)):
+            continue  # more pieces than a device has rows: refused, as on exact shapes
+        x, y = regression(rows, length)
+        numbers = np.arange(rows, dtype=np.float32)
+        share = synk.process_share
+        assert_tree_close(step(W, share(x), share(y)), step.serial(W, x, y), rtol=1e-5)
+        count, total, top, bottom, mean = seen(share(x), share(numbers))
+        # Each real row seen once, no padding row: the counts and sums are exact.
+        assert float(count) == rows and float(total) == rows * (rows - 1) / 2
+        assert float(top) == rows - 1 and float(bottom) == 0
+        assert_tree_close(mean, x.mean(0), rtol=1e-5)
+        assert_tree_close(prod(share(x)), prod.serial(x), rtol=1e-5)
+
+
+def test_thirty_lengths_compile_at_most_six_executables(caplog):
+    """The issue's sweep: 30 distinct lengths from 200 to 2000 on 8 devices."""
+    step = synk.function(loss_and_grad, in_axes=(None, 0, 0), reduce="avg")
+    lengths = np.random.default_rng(1).choice(np.arange(200, 2001), 30, replace=False)
+    lengths = [int(n) // PROCESSES * PROCESSES for n in lengths]
+    with compilations(caplog) as compiled:
+        for rows in lengths:
+            x, y = regression(rows, rows)
+            share = synk.process_share
+            assert_tree_close(step(W, share(x), share(y)), step.serial(W, x, y), rtol=1e-5)
+    ours = [c for c in compiled if "synk_per_device_loss_and_grad" in c]
+    need = {1 << (-(-n // N) - 1).bit_length() for n in lengths}  # capacities per device
+    assert len(ours) == len(need) and len(need) <= 6, (ours, need)
+    assert repr(step).endswith(f"compiled={len(need)})")
+
+
+def test_a_new_length_in_a_compiled_bucket_neither_traces_nor_compiles(caplog):
+    fn, traces = counting(loss_and_grad)
+    step = synk.function(fn, in_axes=(None, 0, 0), reduce="avg", buckets=(16 * N,))
+    step(W, *map(synk.process_share, regression(9 * N)))
+    first = len(traces)
+    with compilations(caplog) as compiled:
+        for rows in (9 * N + 2, 12 * N + 6, 16 * N):  # global lengths, even for 2 processes
+            x, y = regression(rows, rows)
+            got = step(W, synk.process_share(x), synk.process_share(y))
+            assert_tree_close(got, step.serial(W, x, y), rtol=1e-5)
+    assert len(traces) == first + 3  # f.serial's own traces only
+    assert not [c for c in compiled if "synk_per_device" in c], compiled
+
+
+def test_the_policy_decides_which_lengths_share(caplog):
+    f = synk.function(lambda x: x.sum(0), reduce="sum", buckets=(8 * N, 32 * N))
+    lengths = [3 * N, 8 * N, 8 * N + 2, 32 * N, 32 * N + 2, 40 * N]  # global lengths
+    for rows in lengths:
+        x = RNG.normal(size=(rows, 2)).astype(np.float32)
+        assert_tree_close(f(synk.process_share(x)), x.sum(0), rtol=1e-5, atol=1e-5)
+    # Two buckets; past the last, each length compiles its own.
+    assert repr(f).endswith("compiled=4)")
+    exact = f.with_options(buckets=None)
+    for rows in lengths[:3]:
+        exact(synk.process_share(np.ones((rows, 2), np.float32)))
+    assert repr(exact).endswith("compiled=7)")  # the cache is shared: 4 + 3
+
+
+# ------------------------------------------------------------------ what travels
+
+
+@single_process("the indices of one process's view")
+def test_for_views_only_the_indices_cross_and_a_new_length_compiles_nothing(capfd, caplog):
+    x = RNG.normal(size=(500, 3)).astype(np.float32)
+    X, Y = synk.data(x), synk.data(x[:, 0])
+    f = synk.function(loss_and_grad, in_axes=(None, 0, 0), reduce="avg")
+    f(W, X[np.arange(9 * N)], Y[np.arange(9 * N)])  # a bucket of 16 rows per device
+    capfd.readouterr()
+    idx = RNG.integers(0, 500, 13 * N + 3)
+    for call in ("a new length", "the same length again"):
+        with (
+            compilations(caplog) as compiled,
+            jax.transfer_guard_device_to_device("disallow"),
+            jax.transfer_guard_host_to_device("log"),
+        ):
+            got = f(W, X[idx], Y[idx])
+            jax.block_until_ready(got)
+        sent = re.findall(r"host-to-device transfer: aval=(\S+?),", capfd.readouterr().err)
+        # The index, padded to the bucket (16 rows per device), and W, a host value; a new
+        # length also puts its length on the devices, once.
+        allowed = {f"ShapedArray(int32[{16 * N}])", "ShapedArray(float32[3])"}
+        if call == "a new length":
+            allowed.add("ShapedArray(int32[])")
+        assert f"ShapedArray(int32[{16 * N}])" in sent and set(sent) <= allowed, (call, sent)
+        assert not [c for c in compiled if "synk_per_device" in c], compiled
+        assert_tree_close(got, f.serial(W, x[idx], x[idx, 0]), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ what compiles per length
+
+
+def test_what_cannot_share_a_bucket_compiles_per_length():
+    def talks(x):
+        return synk.lax.psum(x.sum(0))
+
+    cases = [  # (function, what it returns of the whole batch)
+        (synk.function(lambda x: x * 2, reduce="gather"), lambda x: x * 2),  # input order
+        (synk.function(lambda x: jnp.sqrt((x**2).mean())), lambda x: np.sqrt((x**2).mean())),
+    ]
+    if PROCESSES == 1:  # per-device outputs: one process reads them all
+        # collectives need an equal share each: every device's entry is the total
+        cases.append(
+            (synk.function(talks, reduce="per_device"), lambda x: np.stack([x.sum(0)] * N))
+        )
+    for f, want in cases:
+        for rows in (2 * N, 3 * N, 4 * N):
+            x = RNG.normal(size=(rows * PROCESSES, 2)).astype(np.float32)
+            assert_tree_close(f(synk.process_share(x)), want(x), rtol=1e-5, atol=1e-5)
+        assert repr(f).endswith("compiled=3)"), f
+
+
+def test_inside_jit_each_length_compiles_exactly():
+    f = synk.function(loss_and_grad, in_axes=(None, 0, 0), reduce="avg")
+    for rows in (2 * N + 1, 5 * N):
+        x, y = regression(rows)
+        got = jax.jit(f)(W, x, y)
+        assert_tree_close(got, f.serial(W, x, y), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ options
+
+
+def test_repr_and_options_show_the_policy():
+    f = synk.function(lambda x: x.sum(), reduce="sum")
+    assert "buckets='geometric'" in repr(f) and f.options["buckets"] == "geometric"
+    g = f.with_options(buckets=[64, 16])
+    assert g.options["buckets"] == (64, 16) and "buckets=(64, 16)" in repr(g)
+    assert f.with_options(buckets=None).options["buckets"] is None
+
+
+@pytest.mark.parametrize("bad", ["powers", (), (0, 8), (8.0,), (True,), 12])
+def test_a_bad_policy_is_refused_with_what_to_pass(bad):
+    with pytest.raises(ValueError, match=r"buckets=.*expected 'geometric'.*sequence of positive"):
+        synk.function(lambda x: x.sum(), reduce="sum", buckets=bad)
+    with pytest.raises(ValueError, match=r"buckets=.*expected 'geometric'"):
+        synk.function(lambda x: x.sum(), reduce="sum").with_options(buckets=bad)
+
+
+def test_buckets_without_a_reduce_are_refused():
+    with pytest.raises(ValueError, match=r"buckets=\(64,\).*give an explicit reduce"):
+        synk.function(lambda x: x.sum(), buckets=(64,))
+    synk.function(lambda x: x.sum(), buckets=None)  # off: nothing to refuse
