@@ -151,7 +151,10 @@ def test_with_options_shares_the_cache_and_is_cached_itself():
         g(x)
     assert len(traces) == traced
     assert h.options == {
-        "reduce": "sum", "num_slices": 4, "comm_dtype": None, "buckets": "geometric"
+        "reduce": "sum",
+        "num_slices": 4,
+        "comm_dtype": None,
+        "buckets": "geometric",
     }
 
 

@@ -170,9 +170,7 @@ def executable(core, body: BucketBody, donated: tuple[int, ...]):
         local, _, _, _ = mapped(*flat)
         divisor = flat[-1] * body.split.groups  # the global batch length
         with jax.named_scope("synk_reduce"):
-            reduced = red.combine(
-                body.ops, local, divisor, body.comm_dtype, body.dtypes, core.mesh
-            )
+            reduced = red.combine(body.ops, local, divisor, body.comm_dtype, body.dtypes, core.mesh)
         result = [None] * n_out
         for i, v in zip(body.reduced, reduced, strict=True):
             result[i] = v
