@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "indexing",
     "fused",
     "memory",
+    "buckets",
 )
 pytestmark = single_process("each test launches its own one-process benchmark")
 
@@ -262,6 +263,35 @@ def test_indexing(indexing):
     # One int32 index per row; uneven: each device also gets one extra-row index.
     assert even["h2d_bytes_a"] == 4 * 16 and uneven["h2d_bytes_a"] == 4 * (56 + 8)
     assert "(d) device_put of x" in out["stdout"]
+
+
+def test_buckets(tmp_path_factory):
+    out = run_json(
+        tmp_path_factory,
+        "buckets",
+        *("--lengths", "6", "--shortest", "20", "--longest", "120", "--hidden", "8"),
+        *("--rounds", "3", "--calls", "2", "--first-calls", "2"),
+    )
+    lengths = out["config"]["lengths"]
+    assert len(set(lengths)) == 6 and all(20 <= n <= 120 for n in lengths)
+    sweep = out["sweep_seconds"]
+    assert set(sweep) == {
+        "sweep: synk, buckets",
+        "sweep: synk, exact shapes",
+        "sweep: hand-written, a jit per length",
+    } and all(positive(v) for v in sweep.values())
+    # Capacities of a power of two rows per device: as many executables as capacities met.
+    capacities = {1 << (-(-n // DEVICES) - 1).bit_length() for n in lengths}
+    assert out["executables"] == len(capacities)
+    rows = out["config"]["rows"]
+    assert (
+        rows["at a capacity"] % DEVICES == 0
+        and rows["just above a boundary"] < rows["at a capacity"]
+    )
+    assert len(out["first_in_bucket_s"]) == 5 and len(out["first_calls_s"]["synk"]) == 2
+    ratios = out["ratios"]
+    assert set(ratios) == set(out["targets"]) and all(positive(v) for v in ratios.values())
+    assert len(out["stats"]) == 4 and all(positive(s["median_us"]) for s in out["stats"].values())
 
 
 def test_fused(tmp_path_factory):

@@ -9,14 +9,14 @@ does. So one executable can serve any batch length up to a capacity:
   travels padded to the bucket's capacity ``c`` rows; the true ``L`` travels
   too, as one traced integer;
 * each device runs the function on its first ``k_j`` rows only, as pieces
-  whose sizes come from a fixed ladder (`ladder`: ``c``, ``c/4``, ``c/16``,
+  whose sizes come from a fixed ladder (`ladder`: ``c``, ``c/8``, ``c/64``,
   ... , 1; the top size capped by ``num_slices``), taken greedily, each size
   in a loop with a traced trip count. The padding rows are never sliced, so
   the function never sees one;
 * 'avg' divides by the traced global length.
 
 Each ladder size is one copy of the function in the executable: a bucket
-compiles about ``log4(c) + 1`` copies once, where exact shapes compile one or
+compiles about ``log8(c) + 1`` copies once, where exact shapes compile one or
 two per length. `Policy` says which capacity a batch gets: the next power of
 two rows per device by default, or the smallest of a list of batch lengths.
 
@@ -45,7 +45,7 @@ from synk._src.roles import Leaf, Role, Source, View
 from synk._src.runtime import AXIS
 from synk._src.split import Split
 
-RATIO = 4  # each ladder size is a quarter of the one above
+RATIO = 8  # each ladder size is an eighth of the one above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +138,25 @@ class BucketBody(Body):
         start = process * total + local * q + jnp.minimum(local, r)  # first global row
         acc = self.identities()
         done = jnp.zeros((), total.dtype)
-        for size in self.sizes:
+        sizes = self.sizes
+        if sizes[0] == self.split.main:  # a full device runs once, on its rows as they came
+            with jax.named_scope("synk_full"):
+                acc, done = self._full(base, acc, done, count, start)
+            sizes = sizes[1:]
+        for size in sizes:
             with jax.named_scope(f"synk_pieces_of_{size}"):
                 acc, done = self._pieces(base, acc, done, count, start, size)
         return [jnp.expand_dims(x, 0) for x in acc], [], [], []
+
+    def _full(self, base: list, acc: list, done, count, start):
+        """The whole capacity as one piece, where a device's rows fill it."""
+        size = self.split.main
+
+        def full(_):
+            outs = self.run(base, {}, (lambda: start, size))
+            return self.fold(acc, outs, size), done + size
+
+        return lax.cond(count == size, full, lambda _: (acc, done), None)
 
     def _pieces(self, base: list, acc: list, done, count, start, size: int):
         """As many pieces of `size` rows as fit in what is left, one after another."""
@@ -206,14 +221,16 @@ def placer(core, descs: list[Leaf], split: Split, capacity: int, inner: Callable
     """The call's leaves in the bucket's layout: batches dealt and padded, views'
     indices too, then `inner` (the capacity's own placer), then the traced `length`."""
     index = dealing(split.local_rows, split.local_devices, capacity)
+    full = split.local_rows == split.local_devices * capacity  # the rows as they are
     batches = [(i, d.axis) for i, d in enumerate(descs) if d.role is Role.SLICED and d.view is None]
+    batches = [] if full else batches
     views = [i for i, d in enumerate(descs) if d.view is not None]
 
     def place(leaves: list) -> list:
         leaves = list(leaves)
         for i, axis in batches:
             leaves[i] = np.take(np.asarray(leaves[i]), index, axis=axis)
-        for i in views:  # only the indices travel: dealt and padded the same way
+        for i in views if not full else ():  # only the indices travel, dealt the same way
             leaves[i] = dataclasses.replace(leaves[i], index=leaves[i].index[index])
         args = inner(leaves)
         args.append(length)
@@ -226,4 +243,6 @@ def traced_length(core, local_rows: int):
     """The traced length, on the devices once: nothing travels for it per call."""
     sharding = NamedSharding(core.mesh, P())
     value = np.int32(local_rows)
+    if core.groups == 1:
+        return jax.device_put(value, sharding)
     return jax.make_array_from_callback((), sharding, lambda _: value)

@@ -14,4 +14,5 @@ BENCHMARKS = {
     "indexing": "batches as indices into synk.data vs numpy batches from the host",
     "fused": "a training step fused under jax.jit vs a synk call and a jitted update",
     "memory": "memory per device of a conv-net step at num_slices 1, 2, 4, 8",
+    "buckets": "batch lengths sharing executables vs a compile per length",
 }

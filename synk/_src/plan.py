@@ -158,7 +158,10 @@ def _bucketed(core, options, policy, statics, structure, descs, split, call_user
     entry = core.buckets.get(key)
     if entry is None:
         sizes = buckets.ladder(capacity, options.num_slices)
-        out, uses_lax = trace_outputs(core, options, cap, cap_split, call_user, variables, sizes)
+        # The outputs at the largest and the smallest piece (and one more row): the
+        # sizes between are traced by the executable alone.
+        ends = sorted({sizes[0], sizes[-1]})
+        out, uses_lax = trace_outputs(core, options, cap, cap_split, call_user, variables, ends)
         if not buckets.eligible(cap, out, uses_lax):
             core.buckets[key] = False
             return None

@@ -20,6 +20,7 @@ import jax
 
 import synk
 from synk._src.bench import (
+    buckets,
     collectives,
     dispatch,
     fused,
@@ -43,6 +44,7 @@ COMMANDS = {
     "indexing": indexing.run,
     "fused": fused.run,
     "memory": memory.run,
+    "buckets": buckets.run,
 }
 
 
@@ -180,6 +182,14 @@ def parser() -> argparse.ArgumentParser:
         default="adam",
         help="optax adam or sgd+momentum",
     )
+
+    s = common("buckets", 20, 10)
+    s.add_argument("--lengths", type=pos_int, default=30, help="distinct batch lengths swept")
+    s.add_argument("--shortest", type=pos_int, default=200, help="shortest batch of the sweep")
+    s.add_argument("--longest", type=pos_int, default=2000, help="longest batch of the sweep")
+    s.add_argument("--hidden", type=pos_int, default=64, help="hidden width of the MLP")
+    s.add_argument("--first-calls", type=pos_int, default=6, help="lengths of first calls timed")
+    s.add_argument("--seed", type=int, default=0, help="seed of the lengths")
 
     s = untimed("memory")
     s.add_argument(
