@@ -19,7 +19,11 @@ The map of a call, one module per step, in call order:
      laid out (`layout`) and the per-device body compiled as one
      ``jit(shard_map(body))`` followed, in the same jit, by the reduction of
      each output over the devices (`body`, `reduce`); how each leaf reaches
-     the executable is decided (`placement`).
+     the executable is decided (`placement`);
+   - with explicit reductions and a batch that can share a bucket
+     (`buckets`): the bucket's executable, built at its first length, runs
+     each device's real rows as pieces of a fixed ladder; a new length gets
+     only its own placer, which deals and pads the rows.
 3. A hit with several processes agrees on the call (one hash, `processes`).
 4. ``plan.place`` carries out what was decided per leaf: host arrays go to
    jit as they are (its in_shardings place them), or padded; device arrays
