@@ -313,14 +313,16 @@ def trace_outputs(
     uses = any(u for _, u in traced)
     if split is None:
         return out, uses
-    # One more size than the function will meet: a reduced output whose shape
-    # follows the rows (a forgotten reduction) shows even when every piece is equal.
-    probe = max(sizes) + 1
-    try:
-        traced.append(_trace(core, call_user, descs, probe))
-        sizes = [*sizes, probe]
-    except Exception:  # a function for some sizes only: nothing more to compare
-        pass
+    # Where every piece is equal, one more row than the function will meet: a
+    # reduced output whose shape follows the rows (a forgotten reduction) shows
+    # then too. Two sizes or more show it themselves.
+    if len(sizes) == 1:
+        probe = sizes[0] + 1
+        try:
+            traced.append(_trace(core, call_user, descs, probe))
+            sizes = [*sizes, probe]
+        except Exception:  # a function for some sizes only: nothing more to compare
+            pass
     for rows, (shape, _) in zip(sizes, traced, strict=True):
         _check_outputs_at(core, out, sizes[0], shape, rows)
     return out, uses
