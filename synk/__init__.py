@@ -17,6 +17,7 @@ from synk._src.collectives import set_value as set_value
 from synk._src.data import Batch as Batch
 from synk._src.data import Data as Data
 from synk._src.data import data as data
+from synk._src.first import first_rows as first_rows
 from synk._src.function import Function as Function
 from synk._src.function import function as function
 from synk._src.runtime import device_count as device_count
@@ -39,6 +40,7 @@ __all__ = [
     "data",
     "device_count",
     "devices",
+    "first_rows",
     "function",
     "gather",
     "get_value",

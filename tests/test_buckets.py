@@ -206,3 +206,61 @@ def test_buckets_without_a_reduce_are_refused():
     with pytest.raises(ValueError, match=r"buckets=\(64,\).*give an explicit reduce"):
         synk.function(lambda x: x.sum(), buckets=(64,))
     synk.function(lambda x: x.sum(), buckets=None)  # off: nothing to refuse
+
+
+# ------------------------------------------------------------------ inside the user's jit
+
+
+def test_a_fused_step_on_first_rows_compiles_once_per_bucket_and_is_exact():
+    """A batch padded to a bucket and its traced row count: one program for every count."""
+    grads = synk.function(jax.grad(lambda w, x, y: jnp.mean((jnp.tanh(x @ w) - y) ** 2)),
+                          in_axes=(None, 0, 0), reduce="avg")  # fmt: skip
+    traces = []
+
+    @jax.jit
+    def step(w, x, y, n):
+        traces.append(1)
+        return w - 0.1 * grads(w, synk.first_rows(x, n), synk.first_rows(y, n))
+
+    capacity = 16 * N
+    for n in (5 * N + 3, capacity, 1, 9 * N + 1, 2):
+        x, y = regression(n, n)
+        padded_x = np.concatenate([x, np.full((capacity - n, 3), np.nan, np.float32)])
+        padded_y = np.concatenate([y, np.full(capacity - n, np.nan, np.float32)])
+        want = W - 0.1 * grads.serial(W, x, y)
+        # NaN padding: a row of it reaching the function would make the step NaN.
+        assert_tree_close(step(W, padded_x, padded_y, n), want, rtol=1e-5, atol=1e-6)
+    assert len(traces) == 1
+
+
+def test_first_rows_with_a_known_count_are_its_rows():
+    total = synk.function(lambda x: x.sum(0), reduce="sum")
+    x = RNG.normal(size=(8 * N * PROCESSES, 2)).astype(np.float32)
+    n = 3 * N * PROCESSES + PROCESSES
+    share = synk.process_share(x[:n])
+    padded = np.concatenate([share, np.zeros((len(share), 2), np.float32)])
+    assert_tree_close(total(synk.first_rows(padded, len(share))), x[:n].sum(0), rtol=1e-5)
+    assert_tree_close(total.serial(synk.first_rows(x, n)), x[:n].sum(0), rtol=1e-5)
+
+
+def test_first_rows_refusals_say_what_to_do():
+    x, n = np.ones((4 * N, 2), np.float32), 3
+    cases = [
+        (synk.function(lambda x: x.sum()), "needs explicit reductions"),
+        (synk.function(lambda x: x * 2, reduce="gather"), r"reduce \['gather'\]"),
+        (synk.function(lambda x: x.max(0), reduce="max"), r"reduce \['max'\]"),
+    ]
+    for f, message in cases:
+        with pytest.raises(ValueError, match=message):
+            jax.jit(lambda x, n, f=f: f(synk.first_rows(x, n)))(x, n)
+    two = synk.function(lambda a, b: (a * b).sum(), reduce="sum")
+    with pytest.raises(ValueError, match="share one count"):
+        jax.jit(lambda x, n, m: two(synk.first_rows(x, n), synk.first_rows(x, m)))(x, n, n)
+    with pytest.raises(ValueError, match=r"every sliced argument must be synk\.first_rows"):
+        jax.jit(lambda x, n: two(synk.first_rows(x, n), x))(x, n)
+    with pytest.raises(TypeError, match="count is traced"):
+        jax.jit(lambda x, n: two.serial(synk.first_rows(x, n), synk.first_rows(x, n)))(x, n)
+    with pytest.raises(ValueError, match=r"n=9 rows, but x has shape \(8, 2\)"):
+        synk.first_rows(np.ones((8, 2)), 9)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        synk.first_rows(np.ones((8, 2)), 2.5)

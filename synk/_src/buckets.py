@@ -120,32 +120,48 @@ def capacity_descs(descs: list[Leaf], capacity_rows: int) -> list[Leaf]:
 
 
 class BucketBody(Body):
-    """`Body` for a bucket: each device runs its first ``k_j`` rows as ladder pieces."""
+    """`Body` for a bucket: each device runs its first ``k_j`` rows as ladder pieces.
 
-    def __init__(self, *args, sizes: tuple[int, ...], **kwargs):
+    `count_leaf`: the leaf holding the row count (a ``synk.first_rows`` call
+    inside a trace), else the count is the executable's last argument.
+    `whole`: leaves that arrive whole (``first_rows`` arrays): each device cuts
+    its own ``capacity`` rows from them.
+    """
+
+    def __init__(self, *args, sizes: tuple[int, ...], count_leaf: int | None = None,
+                 whole: frozenset = frozenset(), **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
-        self.sizes = sizes
+        self.sizes, self.count_leaf, self.whole = sizes, count_leaf, whole
         self.uniform = False  # pieces weigh their rows; 'avg' divides by the traced length
 
     def __call__(self, *flat):
-        *flat, total = flat
+        if self.count_leaf is None:
+            *flat, total = flat
+        else:
+            total = flat[self.count_leaf].astype(jnp.int32)
         base, _ = self.inputs(flat)
-        m = self.split.local_devices
+        m, c = self.split.local_devices, self.split.main
         local = lax.axis_index(AXIS) % m
         process = lax.axis_index(AXIS) // m
         q, r = total // m, total % m
         count = q + (local < r).astype(total.dtype)
-        start = process * total + local * q + jnp.minimum(local, r)  # first global row
+        first = local * q + jnp.minimum(local, r)  # this device's first row of its process's
+        for i in self.whole:  # the whole batch: this device's rows, then padding to c
+            x = base[i]
+            x = jnp.concatenate([x, jnp.zeros((c, *x.shape[1:]), x.dtype)])
+            base[i] = lax.dynamic_slice_in_dim(x, first, c)
+        start = process * total + first  # first global row
         acc = self.identities()
         done = jnp.zeros((), total.dtype)
-        sizes = self.sizes
-        if sizes[0] == self.split.main:  # a full device runs once, on its rows as they came
+        sizes, most = self.sizes, c
+        if sizes[0] == c:  # a full device runs once, on its rows as they came
             with jax.named_scope("synk_full"):
                 acc, done = self._full(base, acc, done, count, start)
-            sizes = sizes[1:]
+            sizes, most = sizes[1:], c - 1
         for size in sizes:
             with jax.named_scope(f"synk_pieces_of_{size}"):
-                acc, done = self._pieces(base, acc, done, count, start, size)
+                acc, done = self._pieces(base, acc, done, count, start, size, most // size)
+            most = size - 1
         return [jnp.expand_dims(x, 0) for x in acc], [], [], []
 
     def _full(self, base: list, acc: list, done, count, start):
@@ -158,32 +174,49 @@ class BucketBody(Body):
 
         return lax.cond(count == size, full, lambda _: (acc, done), None)
 
-    def _pieces(self, base: list, acc: list, done, count, start, size: int):
-        """As many pieces of `size` rows as fit in what is left, one after another."""
+    def _pieces(self, base: list, acc: list, done, count, start, size: int, most: int):
+        """As many pieces of `size` rows as fit in what is left (at most `most`), in order.
 
-        def step(_, carry):
-            acc, done = carry
-            piece = {
-                i: lax.dynamic_slice_in_dim(base[i], done, size, axis=self.descs[i].axis)
-                for i in self.sliced
-            }
-            outs = self.run(base, piece, (lambda: start + done, size))
-            return self.fold(acc, outs, size), done + size
+        A loop of `most` steps, each under a cond: reverse-mode differentiable,
+        as a loop with a traced trip count is not.
+        """
+        if most == 0:
+            return acc, done
+        wanted = (count - done) // size
 
-        return lax.fori_loop(0, (count - done) // size, step, (acc, done))
+        def step(i, carry):
+            def piece(carry):
+                acc, done = carry
+                rows = {
+                    j: lax.dynamic_slice_in_dim(base[j], done, size, axis=self.descs[j].axis)
+                    for j in self.sliced
+                }
+                outs = self.run(base, rows, (lambda: start + done, size))
+                return self.fold(acc, outs, size), done + size
+
+            return lax.cond(i < wanted, piece, lambda carry: carry, carry)
+
+        return lax.fori_loop(0, most, step, (acc, done))
 
 
-def executable(core, body: BucketBody, donated: tuple[int, ...]):
-    """``jit(shard_map(body))`` over the capacity's layout and the traced length."""
-    specs = (*body.layout.specs, P())
+def executable(core, body: BucketBody, donated: tuple[int, ...], traced: bool = False):
+    """``jit(shard_map(body))`` over the capacity's layout and the traced length.
+
+    `traced`: inside the user's trace (``first_rows``): the count is one of the
+    leaves, the ``first_rows`` arrays arrive whole, and the outer jit places all.
+    """
+    specs = [P() if i in body.whole else s for i, s in enumerate(body.layout.specs)]
+    if body.count_leaf is None:
+        specs.append(P())
     mapped = jax.shard_map(
-        body, mesh=core.mesh, in_specs=specs, out_specs=body.out_specs(), check_vma=False
+        body, mesh=core.mesh, in_specs=tuple(specs), out_specs=body.out_specs(), check_vma=False
     )
     n_out = len(body.out.ops)
 
     def outer(*flat):
         local, _, _, _ = mapped(*flat)
-        divisor = flat[-1] * body.split.groups  # the global batch length
+        total = flat[-1] if body.count_leaf is None else flat[body.count_leaf]
+        divisor = total.astype(jnp.int32) * body.split.groups  # the global batch length
         with jax.named_scope("synk_reduce"):
             reduced = red.combine(body.ops, local, divisor, body.comm_dtype, body.dtypes, core.mesh)
         result = [None] * n_out
@@ -192,6 +225,8 @@ def executable(core, body: BucketBody, donated: tuple[int, ...]):
         return result
 
     outer.__name__ = f"synk_per_device_{getattr(core.fn, '__name__', 'fn')}_in_buckets"
+    if traced:
+        return jax.jit(outer)
     shardings = tuple(NamedSharding(core.mesh, s) for s in specs)
     return jax.jit(outer, in_shardings=shardings, donate_argnums=donated)
 

@@ -46,7 +46,7 @@ from typing import Any, overload
 
 import jax
 
-from synk._src import compat, processes, runtime, serial
+from synk._src import compat, first, processes, runtime, serial
 from synk._src import lax as synk_lax
 from synk._src.buckets import Policy
 from synk._src.options import Options
@@ -228,6 +228,9 @@ class Function:
             key, share = (*key, "unshared"), False
             plan = core.cache.get(key)
         if plan is None:  # building agrees across processes itself
+            if first.slots(call.treedef) and not first.traced_count(call):
+                # synk.first_rows with a count known here: simply its rows.
+                return self(*first.concrete(args), **first.concrete(kwargs))
             plan = core.cache[key] = Plan.build(core, self._options, statics, dyn, call, share)
         elif plan.digest is not None:  # several processes: all must make this same call
             processes.agree(core.where, plan.description, plan.digest, plan.values(leaves))
@@ -305,6 +308,10 @@ class Function:
         key = (statics, call.key)
         one = core.serials.get(key)
         if one is None:
+            if first.slots(call.treedef):  # synk.first_rows: the function sees the rows
+                if first.traced_count(call):
+                    raise TypeError(first.traced_serial_error(core.where))
+                return self.serial(*first.concrete(args), **first.concrete(kwargs))
             one = core.serials[key] = serial.Serial.build(core, statics, dyn, call)
         result, new = one.jitted([serial.as_array(x) for x in call.traced])
         if new:

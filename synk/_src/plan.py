@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from synk._src import body as synk_body
-from synk._src import buckets, compat, partition, partitioned, placement, processes
+from synk._src import buckets, compat, first, partition, partitioned, placement, processes
 from synk._src import data as synk_data
 from synk._src import lax as synk_lax
 from synk._src import outputs as synk_outputs
@@ -95,6 +95,14 @@ class Plan:
         core.recompiles.note(core.where, structure, names, call)
         outputs = synk_outputs.Outputs()
         call_user = user_call(core.fn, structure, statics, outputs, core.where)
+        pairs = first.slots(call.treedef)
+        if pairs:  # synk.first_rows inside a trace (a count known here never gets here)
+            jitted, place, out = _first_rows(core, options, structure, descs, call, pairs,
+                                             call_user, names)  # fmt: skip
+            return cls(
+                "per-device", structure, outputs, out, jitted, place, description, digest,
+                tuple(shared.items()), False, checked,
+            )  # fmt: skip
         if whole:
             return cls._whole(core, options, structure, outputs, descs, call_user, description,
                               digest, traced, tuple(shared.items()), checked)  # fmt: skip
@@ -181,6 +189,48 @@ def _bucketed(core, options, policy, statics, structure, descs, split, call_user
     return jitted, place, out, bucket_outputs
 
 
+def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
+    """(jitted, place, out) for ``synk.first_rows`` batches inside a trace: the bucket of
+    their padded length, run on their first ``n`` rows (``n`` traced)."""
+    where = core.where
+    index = _traced_index(structure)
+    arrays = [index[a] for a, _ in pairs]
+    counts = [index[c] for _, c in pairs]
+    leaves = call.traced
+    why = first.check(where, options.reduce, descs, arrays, [leaves[c] for c in counts])
+    if why is None:
+        rows = descs[arrays[0]].aval.shape[0]
+        n = len(core.devices)
+        capacity = -(-rows // n)
+        cap_split = make_split(capacity * n, n, options.num_slices, where=where)
+        sizes = buckets.ladder(capacity, options.num_slices)
+        variables = [names[i] for i in structure.variables]
+        ends = sorted({sizes[0], sizes[-1]})
+        out, uses_lax = trace_outputs(core, options, descs, cap_split, call_user, variables, ends)
+        why = first.unfit(out, uses_lax)
+    if why is not None:
+        raise ValueError(f"{where}: synk.first_rows {why}")
+    layout = Layout.of(descs, cap_split, traced=True)
+    body = buckets.BucketBody(
+        call_user, descs, cap_split, out, layout, options.comm_dtype, n,
+        sizes=sizes, count_leaf=counts[0], whole=frozenset(arrays),
+    )  # fmt: skip
+    jitted = buckets.executable(core, body, (), traced=True)
+    return jitted, placement.placer(core, descs, cap_split, layout), out
+
+
+def _traced_index(structure: partition.Structure) -> dict[int, int]:
+    """Each traced leaf's position in the call's tree -> its index among the traced leaves."""
+    index, k = {}, 0
+    for pos, slot in enumerate(structure.slots):
+        if slot is partition.TRACED:
+            index[pos] = k
+            k += 1
+        elif type(slot) is partition.Var:
+            k += slot.count
+    return index
+
+
 def agreed_values(checked, leaves: list) -> list:
     """The values several processes must pass alike: numbers, and views' indices."""
     return [(name, getattr(leaves[k], "index", leaves[k])) for k, name in checked]
@@ -190,9 +240,13 @@ def user_call(fn, structure: partition.Structure, statics: tuple, outputs, where
     """The user's function on the traced leaves: (its traced outputs, what it wrote into
     Variables); `outputs` records the static ones."""
 
+    rows_of = bool(first.slots(structure.treedef))  # synk.first_rows: the function sees rows
+
     def call_user(flat):
         dyn, fresh = structure.rebuild(flat)
         args, kwargs = Statics.merge(statics, dyn)
+        if rows_of:
+            args, kwargs = first.unwrap(args), first.unwrap(kwargs)
         out = fn(*args, **kwargs)
         return outputs.split(out), partition.updates(structure, dyn, fresh, flat, where)
 

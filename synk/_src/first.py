@@ -1,0 +1,166 @@
+"""``synk.first_rows(x, n)``: a batch padded to a bucket, with its real row count.
+
+Inside the user's own ``jax.jit`` a batch's length is part of the program.
+To compile a fused training step once per bucket, pass each batch padded to
+the bucket's capacity together with its row count, a traced integer:
+
+    step(params, synk.first_rows(x, n), synk.first_rows(y, n))
+
+A synk.Function with explicit reductions then runs the function on the first
+``n`` rows only, as the pieces of its bucket (`buckets`); the padding never
+reaches the function. Called eagerly, with a concrete ``n``, it is simply
+``x[:n]``.
+
+A `FirstRows` is a pytree node whose children are the array and the count:
+the count, a scalar, is broadcast by any in_axes entry, and the array is
+sliced like any batch. `slots` finds them in a call's tree structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+
+from synk._src import compat
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FirstRows:
+    """The first `count` rows of `array` (along axis 0, its batch axis)."""
+
+    array: object
+    count: object
+
+    def rows(self):
+        """``array[:count]`` for a concrete count (the array may be traced)."""
+        n = int(self.count)
+        if isinstance(self.array, jax.Array):
+            return jax.lax.slice_in_dim(self.array, 0, n, axis=0)
+        return np.asarray(self.array)[:n]
+
+
+def first_rows(x, n) -> FirstRows:
+    """The first ``n`` rows of ``x``: a batch padded to a bucket, and its row count.
+
+    Args:
+      x: an array whose batch axis, axis 0, holds at least ``n`` rows (padded
+        past them).
+      n: the number of real rows: an int, or an integer scalar (traced inside
+        ``jax.jit``).
+
+    Returns:
+      A value to pass as a sliced argument of a `synk.Function` with explicit
+      reductions: the function sees the first ``n`` rows only. Inside
+      ``jax.jit`` the program depends on ``x``'s padded length, not on ``n``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, synk
+      >>> mean = synk.function(lambda x: x.mean(), reduce="avg")
+      >>> x = np.zeros(64, np.float32); x[:37] = 1.0  # 37 real rows, padded to 64
+      >>> float(jax.jit(lambda x, n: mean(synk.first_rows(x, n)))(x, 37))
+      1.0
+    """
+    if not hasattr(x, "shape") or len(x.shape) == 0:
+        raise TypeError(
+            f"synk.first_rows: x must be an array with a batch axis, got "
+            f"{type(x).__name__}{'' if not hasattr(x, 'shape') else ' of shape ()'}."
+        )
+    dtype = getattr(n, "dtype", None)
+    is_int = isinstance(n, int | np.integer) and not isinstance(n, bool)
+    if not is_int and (dtype is None or getattr(n, "shape", None) != () or
+                       not jax.dtypes.issubdtype(dtype, np.integer)):  # fmt: skip
+        raise TypeError(
+            f"synk.first_rows: n must be an integer (a Python int, or an integer scalar "
+            f"array, traced inside jax.jit), got {n!r}."
+        )
+    if not isinstance(n, compat.Tracer) and not 1 <= int(n) <= x.shape[0]:
+        raise ValueError(
+            f"synk.first_rows: n={int(n)} rows, but x has shape {tuple(x.shape)}; n must be "
+            "between 1 and the length of x's batch axis (axis 0)."
+        )
+    return FirstRows(x, n)
+
+
+def is_first(x) -> bool:
+    return isinstance(x, FirstRows)
+
+
+@functools.lru_cache(maxsize=256)
+def slots(treedef) -> tuple[tuple[int, int], ...]:
+    """(array leaf, count leaf) of every FirstRows in a call's tree structure."""
+    dummy = jax.tree_util.tree_unflatten(treedef, list(range(treedef.num_leaves)))
+    found = jax.tree_util.tree_leaves(dummy, is_leaf=is_first)
+    return tuple((f.array, f.count) for f in found if is_first(f))
+
+
+def traced_count(call) -> bool:
+    """Whether a call's FirstRows counts are traced (inside jax.jit, grad, vmap)."""
+    return any(isinstance(call.leaves[c], compat.Tracer) for _, c in slots(call.treedef))
+
+
+def concrete(tree):
+    """The tree with every FirstRows of concrete values replaced by its rows (eager calls)."""
+    return jax.tree_util.tree_map(lambda f: f.rows() if is_first(f) else f, tree, is_leaf=is_first)
+
+
+def unwrap(tree):
+    """The tree with every FirstRows replaced by its array (what the function sees of a piece)."""
+    return jax.tree_util.tree_map(lambda f: f.array if is_first(f) else f, tree, is_leaf=is_first)
+
+
+def traced_serial_error(where: str) -> str:
+    return (
+        f"{where}.serial: a synk.first_rows count is traced here, so the rows the function "
+        "would see have no fixed length on one device. Call f.serial outside jax.jit, with "
+        "the count as a Python int (or pass x[:n] itself)."
+    )
+
+
+def check(where: str, reduce, descs, arrays: list[int], counts: list) -> str | None:
+    """Why these first_rows batches cannot share a bucket inside a trace (None: they can)."""
+    from synk._src.roles import Role  # the records of the leaves
+
+    if reduce is None:
+        return (
+            "needs explicit reductions (e.g. reduce='avg'): without reduce the whole "
+            "function runs on the whole batch, whose length is the program's. Pass x[:n] "
+            "with a Python int n instead."
+        )
+    if any(c is not counts[0] for c in counts):
+        return "batches of one call must share one count: pass the same n to each."
+    sliced = {i for i, d in enumerate(descs) if d.role is Role.SLICED}
+    if sliced != set(arrays):
+        return (
+            "and plain batches in one call: inside a trace every sliced argument must be "
+            "synk.first_rows(x, n), with the same n."
+        )
+    bad = [descs[i] for i in arrays if descs[i].axis != 0 or descs[i].view is not None]
+    if bad:
+        what = "a synk.Data batch" if bad[0].view is not None else f"sliced on axis {bad[0].axis}"
+        return f"takes arrays sliced along axis 0; argument `{bad[0].name}` is {what}."
+    lengths = {descs[i].aval.shape[0] for i in arrays}
+    if len(lengths) > 1:
+        return f"batches must be padded to one length; found {sorted(lengths)}."
+    return None
+
+
+def unfit(out, uses_lax: bool) -> str | None:
+    """Why a function's outputs cannot run in a bucket (None: they can)."""
+    if uses_lax:
+        return (
+            "cannot serve a function that calls synk.lax collectives: each device must run "
+            "once on an equal share. Pass x[:n] with a Python int n."
+        )
+    names = {op.name for op in out.ops}
+    refused = names & {"gather", "per_device", "max", "min"}
+    if refused:
+        return (
+            f"cannot serve outputs with reduce {sorted(refused)} inside a trace (their "
+            "lengths, or their gradients' ties, depend on the rows); use 'avg', 'sum' or "
+            "'prod', or pass x[:n] with a Python int n."
+        )
+    return None
