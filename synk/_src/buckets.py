@@ -10,9 +10,11 @@ does. So one executable can serve any batch length up to a capacity:
   too, as one traced integer;
 * each device runs the function on its first ``k_j`` rows only, as pieces
   whose sizes come from a fixed ladder (`ladder`: ``c``, ``c/8``, ``c/64``,
-  ... , 1; the top size capped by ``num_slices``), taken greedily, each size
-  in a loop with a traced trip count. The padding rows are never sliced, so
-  the function never sees one;
+  ... , 1; the top size capped by ``num_slices``), taken greedily: a device
+  whose rows fill the capacity runs once on them as they came; each other
+  size runs in a loop of static length with a cond per piece (reverse-mode
+  differentiable, as a traced trip count is not). The padding rows are never
+  sliced, so the function never sees one;
 * 'avg' divides by the traced global length.
 
 Each ladder size is one copy of the function in the executable: a bucket
@@ -22,7 +24,9 @@ two rows per device by default, or the smallest of a list of batch lengths.
 
 What travels per call: host rows padded to the capacity (``np.take`` with a
 dealing index made once per length), and for synk.Data views only their
-indices. Calls that cannot share a bucket compile per length as before:
+indices. Inside a trace, ``synk.first_rows(x, n)`` batches (`first`) arrive
+whole with their traced count, and each device cuts its own rows from them.
+Calls that cannot share a bucket compile per length as before: plain batches
 inside a trace, functions that call synk.lax collectives, outputs gathered
 or kept per device, batches already on the devices as arrays, local views.
 """
