@@ -49,10 +49,10 @@ import jax
 from synk._src import compat, first, processes, runtime, serial
 from synk._src import lax as synk_lax
 from synk._src.buckets import Policy
+from synk._src.core import Core
 from synk._src.options import Options
-from synk._src.partition import Recompiles, partition
+from synk._src.partition import partition
 from synk._src.plan import Plan
-from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
 
 # --------------------------------------------------------------------------
 # The decorator
@@ -185,7 +185,7 @@ def function(
         )
     if not callable(fn):
         raise TypeError(f"synk.function expects a callable, got {type(fn).__name__}.")
-    core = _Core(fn, in_axes, static_argnums, static_argnames, donate_argnums, devices)
+    core = Core(fn, in_axes, static_argnums, static_argnames, donate_argnums, devices)
     return Function(core, Options.of(reduce, num_slices, comm_dtype, core.where, buckets))
 
 
@@ -198,7 +198,7 @@ _UNCHANGED = object()  # with_options: an option left as it is (None is a reduce
 class Function:
     """A single-device function replicated over every device. See `synk.function`."""
 
-    def __init__(self, core: _Core, options: Options):
+    def __init__(self, core: Core, options: Options):
         self._core = core
         self._options = options
         self._key = options.key
@@ -365,46 +365,3 @@ class Function:
             f"synk.Function({core.name}, in_axes={core.in_axes!r}, reduce={o.reduce!r}, "
             f"path={self.path!r}{extras}, devices={n}x{kind}, compiled={core.compiled})"
         )
-
-
-# --------------------------------------------------------------------------
-# What a synk.function shares with its with_options variants
-
-
-class _Core:
-    def __init__(self, fn, in_axes, static_argnums, static_argnames, donate_argnums, devices):
-        self.fn = fn
-        self.name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
-        self.where = f"synk.function({self.name})"
-        self.signature = Signature.of(fn)
-        check_in_axes(in_axes, self.where)
-        self.in_axes = in_axes
-        self.statics = Statics.of(self.signature, static_argnums, static_argnames, self.where)
-        self.has_statics = bool(self.statics.positions or self.statics.names)
-        self.donate = frozenset(as_tuple(donate_argnums))
-        if self.donate & self.statics.positions:
-            raise ValueError(
-                f"{self.where}: arguments {sorted(self.donate & self.statics.positions)} are "
-                "both static and donated; a static argument has no buffer to donate."
-            )
-        self.devices = runtime.pick_devices(devices, self.where)
-        self.groups = runtime.process_groups(self.devices, self.where)
-        self.mesh = runtime.mesh(self.devices)
-        self.platform = self.devices[0].platform
-        self.cache: dict = {}  # plan key -> Plan, shared by every with_options variant
-        self.buckets: dict = {}  # bucket key -> a bucket's executable (or False: none fits)
-        self.variants: dict = {}  # options key -> Function
-        self.recompiles = Recompiles()
-        self.serials: dict = {}  # f.serial's executables, by the same key as a call's
-
-    @property
-    def compiled(self) -> int:
-        """Executables built: a bucket's serves several plans (batch lengths)."""
-        return len({id(plan.jitted) for plan in self.cache.values()})
-
-    def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, Any]:
-        """(statics, dyn): the call bound to the signature, statics taken out."""
-        if not kwargs and not self.has_statics:  # the common case, at every call
-            return (), (args, kwargs)
-        args, kwargs = self.signature.bind(args, kwargs)
-        return self.statics.split(args, kwargs, self.signature, self.where)

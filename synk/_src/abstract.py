@@ -1,0 +1,125 @@
+"""The function traced abstractly at its piece sizes: its outputs, checked against the spec.
+
+Before an executable is built on the per-device path, the user's function is
+traced with abstract values at each size of piece it will meet (`trace_outputs`):
+the reduce spec is matched to its outputs (`outputs.plan_with_updates`), a
+reduced output whose shape follows the rows is refused (a forgotten reduction),
+and what the trace shows of collectives across devices decides whether each
+device must run once on an equal share (`check_whole_share`).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from synk._src import compat
+from synk._src import lax as synk_lax
+from synk._src import outputs as synk_outputs
+from synk._src import reduce as red
+from synk._src.roles import Leaf, Role
+from synk._src.runtime import AXIS
+from synk._src.split import Split
+
+
+def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]:
+    """The leaves as the user's function sees them for a piece of `rows` rows."""
+    out = []
+    for d in descs:
+        shape = d.aval.shape
+        if d.role is Role.SLICED:
+            shape = (*shape[: d.axis], rows, *shape[d.axis + 1 :])
+        elif d.role is Role.PER_DEVICE:
+            shape = shape[1:]
+        out.append(jax.ShapeDtypeStruct(shape, d.aval.dtype, weak_type=d.aval.weak_type))
+    return out
+
+
+def trace_outputs(
+    core, options, descs, split, call_user, names, sizes=None
+) -> tuple[synk_outputs.OutPlan, bool]:
+    """Trace the function abstractly at every piece size (the split's, or `sizes`): its
+    outputs, and whether it talks across devices. Refuses outputs that depend on the
+    number of rows. `names` names each Variable the function may write into."""
+    if sizes is None:
+        sizes = [None] if split is None else split.piece_sizes()
+    sizes = sorted(sizes)
+    traced = [_trace(core, call_user, descs, rows) for rows in sizes]
+    out = synk_outputs.plan_with_updates(options.reduce, traced[0][0], core.where, names)
+    uses = any(u for _, u in traced)
+    if split is None:
+        return out, uses
+    # Where every piece is equal, one more row than the function will meet: a
+    # reduced output whose shape follows the rows (a forgotten reduction) shows
+    # then too. Two sizes or more show it themselves.
+    if len(sizes) == 1:
+        probe = sizes[0] + 1
+        try:
+            traced.append(_trace(core, call_user, descs, probe))
+            sizes = [*sizes, probe]
+        except Exception:  # a function for some sizes only: nothing more to compare
+            pass
+    for rows, (shape, _) in zip(sizes, traced, strict=True):
+        _check_outputs_at(core, out, sizes[0], shape, rows)
+    return out, uses
+
+
+def _trace(core, call_user, descs, rows):
+    """(output shapes, talks across devices) for pieces of `rows` rows."""
+    with synk_lax.tracing(bound=True, rows=None if rows is None else (lambda: 0, rows)):
+        jaxpr, shape = jax.make_jaxpr(
+            call_user, axis_env=[(AXIS, len(core.devices))], return_shape=True
+        )(_abstract(descs, rows))
+    return shape, compat.uses_axis(jaxpr, AXIS)
+
+
+def _check_outputs_at(core, out: synk_outputs.OutPlan, rows0: int, shape, rows: int) -> None:
+    """The outputs for pieces of `rows` rows fit the plan made for `rows0` rows."""
+    leaves, treedef = jax.tree_util.tree_flatten(shape)
+    if treedef != out.treedef:
+        raise ValueError(
+            f"{core.where}: the function's output structure changes with the number of "
+            f"rows: {out.treedef} for {rows0} rows but {treedef} for {rows}. Return the "
+            "same structure for any batch length."
+        )
+    for i, (op, a, b) in enumerate(zip(out.ops, out.avals, leaves, strict=True)):
+        path = out.paths[i]
+        if op is red.GATHER and b.shape[:1] != (rows,):
+            raise ValueError(
+                f"{core.where}: output out{path} has reduce 'gather' but "
+                f"{b.shape[0] if b.ndim else 'no'} rows for a piece of {rows} input rows "
+                f"(shape {list(b.shape)}); 'gather' needs one output row per input row along "
+                "axis 0. Return per-row values, or use a reduction such as 'avg' or 'sum'."
+            )
+        if op is red.PER_DEVICE:
+            continue  # every device has an equal share (check_whole_share)
+        same = a.shape[1:] == b.shape[1:] if op is red.GATHER else a.shape == b.shape
+        if not same or a.dtype != b.dtype:
+            raise ValueError(
+                f"{core.where}: output out{path} changes with the number of rows: "
+                f"{a.dtype}{list(a.shape)} for {rows0} rows but {b.dtype}{list(b.shape)} for "
+                f"{rows}. A reduced output must not depend on the batch length: reduce it "
+                "over the rows in the function (e.g. .mean(0) or .sum(0)), or give it "
+                "reduce 'gather' if it has one row per input row."
+            )
+
+
+def check_whole_share(core, split: Split, uses_lax: bool) -> None:
+    """A function that talks across devices must run once per device on an equal share."""
+    why = (
+        "calls synk.lax collectives (or others over synk.lax.axis_name)"
+        if uses_lax
+        else "has 'per_device' outputs"
+    )
+    if not split.even:
+        raise ValueError(
+            f"{core.where}: the function {why}, so it must run exactly once per device on "
+            f"an equal share; but a batch of {split.rows} rows does not divide over "
+            f"{split.devices} devices. Use a batch that is a multiple of {split.devices} "
+            f"(e.g. {split.rows - split.extra or split.devices} rows)."
+        )
+    if split.slices != 1:
+        raise ValueError(
+            f"{core.where}: the function {why}, so it must run exactly once per device on "
+            f"its whole share; num_slices={split.slices} would run it in pieces and give "
+            "partial results. Use num_slices=1."
+        )
