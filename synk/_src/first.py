@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from synk._src import compat
+from synk._src.roles import Role
 
 
 @jax.tree_util.register_dataclass
@@ -122,8 +123,6 @@ def traced_serial_error(where: str) -> str:
 
 def check(where: str, reduce, descs, arrays: list[int], counts: list) -> str | None:
     """Why these first_rows batches cannot share a bucket inside a trace (None: they can)."""
-    from synk._src.roles import Role  # the records of the leaves
-
     if reduce is None:
         return (
             "needs explicit reductions (e.g. reduce='avg'): without reduce the whole "
