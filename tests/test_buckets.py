@@ -264,3 +264,45 @@ def test_first_rows_refusals_say_what_to_do():
         synk.first_rows(np.ones((8, 2)), 9)
     with pytest.raises(TypeError, match="n must be an integer"):
         synk.first_rows(np.ones((8, 2)), 2.5)
+
+
+# ------------------------------------------------------------------ found by trying to break them
+
+
+@single_process("per-device values read on one process")
+def test_per_device_arguments_keep_the_exact_split():
+    """Which rows meet device i's value is part of the result: no bucket deals them."""
+    weights = synk.scatter(np.arange(N, dtype=np.float32))  # device i holds i
+    f = synk.function(lambda w, x: (x * w).sum(), in_axes=("per_device", 0), reduce="sum")
+    exact = f.with_options(buckets=None)
+    for rows in (N, N + 5, 2 * N, 2 * N + 5):
+        x = np.arange(rows, dtype=np.float32)
+        assert float(f(weights, x)) == float(exact(weights, x))
+    # Each length compiled its own, for f and for its variant (the cache is shared).
+    assert repr(f).endswith("compiled=8)")
+
+
+def test_num_slices_past_a_small_batch_is_served_by_its_bucket():
+    f = synk.function(lambda x: (x.sum(0), x.max(0)), reduce=("sum", "max"), num_slices=3)
+    for rows in (1, N + 1, 2 * N, 5 * N + 3):  # fewer rows per device than slices, and more
+        x = RNG.normal(size=(rows * PROCESSES, 2)).astype(np.float32)
+        assert_tree_close(f(synk.process_share(x)), f.serial(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="num_slices=3 is larger than the rows a device gets"):
+        f.with_options(buckets=None)(synk.process_share(np.ones((N * PROCESSES, 2), np.float32)))
+    padded = np.concatenate([np.ones((13, 2), np.float32), np.zeros((3, 2), np.float32)])
+    total = synk.function(lambda x: x.sum(0), reduce="sum", num_slices=3)
+    g = jax.jit(lambda x, n: total(synk.first_rows(x, n)))  # 2 rows per device, 3 slices
+    assert_tree_close(g(padded, 13), total.serial(padded[:13]), rtol=1e-5)
+
+
+def test_bucket_lengths_may_be_numpy_integers():
+    f = synk.function(lambda x: x.sum(), reduce="sum", buckets=tuple(np.arange(1, 3) * 64))
+    assert f.options["buckets"] == (64, 128) and "buckets=(64, 128)" in repr(f)
+    assert f.with_options(buckets=[np.int32(32)]).options["buckets"] == (32,)
+
+
+def test_first_rows_broadcast_is_refused_by_name():
+    g = synk.function(lambda a, x: (x * a.sum()).sum(), in_axes=(None, 0), reduce="sum")
+    a, x = np.ones((16, 3), np.float32), np.ones(16, np.float32)
+    with pytest.raises(ValueError, match=r"argument `a` is not sliced.*give it in_axes 0"):
+        jax.jit(lambda a, x, n: g(synk.first_rows(a, n), synk.first_rows(x, n)))(a, x, 3)

@@ -28,12 +28,14 @@ indices. Inside a trace, ``synk.first_rows(x, n)`` batches (`first`) arrive
 whole with their traced count, and each device cuts its own rows from them.
 Calls that cannot share a bucket compile per length as before: plain batches
 inside a trace, functions that call synk.lax collectives, outputs gathered
-or kept per device, batches already on the devices as arrays, local views.
+or kept per device, per-device arguments, batches already on the devices as
+arrays, local views.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Sequence
 
 import jax
@@ -67,14 +69,17 @@ class Policy:
         if buckets == "geometric":
             return cls()
         ok = isinstance(buckets, Sequence) and not isinstance(buckets, str) and len(buckets) > 0
-        ok = ok and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)
+        ok = ok and all(
+            isinstance(b, numbers.Integral) and not isinstance(b, bool | np.bool_) and b > 0
+            for b in buckets
+        )
         if not ok:
             raise ValueError(
                 f"{where}: buckets={buckets!r}; expected 'geometric' (capacities of a power "
                 "of two rows per device), a non-empty sequence of positive batch lengths "
                 "(e.g. buckets=(256, 1024, 4096)), or None (compile each batch length)."
             )
-        return cls(tuple(sorted(set(buckets))))
+        return cls(tuple(sorted({int(b) for b in buckets})))
 
     def capacity(self, rows: int, devices: int) -> int | None:
         """Rows per device of the bucket for a global batch of `rows`; None: past the last."""
@@ -96,14 +101,24 @@ def ladder(capacity: int, slices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def eligible(descs: list[Leaf], out, uses_lax: bool) -> bool:
-    """Whether a call can share a bucket (see the module docstring for what cannot)."""
-    if uses_lax or out.indices(red.GATHER) or out.indices(red.PER_DEVICE):
+def may_share(descs: list[Leaf]) -> bool:
+    """Whether a call's arguments can share a bucket (see the module docstring).
+
+    Not with per-device arguments: a bucket deals each device a block of
+    consecutive rows, the exact split its main block and one of the last rows,
+    and which rows meet device i's value is part of the result.
+    """
+    if any(d.role is Role.PER_DEVICE for d in descs):
         return False
     sliced = [d for d in descs if d.role is Role.SLICED]
-    if not sliced:
-        return False
-    return not any(d.view is View.LOCAL or d.source is Source.DEVICE for d in sliced)
+    return bool(sliced) and not any(
+        d.view is View.LOCAL or d.source is Source.DEVICE for d in sliced
+    )
+
+
+def eligible(out, uses_lax: bool) -> bool:
+    """Whether a function's outputs can come from a bucket's pieces."""
+    return not (uses_lax or out.indices(red.GATHER) or out.indices(red.PER_DEVICE))
 
 
 def capacity_descs(descs: list[Leaf], capacity_rows: int) -> list[Leaf]:

@@ -129,6 +129,13 @@ def check(where: str, reduce, descs, arrays: list[int], counts: list) -> str | N
             "function runs on the whole batch, whose length is the program's. Pass x[:n] "
             "with a Python int n instead."
         )
+    broadcast = [descs[i] for i in arrays if descs[i].role is not Role.SLICED]
+    if broadcast:
+        return (
+            f"marks a batch, sliced along axis 0, but argument `{_name(broadcast[0])}` is not "
+            "sliced (its in_axes entry is None or 'per_device'): give it in_axes 0, or pass "
+            "the array itself to broadcast it."
+        )
     if any(c is not counts[0] for c in counts):
         return "batches of one call must share one count: pass the same n to each."
     sliced = {i for i, d in enumerate(descs) if d.role is Role.SLICED}
@@ -140,11 +147,16 @@ def check(where: str, reduce, descs, arrays: list[int], counts: list) -> str | N
     bad = [descs[i] for i in arrays if descs[i].axis != 0 or descs[i].view is not None]
     if bad:
         what = "a synk.Data batch" if bad[0].view is not None else f"sliced on axis {bad[0].axis}"
-        return f"takes arrays sliced along axis 0; argument `{bad[0].name}` is {what}."
+        return f"takes arrays sliced along axis 0; argument `{_name(bad[0])}` is {what}."
     lengths = {descs[i].aval.shape[0] for i in arrays}
     if len(lengths) > 1:
         return f"batches must be padded to one length; found {sorted(lengths)}."
     return None
+
+
+def _name(d) -> str:
+    """The argument as the user wrote it: the FirstRows, not its array field."""
+    return d.name.removesuffix(".array")
 
 
 def unfit(out, uses_lax: bool) -> str | None:

@@ -274,7 +274,8 @@ class Function:
         opts = self._options
         if buckets is not _UNCHANGED:  # checked before it keys the variants
             Policy.of(buckets, self._core.where)
-            buckets = tuple(buckets) if isinstance(buckets, list) else buckets
+            if buckets is not None and buckets != "geometric":
+                buckets = tuple(int(b) for b in buckets)
         new = Options(
             opts.reduce if reduce is _UNCHANGED else reduce,
             opts.num_slices if num_slices is None else num_slices,

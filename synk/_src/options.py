@@ -56,8 +56,8 @@ class Options:
                 "rows: give an explicit reduce (e.g. reduce='avg'). Without reduce the "
                 "function runs whole under XLA's partitioner and compiles once per length."
             )
-        if isinstance(buckets, list):
-            buckets = tuple(buckets)
+        if buckets is not None and buckets != GEOMETRIC:
+            buckets = tuple(int(b) for b in buckets)  # hashable, and plain ints in repr
         return cls(reduce, num_slices, comm_dtype, buckets)
 
     @property

@@ -100,10 +100,12 @@ class Plan:
         if whole:
             return cls._whole(core, options, structure, outputs, descs, call_user, description,
                               digest, traced, tuple(shared.items()), checked)  # fmt: skip
-        split = batch_split(core, descs, options.num_slices)
         variables = [names[i] for i in structure.variables]
         policy = options.policy
-        if policy is not None and split is not None and not traced:
+        if policy is not None and not traced and buckets.may_share(descs):
+            # A bucket's ladder serves any length: num_slices larger than the rows
+            # a device gets is refused only on exact shapes (below).
+            split = batch_split(core, descs, 1)
             made = _bucketed(core, options, policy, statics, structure, descs, split, call_user,
                              variables, outputs)  # fmt: skip
             if made is not None:
@@ -112,6 +114,7 @@ class Plan:
                     "per-device", structure, outputs, out, jitted, place, description, digest,
                     tuple(shared.items()), True, checked,
                 )  # fmt: skip
+        split = batch_split(core, descs, options.num_slices)
         out, uses_lax = trace_outputs(core, options, descs, split, call_user, variables)
         if split is not None and (uses_lax or out.indices(red.PER_DEVICE)):
             check_whole_share(core, split, uses_lax)
@@ -164,7 +167,7 @@ def _bucketed(core, options, policy, statics, structure, descs, split, call_user
         # sizes between are traced by the executable alone.
         ends = sorted({sizes[0], sizes[-1]})
         out, uses_lax = trace_outputs(core, options, cap, cap_split, call_user, variables, ends)
-        if not buckets.eligible(cap, out, uses_lax):
+        if not buckets.eligible(out, uses_lax):
             core.buckets[key] = False
             return None
         layout = Layout.of(cap, cap_split)
@@ -196,7 +199,7 @@ def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
         rows = descs[arrays[0]].aval.shape[0]
         n = len(core.devices)
         capacity = -(-rows // n)
-        cap_split = make_split(capacity * n, n, options.num_slices, where=where)
+        cap_split = Split(capacity * n, n, 1)  # the ladder serves any num_slices
         sizes = buckets.ladder(capacity, options.num_slices)
         variables = [names[i] for i in structure.variables]
         ends = sorted({sizes[0], sizes[-1]})
