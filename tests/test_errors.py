@@ -66,8 +66,11 @@ def test_num_slices_below_one_or_not_an_int(bad):
         synk.function(never_called, num_slices=bad)
 
 
+# On exact shapes (a bucket's pieces serve any length: tests/test_buckets.py).
+
+
 def test_num_slices_larger_than_the_rows_a_device_gets():
-    f = synk.function(never_called, reduce="avg", num_slices=4)
+    f = synk.function(never_called, reduce="avg", num_slices=4, buckets=None)
     rows = 3 * N + 1
     with pytest.raises(ValueError, match=rf"num_slices=4 is larger .* {rows} rows on {N} devices"):
         f(np.ones(rows))
@@ -76,7 +79,7 @@ def test_num_slices_larger_than_the_rows_a_device_gets():
 def test_batch_smaller_than_the_device_count_needs_one_slice():
     if N == 1:
         pytest.fail("this suite expects several devices (see tests/conftest.py)")
-    f = synk.function(never_called, reduce="avg", num_slices=2)
+    f = synk.function(never_called, reduce="avg", num_slices=2, buckets=None)
     with pytest.raises(ValueError, match="Use num_slices=1 for batches smaller"):
         f(np.ones(N - 1))
 
