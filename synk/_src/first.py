@@ -92,10 +92,28 @@ def is_first(x) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def slots(treedef) -> tuple[tuple[int, int], ...]:
-    """(array leaf, count leaf) of every FirstRows in a call's tree structure."""
-    dummy = jax.tree_util.tree_unflatten(treedef, list(range(treedef.num_leaves)))
-    found = jax.tree_util.tree_leaves(dummy, is_leaf=is_first)
-    return tuple((f.array, f.count) for f in found if is_first(f))
+    """(array leaf, count leaf) of every FirstRows in a call's tree structure.
+
+    Walks the structure itself: rebuilding the tree from placeholders would
+    run the unflatten of every node type in it, which some refuse.
+    """
+    found, position = [], 0
+
+    def walk(node) -> None:
+        nonlocal position
+        children = node.children()
+        if not children:
+            position += node.num_leaves
+            return
+        if node.node_data()[0] is FirstRows and node.num_leaves == 2:
+            found.append((position, position + 1))
+            position += 2
+            return
+        for child in children:
+            walk(child)
+
+    walk(treedef)
+    return tuple(found)
 
 
 def traced_count(call) -> bool:
