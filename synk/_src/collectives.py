@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, runtime
 from synk._src import reduce as red
+from synk._src.refusals import Refusals
 from synk._src.runtime import AXIS
 
 
@@ -104,6 +105,7 @@ def _mapped(body, out_spec):
 # --------------------------------------------------------------- host -> devices
 
 
+@compat.api_boundary
 def broadcast(x):
     """Every device gets a copy of ``x`` (a pytree): a per-device value.
 
@@ -131,6 +133,7 @@ def _broadcast_fn(sharding: NamedSharding):
     return jax.jit(lambda x: jnp.broadcast_to(x[None], (n, *x.shape)), out_shardings=sharding)
 
 
+@compat.api_boundary
 def scatter(x):
     """Split axis 0 of ``x`` (a pytree) into ``device_count()`` equal parts, one per device.
 
@@ -173,6 +176,7 @@ def _reshape_fn(n: int, sharding: NamedSharding):
 # --------------------------------------------------------------- devices -> host
 
 
+@compat.api_boundary
 def gather(x, *, concat: bool = False):
     """Every device's entry of ``x`` (a pytree of per-device values), on the host.
 
@@ -204,6 +208,7 @@ def gather(x, *, concat: bool = False):
     return jax.tree_util.tree_unflatten(treedef, [host(leaf) for leaf in leaves])
 
 
+@compat.api_boundary
 def get_value(x, i: int):
     """Entry ``i`` of a per-device value (a pytree), as numpy arrays.
 
@@ -228,6 +233,7 @@ def get_value(x, i: int):
     return jax.tree_util.tree_unflatten(treedef, [entry(leaf) for leaf in leaves])
 
 
+@compat.api_boundary
 def set_value(x, i: int, v):
     """A copy of the per-device value ``x`` (a pytree) whose entry ``i`` is ``v``.
 
@@ -266,6 +272,7 @@ def _set_fn(sharding: NamedSharding):
 # --------------------------------------------------------------- devices <-> devices
 
 
+@compat.api_boundary
 def all_gather(x, *, concat: bool = False):
     """Every device gets every device's entry of ``x`` (a pytree of per-device values).
 
@@ -296,6 +303,7 @@ def _all_gather_fn(concat: bool):
     return _mapped(body, P(AXIS))
 
 
+@compat.api_boundary
 def reduce(x, op: str, *, comm_dtype=None):
     """Combine every device's entry of ``x`` (a pytree) into one value.
 
@@ -326,6 +334,7 @@ def reduce(x, op: str, *, comm_dtype=None):
     return _reduce(x, op, comm_dtype, everywhere=False, where="synk.reduce")
 
 
+@compat.api_boundary
 def all_reduce(x, op: str, *, comm_dtype=None):
     """Every device gets the combination of every device's entry of ``x`` (a pytree).
 
@@ -371,5 +380,7 @@ def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
 
 def _check_dtypes(op: red.Reduction, x, leaves: list, where: str) -> None:
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]]
+    refusals = Refusals(where)
     for path, leaf in zip(paths, leaves, strict=True):
-        op.check(jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), f"{where}: x{path}")
+        refusals.run(op.check, jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), where, f"x{path}")
+    refusals.raise_all()

@@ -72,6 +72,32 @@ def uses_axis(jaxpr, axis: str) -> bool:
     return walk(jaxpr)
 
 
+def hide_frames(path: str) -> None:
+    """Leave the frames of files under `path` out of the tracebacks that pass an
+    `api_boundary`, as JAX leaves out its own (``JAX_TRACEBACK_FILTERING=off``
+    shows them)."""
+    try:
+        from jax._src import traceback_util
+
+        traceback_util.register_exclusion(path)
+    except (ImportError, AttributeError):
+        pass
+
+
+def api_boundary(fn):
+    """`fn`, whose errors reach the caller with the hidden frames left out.
+
+    A refused call's traceback then ends in the user's line, as a refused
+    ``jax.jit`` call's does.
+    """
+    try:
+        from jax._src import traceback_util
+
+        return traceback_util.api_boundary(fn)
+    except (ImportError, AttributeError):
+        return fn
+
+
 def under_jit() -> bool:
     """Whether JAX is tracing a program to compile (jit, scan, ...), not only
     transforming eagerly (an eager jax.grad or jax.vmap computes as it goes)."""
@@ -117,6 +143,11 @@ def missing_private_names() -> list[str]:
         ),
         "jax._src.distributed.global_state": ("jax._src.distributed", "global_state"),
         "jax._src.core.unsafe_am_i_under_a_jit": ("jax._src.core", "unsafe_am_i_under_a_jit"),
+        "jax._src.traceback_util.register_exclusion": (
+            "jax._src.traceback_util",
+            "register_exclusion",
+        ),
+        "jax._src.traceback_util.api_boundary": ("jax._src.traceback_util", "api_boundary"),
     }
     missing = [
         label

@@ -1,48 +1,72 @@
-"""What a synk.Function shares with its ``with_options`` variants, validated once.
+"""What a synk.Function validates once, and shares with its ``with_options`` variants.
 
-`function.function` builds one `Core` per decorated function: the function,
-its signature, in_axes, statics and donated arguments (`signature`), its
-devices, process groups and mesh (`runtime`), and the caches of plans,
-buckets, variants and ``f.serial`` executables that every variant shares.
+`Core.of` checks the decorator's arguments and builds one frozen `Core` per
+decorated function, as pjit's ``PjitInfo`` is built once per ``jax.jit``: the
+function, its signature, in_axes, statics and donated arguments
+(`signature`), its devices, process groups and mesh (`runtime`), and the
+caches of plans, buckets, variants and ``f.serial`` executables that every
+variant shares (the caches fill; the record itself never changes).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import jax
 
 from synk._src import runtime
 from synk._src.recompiles import Recompiles
 from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
 class Core:
-    """What a synk.function validates once and shares with its with_options variants:
-    the function, its signature and statics, its devices and mesh, and the caches."""
+    """A decorated function, validated: see the module's docstring."""
 
-    def __init__(self, fn, in_axes, static_argnums, static_argnames, donate_argnums, devices):
-        self.fn = fn
-        self.name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
-        self.where = f"synk.function({self.name})"
-        self.signature = Signature.of(fn)
-        check_in_axes(in_axes, self.where)
-        self.in_axes = in_axes
-        self.statics = Statics.of(self.signature, static_argnums, static_argnames, self.where)
-        self.has_statics = bool(self.statics.positions or self.statics.names)
-        self.donate = frozenset(as_tuple(donate_argnums))
-        if self.donate & self.statics.positions:
-            raise ValueError(
-                f"{self.where}: arguments {sorted(self.donate & self.statics.positions)} are "
-                "both static and donated; a static argument has no buffer to donate."
-            )
-        self.devices = runtime.pick_devices(devices, self.where)
-        self.groups = runtime.process_groups(self.devices, self.where)
-        self.mesh = runtime.mesh(self.devices)
-        self.platform = self.devices[0].platform
-        self.cache: dict = {}  # plan key -> Plan, shared by every with_options variant
-        self.buckets: dict = {}  # bucket key -> a bucket's executable (or False: none fits)
-        self.variants: dict = {}  # options key -> Function
-        self.recompiles = Recompiles()
-        self.serials: dict = {}  # f.serial's executables, by the same key as a call's
+    fn: Callable
+    name: str  # the function's qualified name, for messages and repr
+    where: str  # "synk.function(<name>)": how every message starts
+    signature: Signature
+    in_axes: Any
+    statics: Statics
+    donate: frozenset[int]
+    devices: tuple[jax.Device, ...]
+    groups: int  # processes among the devices
+    mesh: jax.sharding.Mesh
+    platform: str  # "cpu", "gpu", ...
+    has_statics: bool  # read at every call: is there anything to take out?
+    cache: dict = dataclasses.field(default_factory=dict)  # plan key -> Plan
+    buckets: dict = dataclasses.field(default_factory=dict)  # bucket key -> executable or False
+    variants: dict = dataclasses.field(default_factory=dict)  # options key -> Function
+    serials: dict = dataclasses.field(default_factory=dict)  # f.serial's executables
+    recompiles: Recompiles = dataclasses.field(default_factory=Recompiles)
+
+    @classmethod
+    def of(
+        cls,
+        fn: Callable,
+        in_axes: Any,
+        static_argnums: int | Sequence[int],
+        static_argnames: str | Sequence[str],
+        donate_argnums: int | Sequence[int],
+        devices: Sequence[jax.Device] | int | None,
+    ) -> Core:
+        """Check the decorator's arguments, refusing the first that is wrong, by name."""
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", repr(fn))
+        where = f"synk.function({name})"
+        signature = Signature.of(fn)
+        check_in_axes(in_axes, where)
+        statics = Statics.of(signature, static_argnums, static_argnames, where)
+        donate = frozenset(as_tuple(donate_argnums))
+        if donate & statics.positions:
+            raise ValueError(_static_and_donated(where, donate & statics.positions))
+        picked = tuple(runtime.pick_devices(devices, where))
+        groups = runtime.process_groups(picked, where)
+        has_statics = bool(statics.positions or statics.names)
+        return cls(fn, name, where, signature, in_axes, statics, donate, picked, groups,
+                   runtime.mesh(picked), picked[0].platform, has_statics)  # fmt: skip
 
     @property
     def compiled(self) -> int:
@@ -55,3 +79,10 @@ class Core:
             return (), (args, kwargs)
         args, kwargs = self.signature.bind(args, kwargs)
         return self.statics.split(args, kwargs, self.signature, self.where)
+
+
+def _static_and_donated(where: str, both: frozenset[int]) -> str:
+    return (
+        f"{where}: arguments {sorted(both)} are both static and donated; a static "
+        "argument has no buffer to donate. Leave them out of donate_argnums."
+    )

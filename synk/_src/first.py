@@ -44,6 +44,7 @@ class FirstRows:
         return np.asarray(self.array)[:n]
 
 
+@compat.api_boundary
 def first_rows(x, n) -> FirstRows:
     """The first ``n`` rows of ``x``: a batch padded to a bucket, and its row count.
 

@@ -77,6 +77,7 @@ def function(
 ) -> Callable[[Callable], Function]: ...
 
 
+@compat.api_boundary
 def function(
     fn=None,
     /,
@@ -185,7 +186,7 @@ def function(
         )
     if not callable(fn):
         raise TypeError(f"synk.function expects a callable, got {type(fn).__name__}.")
-    core = Core(fn, in_axes, static_argnums, static_argnames, donate_argnums, devices)
+    core = Core.of(fn, in_axes, static_argnums, static_argnames, donate_argnums, devices)
     return Function(core, Options.of(reduce, num_slices, comm_dtype, core.where, buckets))
 
 
@@ -204,6 +205,7 @@ class Function:
         self._key = options.key
         functools.update_wrapper(self, core.fn)
 
+    @compat.api_boundary
     def __call__(self, *args, **kwargs):
         core = self._core
         if synk_lax.inside():
@@ -228,6 +230,7 @@ class Function:
             key, share = (*key, "unshared"), False
             plan = core.cache.get(key)
         if plan is None:  # building agrees across processes itself
+            core.signature.check(args, kwargs, core.where)
             if first.slots(call.treedef) and not first.traced_count(call):
                 # synk.first_rows with a count known here: simply its rows.
                 return self(*first.concrete(args), **first.concrete(kwargs))
@@ -249,6 +252,7 @@ class Function:
         the function on each device's rows, outputs combined by their ops)."""
         return "whole" if self._options.reduce is None else "per-device"
 
+    @compat.api_boundary
     def with_options(self, *, reduce=_UNCHANGED, num_slices=None, comm_dtype=None,
                      buckets=_UNCHANGED) -> Function:  # fmt: skip
         """The same function with other options; shares the compile cache.
@@ -291,6 +295,7 @@ class Function:
             hit = variants[new.key] = Function(self._core, checked)
         return hit
 
+    @compat.api_boundary
     def serial(self, *args, **kwargs):
         """Run the undecorated function on one device: the reference result.
 
@@ -309,6 +314,7 @@ class Function:
         key = (statics, call.key)
         one = core.serials.get(key)
         if one is None:
+            core.signature.check(args, kwargs, core.where)
             if first.slots(call.treedef):  # synk.first_rows: the function sees the rows
                 if first.traced_count(call):
                     raise TypeError(first.traced_serial_error(core.where))
@@ -319,6 +325,7 @@ class Function:
             call.write_back(new, one.structure)
         return one.outputs.restore(result)
 
+    @compat.api_boundary
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
         """JAX's ``Lowered`` for these arguments: inspect the HLO and its collectives.
 
@@ -332,6 +339,7 @@ class Function:
           True
         """
         core = self._core
+        core.signature.check(args, kwargs, core.where)
         statics, dyn = core.bind(args, kwargs)
         call = partition(dyn)
         # Shapes alone (jax.ShapeDtypeStruct) lower as arrays of zeros would.

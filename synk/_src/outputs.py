@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from synk._src import partition
 from synk._src.reduce import AVG, MAX, OPS, Op
+from synk._src.refusals import Refusals
 
 
 class Outputs:
@@ -90,8 +91,10 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
     ]
     paths = [jax.tree_util.keystr(p) for p, _ in flat]
     avals = [aval for _, aval in flat]
+    refusals = Refusals(where)
     for op, aval, path in zip(ops, avals, paths, strict=True):
-        op.check(aval, f"{where}: output out{path}")
+        refusals.run(op.check, aval, where, f"output out{path}")
+    refusals.raise_all()
     return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
 
 

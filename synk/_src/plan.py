@@ -302,17 +302,10 @@ def batch_rows(core, descs: list[Leaf], groups: bool = True):
     sliced = [d for d in descs if d.role is Role.SLICED]
     if not sliced:
         return None
-    first = sliced[0]
-    rows = first.aval.shape[first.axis]
-    for d in sliced[1:]:
-        other = d.aval.shape[d.axis]
-        if other != rows:
-            raise ValueError(
-                f"{core.where}: sliced arguments must share one batch length, but "
-                f"`{first.name}` has {rows} rows (axis {first.axis}) and `{d.name}` has "
-                f"{other} rows (axis {d.axis}). Pass batches of equal length, or mark "
-                "arguments that are not batched as broadcast with in_axes=None."
-            )
+    lengths = [d.aval.shape[d.axis] for d in sliced]
+    rows = lengths[0]
+    if any(n != rows for n in lengths):
+        raise ValueError(_lengths_error(core.where, sliced, lengths))
     if rows < 1:
         raise ValueError(
             f"{core.where}: the batch is empty (0 rows along the sliced axis). "
@@ -331,3 +324,13 @@ def batch_rows(core, descs: list[Leaf], groups: bool = True):
             "count, or pass every batched argument the same way."
         )
     return (rows, count) if groups else rows
+
+
+def _lengths_error(where: str, sliced: list[Leaf], lengths: list[int]) -> str:
+    each = [f"`{d.name}` has {n} rows (axis {d.axis})" for d, n in zip(sliced, lengths)]
+    listed = ", ".join(each[:-1]) + " and " + each[-1]
+    return (
+        f"{where}: sliced arguments must share one batch length, but {listed}. Pass "
+        "batches of equal length, or mark arguments that are not batched as broadcast "
+        "with in_axes=None."
+    )

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from synk._src import wire
+from synk._src.refusals import Refusals
 
 # --------------------------------------------------------------------------
 # The ops
@@ -46,18 +47,19 @@ class Op:
     def reduces(self) -> bool:
         return False
 
-    def check_dtype(self, aval, where: str) -> None:
+    def check_dtype(self, aval, where: str, label: str) -> None:
         """Raise before anything runs if this op cannot combine outputs like `aval`."""
 
-    def check(self, aval, where: str) -> None:
+    def check(self, aval, where: str, label: str) -> None:
         """`check_dtype`, after what holds for every reduction: keys do not reduce."""
         if self.reduces and jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
             raise TypeError(
-                f"{where} is a PRNG key array ({aval.dtype}) and has reduce {self.name!r}; keys "
-                "cannot be added, averaged or compared. Use reduce 'gather' (one key per row) "
-                "or 'per_device' (one per device), or return jax.random.key_data(k)."
+                f"{where}: {label} is a PRNG key array ({aval.dtype}) and has reduce "
+                f"{self.name!r}; keys cannot be added, averaged or compared. Use reduce "
+                "'gather' (one key per row) or 'per_device' (one per device), or return "
+                "jax.random.key_data(k)."
             )
-        self.check_dtype(aval, where)
+        self.check_dtype(aval, where, label)
 
     def __repr__(self) -> str:
         return repr(self.name)
@@ -67,12 +69,12 @@ class Op:
 class Gather(Op):
     """One output row per input row, concatenated along axis 0 in input order."""
 
-    def check_dtype(self, aval, where: str) -> None:
+    def check_dtype(self, aval, where: str, label: str) -> None:
         if aval.ndim == 0:
             raise ValueError(
-                f"{where} is a scalar and has reduce 'gather', which concatenates rows along "
-                "axis 0. Return one row per input row (shape (rows, ...)), or choose a "
-                "reduction such as 'avg' or 'sum'."
+                f"{where}: {label} is a scalar and has reduce 'gather', which concatenates "
+                "rows along axis 0. Return one row per input row (shape (rows, ...)), or "
+                "choose a reduction such as 'avg' or 'sum'."
             )
 
 
@@ -91,11 +93,11 @@ class Reduction(Op):
     def reduces(self) -> bool:
         return True
 
-    def check_dtype(self, aval, where: str) -> None:
+    def check_dtype(self, aval, where: str, label: str) -> None:
         if np.dtype(aval.dtype) == np.bool_:
             raise TypeError(
-                f"{where} is boolean and has reduce {self.name!r}; reductions need numbers. "
-                "Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
+                f"{where}: {label} is boolean and has reduce {self.name!r}; reductions need "
+                "numbers. Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
             )
 
     def acc_dtype(self, dtype) -> np.dtype:
@@ -141,13 +143,13 @@ class Sum(Reduction):
 class Avg(Reduction):
     """Outputs are means over rows: weighted by the rows each piece really had."""
 
-    def check_dtype(self, aval, where: str) -> None:
+    def check_dtype(self, aval, where: str, label: str) -> None:
         dtype = np.dtype(aval.dtype)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                f"{where} has dtype {dtype} and reduce 'avg': an average of integers is not "
-                "an integer. Use reduce 'sum' for counts (and divide yourself), or return a "
-                "float."
+                f"{where}: {label} has dtype {dtype} and reduce 'avg': an average of integers "
+                "is not an integer. Use reduce 'sum' for counts (and divide yourself), or "
+                "return a float."
             )
 
     def contribution(self, value: jax.Array, rows: int) -> jax.Array:
@@ -181,14 +183,14 @@ class Extremum(Reduction):
 
     largest: bool = True
 
-    def check_dtype(self, aval, where: str) -> None:
+    def check_dtype(self, aval, where: str, label: str) -> None:
         dtype = np.dtype(aval.dtype)
         if dtype == np.bool_:
             return  # any (max) or all (min), as jnp.max of bools
-        super().check_dtype(aval, where)
+        super().check_dtype(aval, where, label)
         if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(
-                f"{where} has dtype {dtype} and reduce {self.name!r}, but complex numbers "
+                f"{where}: {label} has dtype {dtype} and reduce {self.name!r}, but complex numbers "
                 "have no order. Reduce a real quantity instead (e.g. jnp.abs(z) or z.real), "
                 "or use reduce 'gather' and pick on the host."
             )
@@ -300,8 +302,10 @@ def parse_op(op: Any, where: str, path: str = "", *, ops: dict[str, Op] = OPS) -
 
 def check_spec(spec: Any, where: str) -> None:
     """Check every op in a reduce spec (its fit to the outputs comes at trace time)."""
+    refusals = Refusals(where)
     for path, op in jax.tree_util.tree_flatten_with_path(spec)[0]:
-        parse_op(op, where, jax.tree_util.keystr(path))
+        refusals.run(parse_op, op, where, jax.tree_util.keystr(path))
+    refusals.raise_all()
 
 
 def parse_comm_dtype(comm_dtype: Any, where: str) -> np.dtype | None:

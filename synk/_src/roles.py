@@ -20,6 +20,7 @@ import jax
 
 from synk._src import compat, partition
 from synk._src import data as synk_data
+from synk._src.refusals import Refusals
 from synk._src.signature import PER_DEVICE, leaf_entries
 
 SCALARS = (int, float, bool, complex)
@@ -79,17 +80,18 @@ def entries(core, dyn, call: partition.Call, structure: partition.Structure):
     None. An unhashable static leaf is refused here, by name.
     """
     every = leaf_entries(core.in_axes, core.signature, dyn, core.where, partition.variable_test())
-    traced = []
+    traced, refusals = [], Refusals(core.where)
     for (name, leaf, entry), slot in zip(every, structure.slots, strict=True):
         if slot is partition.TRACED:
             traced.append((name, leaf, entry))
         elif type(slot) is partition.Var:
             if entry is not None:
-                raise ValueError(_sliced_state_error(core.where, name, entry))
+                refusals.add(ValueError(_sliced_state_error(core.where, name, entry)))
             for path, value in jax.tree_util.tree_flatten_with_path(leaf)[0]:
                 traced.append((name + jax.tree_util.keystr(path), value, None))
         elif type(slot) is partition.Static and partition.unhashable(slot):
-            raise TypeError(_unhashable_error(core.where, name, slot.value))
+            refusals.add(TypeError(_unhashable_error(core.where, name, slot.value)))
+    refusals.raise_all()
     # The call's own traced values: the same leaves, or shares gathered whole.
     traced = [(n, x, e) for (n, _, e), x in zip(traced, call.traced, strict=True)]
     return traced, [name for name, _, _ in every]
@@ -101,7 +103,10 @@ def describe_leaves(core, traced_entries: list, traced: bool = False) -> list[Le
     `traced`: the call is inside a trace (jax.jit, grad, vmap); every value is
     then a global one, as in jax.jit, never one process's share.
     """
-    return [describe(core, name, leaf, entry, traced) for name, leaf, entry in traced_entries]
+    refusals = Refusals(core.where)
+    leaves = [refusals.run(describe, core, *entry, traced) for entry in traced_entries]
+    refusals.raise_all()
+    return leaves
 
 
 def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:

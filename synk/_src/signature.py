@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 
+from synk._src.refusals import Refusals
+
 PER_DEVICE = "per_device"
 
 
@@ -55,6 +57,15 @@ class Signature:
             return args, kwargs
         bound = self.sig.bind(*args, **kwargs)
         return bound.args, bound.kwargs
+
+    def check(self, args: tuple, kwargs: dict, where: str) -> None:
+        """Refuse a call that does not fit the signature, before anything is traced."""
+        if self.sig is None:
+            return
+        try:
+            self.sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(_unfit_call_error(where, self.sig, e)) from None
 
     def name(self, i: int) -> str:
         """The name of positional argument i, as the user wrote it."""
@@ -137,17 +148,30 @@ class Statics:
         return tuple(args), kwargs
 
 
+def _unfit_call_error(where: str, sig: inspect.Signature, error: TypeError) -> str:
+    return (
+        f"{where}: the call does not fit the function's parameters {sig}: {error}. Pass "
+        "the arguments the function takes."
+    )
+
+
 def _raise_unhashable(statics: tuple, signature: Signature, where: str):
+    refusals = Refusals(where)
     for name, _, value in statics:
         try:
             hash(value)
         except TypeError:
             label = signature.name(name) if isinstance(name, int) else name
-            raise TypeError(
-                f"{where}: static argument `{label}` is a {type(value).__name__}, which is not "
-                "hashable; static arguments are part of the compile cache key. Pass a tuple "
-                "instead of a list, or make it a traced argument."
-            ) from None
+            refusals.add(TypeError(_unhashable_static_error(where, label, value)))
+    refusals.raise_all()
+
+
+def _unhashable_static_error(where: str, label: str, value) -> str:
+    return (
+        f"{where}: static argument `{label}` is a {type(value).__name__}, which is not "
+        "hashable; static arguments are part of the compile cache key. Pass a tuple "
+        "instead of a list, or make it a traced argument."
+    )
 
 
 def as_tuple(x) -> tuple:

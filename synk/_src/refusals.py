@@ -1,0 +1,51 @@
+"""Refusing a call once, naming every leaf at fault.
+
+A check runs over all the leaves it checks and gathers what it refuses
+(`Refusals.run`); `Refusals.raise_all` then raises one error that names
+them all, so that a call with three bad arguments takes one run to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+R = TypeVar("R")
+
+_REFUSED = (TypeError, ValueError, IndexError)
+
+
+class Refused(TypeError, ValueError, IndexError):
+    """Several refusals of different kinds at once: it is caught as any of them."""
+
+
+class Refusals:
+    """The refusals of one check, over every leaf it looks at."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.errors: list[Exception] = []
+
+    def run(self, fn: Callable[..., R], *args) -> R | None:
+        """``fn(*args)``; what it refuses is kept for `raise_all` (and None returned)."""
+        try:
+            return fn(*args)
+        except _REFUSED as e:
+            self.errors.append(e)
+            return None
+
+    def add(self, error: Exception) -> None:
+        self.errors.append(error)
+
+    def raise_all(self) -> None:
+        """Raise what was refused, if anything: one error, or one naming each."""
+        errors = self.errors
+        if not errors:
+            return
+        if len(errors) == 1:
+            raise errors[0]
+        kinds = {type(e) for e in errors}
+        kind = kinds.pop() if len(kinds) == 1 else Refused
+        prefix = f"{self.where}: "
+        items = "\n".join(f"  {i}. {str(e).removeprefix(prefix)}" for i, e in enumerate(errors, 1))
+        raise kind(f"{prefix}{len(errors)} problems with this call; fix them all:\n{items}")
