@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", add_help=False, help="benchmarks of synk on this machine (below)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from synk._src import bench
+        from synk._src.bench import cli
 
-        return bench.main(rest)
+        return cli.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":

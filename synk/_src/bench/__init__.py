@@ -15,8 +15,6 @@ and the figures are medians (and quartiles, ``np.percentile``) over
 ``--rounds`` samples. Every variant is checked against a reference before it
 is timed.
 
-Imported only when ``synk bench`` runs (``synk/__main__.py``), never by
-``import synk``.
+Imported only when ``synk bench`` runs (``synk/__main__.py`` calls
+``cli.main``), never by ``import synk``.
 """
-
-from synk._src.bench.cli import main as main
