@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 import synk
+from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, paired, stats
 from synk._src.bench.report import machine, print_table
 from synk._src.bench.workloads import (
@@ -52,6 +53,24 @@ TARGETS = {  # (ratio, op, limit)
     "steady, at a capacity: synk / hand-written": ("<=", 1.10),
     "new bucket: synk / hand-written first call": ("<=", 1.3),
 }
+
+
+def add_arguments(parser) -> None:
+    timing(parser, rounds=20, calls=10)
+    parser.add_argument(
+        "--lengths", type=positive_int, default=30, help="distinct batch lengths swept"
+    )
+    parser.add_argument(
+        "--shortest", type=positive_int, default=200, help="shortest batch of the sweep"
+    )
+    parser.add_argument(
+        "--longest", type=positive_int, default=2000, help="longest batch of the sweep"
+    )
+    parser.add_argument("--hidden", type=positive_int, default=64, help="hidden width of the MLP")
+    parser.add_argument(
+        "--first-calls", type=positive_int, default=6, help="lengths of first calls timed"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the lengths")
 
 
 def run(args) -> dict:

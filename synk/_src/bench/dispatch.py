@@ -22,6 +22,7 @@ import jax
 
 import synk
 from synk._src import compat
+from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, stats
 from synk._src.bench.report import machine, print_stats, print_table
 from synk._src.bench.workloads import (
@@ -51,6 +52,13 @@ REPEATS = (
     ("tree_structure calls", "jax/_src/tree_util.py", "tree_structure"),
 )
 OWN = "synk/_src/"  # the frames of synk's own functions in the profile
+
+
+def add_arguments(parser) -> None:
+    timing(parser, rounds=5, calls=10)
+    parser.add_argument(
+        "--total", type=positive_int, default=10_000, help="calls profiled (and timed per variant)"
+    )
 
 
 def run(args) -> dict:

@@ -29,6 +29,7 @@ import numpy as np
 
 import synk
 from synk._src import processes
+from synk._src.bench.flags import positive_int, sizes, timing
 from synk._src.bench.harness import check_close, measure, paired, stats, time_block
 from synk._src.bench.report import machine, print_stats, print_table
 from synk._src.bench.workloads import (
@@ -112,6 +113,34 @@ class Ratio(NamedTuple):
     value: float  # of the medians
     paired: float  # the median of the per-round ratios
     target: tuple[str, float] | None
+
+
+def add_arguments(parser) -> None:
+    timing(parser, rounds=20, calls=10)
+    parser.add_argument(
+        "--batch", type=positive_int, help="rows of the even batch (default 32/device)"
+    )
+    parser.add_argument(
+        "--hidden", type=positive_int, default=64, help="hidden width of the small MLP"
+    )
+    parser.add_argument(
+        "--compute-batch", type=positive_int, help="rows, compute-bound case (default 256/device)"
+    )
+    parser.add_argument(
+        "--compute-hidden", type=positive_int, default=128, help="hidden width, compute-bound case"
+    )
+    parser.add_argument(
+        "--conv", action="store_true", help="also time a conv-net step, synk vs hand-written"
+    )
+    parser.add_argument(
+        "--conv-batch", type=positive_int, help="rows of the conv net (default 32/device)"
+    )
+    parser.add_argument(
+        "--conv-image", type=positive_int, default=28, help="image side of the conv net"
+    )
+    parser.add_argument(
+        "--conv-channels", type=sizes(2), default="32,64", help="conv net channels, e.g. 32,64"
+    )
 
 
 def run(args) -> dict:
