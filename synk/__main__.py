@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from synk._src.commands import BENCHMARKS
+from synk._src.bench import SUBCOMMANDS
 
 
 def info() -> str:
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _benchmarks_help() -> str:
-    width = max(map(len, BENCHMARKS))
-    lines = [f"  {name:<{width}}  {text}" for name, text in BENCHMARKS.items()]
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
     return "\n".join(["synk bench subcommands (synk bench NAME -h for their flags):", *lines])
 
 

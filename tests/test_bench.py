@@ -17,18 +17,9 @@ from pathlib import Path
 import pytest
 from helpers import clean_env, run_python, single_process
 
+from synk._src.bench import SUBCOMMANDS
+
 DEVICES = 8
-SUBCOMMANDS = (
-    "overhead",
-    "dispatch",
-    "collectives",
-    "scaling",
-    "predict",
-    "indexing",
-    "fused",
-    "memory",
-    "buckets",
-)
 pytestmark = single_process("each test launches its own one-process benchmark")
 
 
@@ -433,6 +424,7 @@ def test_device_check_table_reads_what_the_benchmarks_write(tmp_path, device_che
         (["indexing", "--batches", "8,x"], "--batches: expected comma-separated integers"),
         (["indexing", "--rows", "10", "--batches", "8,64"], "every batch must be at most --rows"),
         (["fused", "--optimizer", "lamb"], "--optimizer: invalid choice: 'lamb'"),
+        (["dispatch", "--plot", "d.png"], "--plot: synk bench dispatch draws no plot"),
         (["memory", "--channels", "4"], "--channels: expected 2 integers"),
         (["memory", "--slices", "1,0"], "--slices: expected positive integers"),
         (

@@ -167,7 +167,6 @@ def run(args) -> dict:
     }
     _print(n, lengths, args, figures, executables, hands, st, ratios, firsts)
     return {
-        "benchmark": "buckets",
         "machine": machine(),
         "config": {"devices": n, "lengths": lengths, "hidden": args.hidden, "rows": hands},
         "sweep_seconds": figures,

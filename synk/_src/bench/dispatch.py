@@ -91,7 +91,6 @@ def run(args) -> dict:
     }
     _print(args, n, per_round, total, host, extra, repeats, first, own)
     return {
-        "command": "dispatch",
         "machine": machine(),
         "config": {"rounds": args.rounds, "calls": args.calls, "total": args.total},
         "host_us": host,

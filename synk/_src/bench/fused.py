@@ -37,7 +37,7 @@ import numpy as np
 import synk
 from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, paired, stats
-from synk._src.bench.report import machine, print_stats, print_table
+from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -72,6 +72,9 @@ class Forms(NamedTuple):
     serial: Callable  # one device, no synk: the reference
     grads: synk.Function  # the two calls' first call
     update: Callable  # ... and their second (jitted)
+
+
+PLOT = draw_per_call  # what --plot draws
 
 
 def add_arguments(parser) -> None:
@@ -265,7 +268,6 @@ def _print(args, n: int, rows: int, sizes: list[int], st: dict, ratios: list, co
 
 def _result(args, rows, sizes, st, ratios, samples, counts, gaps) -> dict:
     return {
-        "command": "fused",
         "machine": machine(),
         "config": {
             "rounds": args.rounds,

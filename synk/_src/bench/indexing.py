@@ -47,7 +47,7 @@ import numpy as np
 import synk
 from synk._src.bench.flags import positive_int, sizes, timing
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_per_batch, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import (
     CLASSES,
     by_rows,
@@ -78,6 +78,9 @@ HEADERS = [
     "H2D (a)",
     "H2D (c)",
 ]
+
+
+PLOT = draw_per_batch  # what --plot draws
 
 
 def add_arguments(parser) -> None:
@@ -135,7 +138,6 @@ def run(args) -> dict:
     table = _table(args, len(devices), st)
     _print(args, len(devices), x.nbytes, views, table, st["d"], timing_s)
     return {
-        "command": "indexing",
         "machine": machine(),
         "config": _config(args, devices, x.nbytes),
         "labels": LABELS,

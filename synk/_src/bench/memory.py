@@ -28,7 +28,7 @@ import jax
 import synk
 from synk._src.bench.flags import positive_int, sizes
 from synk._src.bench.harness import check_close
-from synk._src.bench.report import fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_memory, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import (
     cnn_step,
     hand_written_shard_map,
@@ -46,6 +46,9 @@ FIELDS = {
     "output_bytes": "output_size_in_bytes",
     "alias_bytes": "alias_size_in_bytes",
 }
+
+
+PLOT = draw_memory  # what --plot draws
 
 
 def add_arguments(parser) -> None:
@@ -100,7 +103,6 @@ def run(args) -> dict:
     target = _target(results)
     _print(args, n, rows, results, target)
     return {
-        "command": "memory",
         "machine": machine(),
         "config": {
             "devices": n,

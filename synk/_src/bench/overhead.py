@@ -31,7 +31,7 @@ import synk
 from synk._src import processes
 from synk._src.bench.flags import positive_int, sizes, timing
 from synk._src.bench.harness import check_close, measure, paired, stats, time_block
-from synk._src.bench.report import machine, print_stats, print_table
+from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -113,6 +113,10 @@ class Ratio(NamedTuple):
     value: float  # of the medians
     paired: float  # the median of the per-round ratios
     target: tuple[str, float] | None
+
+
+SEVERAL_PROCESSES = True  # also under mpiexec: every process runs it, the first reports
+PLOT = draw_per_call  # what --plot draws
 
 
 def add_arguments(parser) -> None:
@@ -362,7 +366,6 @@ def _verdict(ratio: Ratio) -> list[str]:
 def _result(args, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict, check_us) -> dict:
     return {
         "check_alone_us": check_us,
-        "command": "overhead",
         "machine": machine(),
         "config": {
             "rounds": args.rounds,

@@ -18,8 +18,10 @@ import synk
 from synk._src.bench import scaling
 from synk._src.bench.flags import positive_float, positive_int
 from synk._src.bench.harness import measure, stats
-from synk._src.bench.report import fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_speedup, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import D_IN, D_OUT, init_mlp, make_batch, train_step
+
+PLOT = draw_speedup  # what --plot draws
 
 
 def add_arguments(parser) -> None:
@@ -58,7 +60,6 @@ def run(args) -> dict:
     ]
     _print(args, sizes, compute_s, compute_from, grad_bytes, results)
     return {
-        "command": "predict",
         "machine": machine(),
         "config": {
             "batch": args.batch,

@@ -17,7 +17,7 @@ import jax
 import synk
 from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import machine, print_table, shared_cores_note
+from synk._src.bench.report import draw_speedup, machine, print_table, shared_cores_note
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -27,6 +27,8 @@ from synk._src.bench.workloads import (
     replicated,
     train_step,
 )
+
+PLOT = draw_speedup  # what --plot draws
 
 
 def add_arguments(parser) -> None:
@@ -64,7 +66,6 @@ def run(args) -> dict:
     if note := shared_cores_note(devices):
         print(note)
     return {
-        "command": "scaling",
         "machine": machine(),
         "config": {
             "rounds": args.rounds,

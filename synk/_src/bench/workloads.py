@@ -1,11 +1,9 @@
 """What the benchmarks run: training steps, their batches, and the same steps by hand.
 
-Called by ``overhead``, ``dispatch``, ``scaling`` and ``predict`` (the MLP
-step, the batches, the meshes), by ``indexing`` (the classifier step, the
-mesh), by ``fused`` (the loss, the batches, the shard_map'd gradient), by ``memory`` and
-``overhead --conv`` (the conv net) and by
-``collectives`` (the mesh). Calls JAX and numpy only: the hand-written
-variants are what synk is compared with, so they use no synk at all.
+Called by the subcommand modules: an MLP, a classifier and a conv net, their
+batches, the meshes, and the hand-written forms of the steps. Calls JAX and
+numpy only: the hand-written variants are what synk is compared with, so they
+use no synk at all.
 """
 
 from __future__ import annotations
