@@ -16,9 +16,6 @@ import time
 import jax
 
 import synk
-from synk._src import data
-
-fmt_bytes = data._fmt_bytes  # bytes read alike here and in synk.data's reprs
 
 
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -46,6 +43,15 @@ def print_stats(title: str, stats: dict[str, dict], digits: int) -> None:
             for name, s in stats.items()
         ],
     )
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes as synk.data's reprs show them: whole bytes, else KB, MB or GB (1024 apart)."""
+    units = ("B", "KB", "MB", "GB")
+    k = 0
+    while n >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {units[k]}"
 
 
 def machine() -> dict:
