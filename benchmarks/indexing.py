@@ -17,6 +17,6 @@ import sys
 
 if __name__ == "__main__":
     os.environ.setdefault("SYNK_CPU_DEVICES", "8")  # before synk configures JAX
-    from synk._src import bench
+    from synk._src.bench import cli
 
-    sys.exit(bench.main(["indexing", *sys.argv[1:]]))
+    sys.exit(cli.main(["indexing", *sys.argv[1:]]))

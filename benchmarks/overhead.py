@@ -13,7 +13,7 @@ Figures and their reading: ``benchmarks/RESULTS.md``.
 
 import sys
 
-from synk._src import bench
+from synk._src.bench import cli
 
 if __name__ == "__main__":
-    sys.exit(bench.main(["overhead", *sys.argv[1:]]))
+    sys.exit(cli.main(["overhead", *sys.argv[1:]]))

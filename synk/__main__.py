@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from synk._src.commands import BENCHMARKS
+from synk._src.bench import SUBCOMMANDS
 
 
 def info() -> str:
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", add_help=False, help="benchmarks of synk on this machine (below)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from synk._src import bench
+        from synk._src.bench import cli
 
-        return bench.main(rest)
+        return cli.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _benchmarks_help() -> str:
-    width = max(map(len, BENCHMARKS))
-    lines = [f"  {name:<{width}}  {text}" for name, text in BENCHMARKS.items()]
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
     return "\n".join(["synk bench subcommands (synk bench NAME -h for their flags):", *lines])
 
 

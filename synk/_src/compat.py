@@ -122,14 +122,6 @@ def device_order(sharding) -> tuple | None:
         return None
 
 
-# Functions of JAX's that ``synk bench dispatch`` counts in its profile, by file
-# and name: where tracing a jaxpr happens moved between releases.
-TRACE_TO_JAXPR = (
-    "jax/_src/interpreters/partial_eval.py",
-    ("trace_to_jaxpr", "trace_to_jaxpr_nocache"),
-)
-
-
 def missing_private_names() -> list[str]:
     """The private JAX names this module reaches that the installed JAX lacks (none, ideally).
 
@@ -154,9 +146,6 @@ def missing_private_names() -> list[str]:
         for label, (module, name) in checks.items()
         if not hasattr(importlib.import_module(module), name)
     ]
-    traced = importlib.import_module("jax._src.interpreters.partial_eval")
-    if not any(hasattr(traced, name) for name in TRACE_TO_JAXPR[1]):
-        missing.append("jax._src.interpreters.partial_eval." + "|".join(TRACE_TO_JAXPR[1]))
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     if device_order(sharding) is None:
         missing.append("Sharding._device_assignment")

@@ -23,11 +23,25 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 import synk
+from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import measure, stats
-from synk._src.bench.report import fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_bandwidth, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import AXIS, by_rows, global_arrays, mesh_of
 
 OPS = ("all-reduce", "all-gather", "reduce-scatter", "broadcast")
+
+
+SEVERAL_PROCESSES = True  # also under mpiexec: every process runs it, the first reports
+PLOT = draw_bandwidth  # what --plot draws
+
+
+def add_arguments(parser) -> None:
+    timing(parser, rounds=5, calls=10)
+    parser.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        help="largest message (default 16 MiB on CPU, 256 MiB else)",
+    )
 
 
 def run(args) -> dict:
@@ -56,7 +70,6 @@ def run(args) -> dict:
         )
     _print(args, n, ops, sizes, results)
     return {
-        "command": "collectives",
         "machine": machine(),
         "config": {"rounds": args.rounds, "calls": args.calls, "max_bytes": max_bytes},
         "bus_factors": {op: bus_factor(op, n) for op in ops},

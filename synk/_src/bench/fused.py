@@ -35,8 +35,9 @@ import jax
 import numpy as np
 
 import synk
+from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, paired, stats
-from synk._src.bench.report import machine, print_stats, print_table
+from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -71,6 +72,23 @@ class Forms(NamedTuple):
     serial: Callable  # one device, no synk: the reference
     grads: synk.Function  # the two calls' first call
     update: Callable  # ... and their second (jitted)
+
+
+PLOT = draw_per_call  # what --plot draws
+
+
+def add_arguments(parser) -> None:
+    timing(parser, rounds=20, calls=10)
+    parser.add_argument(
+        "--batch", type=positive_int, help="rows of the even batch (default 32/device)"
+    )
+    parser.add_argument("--hidden", type=positive_int, default=64, help="hidden width of the MLP")
+    parser.add_argument(
+        "--optimizer",
+        choices=("adam", "momentum"),
+        default="adam",
+        help="optax adam or sgd+momentum",
+    )
 
 
 def run(args) -> dict:
@@ -250,7 +268,6 @@ def _print(args, n: int, rows: int, sizes: list[int], st: dict, ratios: list, co
 
 def _result(args, rows, sizes, st, ratios, samples, counts, gaps) -> dict:
     return {
-        "command": "fused",
         "machine": machine(),
         "config": {
             "rounds": args.rounds,

@@ -1,11 +1,10 @@
 """How every benchmark checks and times its variants, and sums up the samples.
 
-Called by each subcommand module (``overhead``, ``dispatch``, ``collectives``,
-``scaling``, ``predict``, ``indexing``, ``fused``): first `check_close` on every variant,
-then `measure`, then `stats` (and `paired` for ratios); by ``memory`` for
-`check_close` alone. Calls JAX only to
-block on outputs and fetch them; numpy for the figures; tqdm, if installed,
-for the progress bar.
+Called by every subcommand module that times its variants: first
+`check_close` on every variant, then `measure`, then `stats` (and `paired`
+for ratios); by ``memory`` for `check_close` alone. Calls JAX only to block
+on outputs and fetch them; numpy for the figures; tqdm, if installed, for the
+progress bar.
 """
 
 from __future__ import annotations

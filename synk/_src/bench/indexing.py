@@ -45,8 +45,9 @@ import jax
 import numpy as np
 
 import synk
+from synk._src.bench.flags import positive_int, sizes, timing
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_per_batch, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import (
     CLASSES,
     by_rows,
@@ -77,6 +78,29 @@ HEADERS = [
     "H2D (a)",
     "H2D (c)",
 ]
+
+
+PLOT = draw_per_batch  # what --plot draws
+
+
+def add_arguments(parser) -> None:
+    timing(parser, rounds=40, calls=10)
+    parser.add_argument("--rows", type=positive_int, default=200_000, help="rows of the data set")
+    parser.add_argument("--features", type=positive_int, default=64, help="float32 columns of x")
+    parser.add_argument("--hidden", type=positive_int, default=64, help="hidden width of the MLP")
+    parser.add_argument(
+        "--batches",
+        type=sizes(),
+        default="64,256,1024,4096",
+        help="comma-separated batch sizes (rows)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for data, params, indices")
+
+
+def check_arguments(args) -> str | None:
+    if max(args.batches) > args.rows:
+        return f"--batches: every batch must be at most --rows ({args.rows}), got {args.batches}"
+    return None
 
 
 def run(args) -> dict:
@@ -114,7 +138,6 @@ def run(args) -> dict:
     table = _table(args, len(devices), st)
     _print(args, len(devices), x.nbytes, views, table, st["d"], timing_s)
     return {
-        "command": "indexing",
         "machine": machine(),
         "config": _config(args, devices, x.nbytes),
         "labels": LABELS,

@@ -26,8 +26,9 @@ import sys
 import jax
 
 import synk
+from synk._src.bench.flags import positive_int, sizes
 from synk._src.bench.harness import check_close
-from synk._src.bench.report import fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_memory, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import (
     cnn_step,
     hand_written_shard_map,
@@ -45,6 +46,37 @@ FIELDS = {
     "output_bytes": "output_size_in_bytes",
     "alias_bytes": "alias_size_in_bytes",
 }
+
+
+PLOT = draw_memory  # what --plot draws
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--rows-per-device", type=positive_int, default=256, help="rows of the batch per device"
+    )
+    parser.add_argument(
+        "--image", type=positive_int, default=28, help="side of the square 1-channel images"
+    )
+    parser.add_argument(
+        "--channels",
+        type=sizes(2),
+        default="32,64",
+        help="output channels of the two convolutions, e.g. 32,64",
+    )
+    parser.add_argument(
+        "--slices", type=sizes(), default="1,2,4,8", help="comma-separated num_slices values"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for data and params")
+
+
+def check_arguments(args) -> str | None:
+    if max(args.slices) > args.rows_per_device:
+        return (
+            f"--slices: every num_slices must be at most --rows-per-device "
+            f"({args.rows_per_device}), got {args.slices}"
+        )
+    return None
 
 
 def run(args) -> dict:
@@ -71,7 +103,6 @@ def run(args) -> dict:
     target = _target(results)
     _print(args, n, rows, results, target)
     return {
-        "command": "memory",
         "machine": machine(),
         "config": {
             "devices": n,

@@ -8,18 +8,21 @@ and an uneven batch. The per-device path (``reduce='avg'``) runs against
 ``jax.jit(jax.shard_map(...))``, and, compute-bound, with ``num_slices``.
 Under several processes each process hands over its share of every host
 batch (the hand-written form builds its global arrays from the shares in the
-call, as such code must), pmap is left out, and the per-call check that all
-processes make the same call is timed on and off. With ``--conv``, the same
+call, as such code must), and pmap is left out. synk checks on every call
+that all processes make the same call, unless the launch sets
+``SYNK_CHECK=0``: the check's cost is the difference between a launch with it
+and one without (the table's title says which ran). With ``--conv``, the same
 comparison for a conv-net step (`workloads.cnn_step`) on numpy batches.
 
 Called by ``cli`` (`run`). Calls ``workloads`` for the step and its
-hand-written forms, ``harness`` to check and time them, ``report`` for the
-tables, and ``synk._src.processes`` for the per-call check.
+hand-written forms, ``harness`` to check and time them, and ``report`` for
+the tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from typing import NamedTuple
@@ -28,9 +31,9 @@ import jax
 import numpy as np
 
 import synk
-from synk._src import processes
-from synk._src.bench.harness import check_close, measure, paired, stats, time_block
-from synk._src.bench.report import machine, print_stats, print_table
+from synk._src.bench.flags import positive_int, sizes, timing
+from synk._src.bench.harness import check_close, measure, paired, stats
+from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -81,7 +84,6 @@ PAIRS = (
         None,
     ),
     ("synk / pmap, numpy", "synk, numpy", "pmap, numpy", ("<", 1.0)),
-    ("call check: on / off", "synk, numpy", "synk, numpy, no call check", None),
     ("reduce='avg' / hand-written shard_map", AVG, HAND_MAP, ("<=", 1.05)),
     ("reduce='avg': uneven / even", AVG_UNEVEN, AVG, ("<=", 1.25)),
     (f"num_slices={SLICES} / num_slices=1, compute-bound", BIG_SLICED, BIG_SYNK, ("<=", 1.15)),
@@ -89,8 +91,8 @@ PAIRS = (
     ("synk / hand-written, conv net", CONV_SYNK, CONV_HAND, None),
 )
 
-# (name, call, the serial step's inputs to check it against; None: checked where made)
-Case = tuple[str, Callable[[], object], tuple | None]
+# (name, call, the serial step's inputs to check it against)
+Case = tuple[str, Callable[[], object], tuple]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,38 @@ class Ratio(NamedTuple):
     target: tuple[str, float] | None
 
 
+SEVERAL_PROCESSES = True  # also under mpiexec: every process runs it, the first reports
+PLOT = draw_per_call  # what --plot draws
+
+
+def add_arguments(parser) -> None:
+    timing(parser, rounds=20, calls=10)
+    parser.add_argument(
+        "--batch", type=positive_int, help="rows of the even batch (default 32/device)"
+    )
+    parser.add_argument(
+        "--hidden", type=positive_int, default=64, help="hidden width of the small MLP"
+    )
+    parser.add_argument(
+        "--compute-batch", type=positive_int, help="rows, compute-bound case (default 256/device)"
+    )
+    parser.add_argument(
+        "--compute-hidden", type=positive_int, default=128, help="hidden width, compute-bound case"
+    )
+    parser.add_argument(
+        "--conv", action="store_true", help="also time a conv-net step, synk vs hand-written"
+    )
+    parser.add_argument(
+        "--conv-batch", type=positive_int, help="rows of the conv net (default 32/device)"
+    )
+    parser.add_argument(
+        "--conv-image", type=positive_int, default=28, help="image side of the conv net"
+    )
+    parser.add_argument(
+        "--conv-channels", type=sizes(2), default="32,64", help="conv net channels, e.g. 32,64"
+    )
+
+
 def run(args) -> dict:
     """Per-call time of synk.function against jit(shard_map) and pmap, and ratios."""
     devices = synk.devices()
@@ -129,10 +163,9 @@ def run(args) -> dict:
         quiet=args.quiet,
     )
     st = {k: stats(v) for k, v in samples.items()}
-    check_us = check_alone_us() if procs > 1 else None
     ratios = _ratios(samples, st)
-    _print(args, len(devices), procs, sizes, st, ratios, check_us)
-    return _result(args, sizes, st, ratios, samples, check_us)
+    _print(args, len(devices), procs, sizes, st, ratios)
+    return _result(args, sizes, st, ratios, samples)
 
 
 def _sizes(args, n: int, procs: int) -> Sizes:
@@ -177,7 +210,7 @@ def _cases(devices, procs: int, sizes: Sizes) -> list[Case]:
     return [
         ("synk, numpy", lambda: f(params, xs, ys), (params, x, y)),
         ("hand-written, numpy", lambda: hand(params, xs, ys), (params, x, y)),
-        _pmap_case(devices, params, x, y) if procs == 1 else _unchecked_case(params, x, y, xs, ys),
+        *([_pmap_case(devices, params, x, y)] if procs == 1 else []),
         *_resident_cases(mesh, procs, f, hand, params, x, y),
         (UNEVEN, lambda: f(params, xus, yus), (params, xu, yu)),
         (HAND_UNEVEN, lambda: hand_uneven(params, pad(xus), pad(yus)), (params, xu, yu)),
@@ -223,14 +256,6 @@ def _pmap_case(devices, params, x, y) -> Case:
     return ("pmap, numpy", lambda: call(params, x, y), (params, x, y))
 
 
-def _unchecked_case(params, x, y, xs, ys) -> Case:
-    """synk without the per-call check that every process makes the same call."""
-    with processes.checking(False):  # the check is fixed when a call is first planned
-        f = synk.function(train_step, in_axes=(None, 0, 0))
-        check_close("unchecked", f(params, xs, ys), jax.jit(train_step)(params, x, y))
-    return ("synk, numpy, no call check", lambda: f(params, xs, ys), None)
-
-
 def _resident_cases(mesh, procs: int, f, hand, params, x, y) -> list[Case]:
     """Batches already on the devices, and rows picked by index from data on every device."""
     rows = x.shape[0]
@@ -260,8 +285,6 @@ def _resident_cases(mesh, procs: int, f, hand, params, x, y) -> list[Case]:
 def _check(cases: list[Case], quiet: bool) -> None:
     serial, serial_conv = jax.jit(train_step), jax.jit(cnn_step)
     for name, call, ref in cases:
-        if ref is None:
-            continue
         got = call()
         if name.startswith("pmap"):  # one identical copy per device
             got = jax.tree_util.tree_map(lambda a: a[0], got)
@@ -269,18 +292,6 @@ def _check(cases: list[Case], quiet: bool) -> None:
         check_close(name, got, want)
     if not quiet:
         print(f"checked: all {len(cases)} variants give the serial loss and grads", file=sys.stderr)
-
-
-def check_alone_us(calls: int = 2000) -> float:
-    """Microseconds of the per-call cross-process check alone (every process runs it)."""
-    text = "synk bench: the same call everywhere"
-    digest = processes.signature_hash(text)
-    processes.agree("synk bench", text, digest)
-    samples = [
-        time_block(lambda: processes.agree("synk bench", text, digest), calls // 5)
-        for _ in range(5)
-    ]
-    return float(np.median(samples) * 1e6)
 
 
 def _ratios(samples: dict[str, list[float]], st: dict[str, dict]) -> list[Ratio]:
@@ -294,9 +305,11 @@ def _ratios(samples: dict[str, list[float]], st: dict[str, dict]) -> list[Ratio]
     ]
 
 
-def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio], check_us):
+def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio]):
     print_stats(
-        f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es); "
+        f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es)"
+        + (f" ({_call_check()})" if procs > 1 else "")
+        + "; "
         f"{sizes.rows} rows (uneven {sizes.uneven}), MLP {'-'.join(map(str, sizes.small))}; "
         f"compute-bound: {sizes.big_rows} rows, MLP {'-'.join(map(str, sizes.big))}; "
         + _conv_note(sizes)
@@ -309,8 +322,12 @@ def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio]
         ["ratio", "value", "paired", "target", "met"],
         [[r.name, f"{r.value:.3f}", f"{r.paired:.3f}", *_verdict(r)] for r in ratios],
     )
-    if check_us is not None:
-        print(f"\nthe per-call check alone (one allgather of a hash): {check_us:.1f} us per call")
+
+
+def _call_check() -> str:
+    """Whether this launch checks every call across processes (synk reads SYNK_CHECK)."""
+    value = os.environ.get("SYNK_CHECK")
+    return "per-call check on" if value is None else f"per-call check: SYNK_CHECK={value}"
 
 
 def _conv_note(sizes: Sizes) -> str:
@@ -330,10 +347,8 @@ def _verdict(ratio: Ratio) -> list[str]:
     return [f"{op} {limit}", "yes" if met else "no"]
 
 
-def _result(args, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict, check_us) -> dict:
+def _result(args, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict) -> dict:
     return {
-        "check_alone_us": check_us,
-        "command": "overhead",
         "machine": machine(),
         "config": {
             "rounds": args.rounds,
@@ -347,6 +362,7 @@ def _result(args, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict, ch
             "conv_batch": sizes.conv_rows,
             "conv_image": sizes.conv_image if sizes.conv_rows else None,
             "conv_channels": list(sizes.conv_channels) if sizes.conv_rows else None,
+            "synk_check": os.environ.get("SYNK_CHECK"),
         },
         "stats_us": st,
         "ratios": {r.name: r.value for r in ratios},

@@ -16,9 +16,31 @@ import jax
 
 import synk
 from synk._src.bench import scaling
+from synk._src.bench.flags import positive_float, positive_int
 from synk._src.bench.harness import measure, stats
-from synk._src.bench.report import fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_speedup, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import D_IN, D_OUT, init_mlp, make_batch, train_step
+
+PLOT = draw_speedup  # what --plot draws
+
+
+def add_arguments(parser) -> None:
+    scaling.add_arguments(parser)
+    parser.add_argument(
+        "--compute-ms", type=positive_float, help="one-device step time (default: measure)"
+    )
+    parser.add_argument(
+        "--link-gbps", type=positive_float, default=100.0, help="link bandwidth, Gbit/s"
+    )
+    parser.add_argument("--latency-us", type=float, default=10.0, help="per all-reduce latency, us")
+    parser.add_argument("--max-devices", type=positive_int, help="predict up to N (default 64)")
+    parser.add_argument("--no-measure", action="store_true", help="do not run scaling beside it")
+
+
+def check_arguments(args) -> str | None:
+    if args.latency_us < 0:
+        return f"--latency-us must be >= 0, got {args.latency_us}"
+    return None
 
 
 def run(args) -> dict:
@@ -38,7 +60,6 @@ def run(args) -> dict:
     ]
     _print(args, sizes, compute_s, compute_from, grad_bytes, results)
     return {
-        "command": "predict",
         "machine": machine(),
         "config": {
             "batch": args.batch,

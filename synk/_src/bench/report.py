@@ -1,7 +1,8 @@
 """How the benchmarks show their figures: plain-text tables, the machine, a plot.
 
 Called by every subcommand module (`print_table`, `print_stats`, `machine`,
-`fmt_bytes`, `shared_cores_note`) and by ``cli`` (`plot`, for ``--plot``).
+`fmt_bytes`, `shared_cores_note`, and its ``PLOT``, one of the drawings below)
+and by ``cli`` (`plot`, for ``--plot``).
 Calls synk for the device and process counts, and matplotlib, imported only
 to plot.
 """
@@ -15,9 +16,6 @@ import time
 import jax
 
 import synk
-from synk._src import data
-
-fmt_bytes = data._fmt_bytes  # bytes read alike here and in synk.data's reprs
 
 
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -45,6 +43,15 @@ def print_stats(title: str, stats: dict[str, dict], digits: int) -> None:
             for name, s in stats.items()
         ],
     )
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes as synk.data's reprs show them: whole bytes, else KB, MB or GB (1024 apart)."""
+    units = ("B", "KB", "MB", "GB")
+    k = 0
+    while n >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {units[k]}"
 
 
 def machine() -> dict:
@@ -76,31 +83,21 @@ def shared_cores_note(devices) -> str:
 # Plots (matplotlib, imported only when asked for)
 
 
-def plot(result: dict, path: str) -> None:
-    """Write one figure of the result to ``path``."""
+def plot(result: dict, path: str, draw) -> None:
+    """Write one figure of the result to ``path``: ``draw(ax, result)``, the module's ``PLOT``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
-    kind = result["command"]
-    if kind in ("overhead", "fused"):
-        _per_call_bars(ax, result)
-    elif kind == "collectives":
-        _bandwidth(ax, result)
-    elif kind == "indexing":
-        _per_batch(ax, result)
-    elif kind == "memory":
-        _memory_bars(ax, result)
-    else:
-        _speedup(ax, result)
-    ax.set_title(f"synk bench {kind} ({result['machine']['devices']} devices)")
+    draw(ax, result)
+    ax.set_title(f"synk bench {result['command']} ({result['machine']['devices']} devices)")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _per_call_bars(ax, result: dict) -> None:
+def draw_per_call(ax, result: dict) -> None:
     names = list(result["stats_us"])
     med = [result["stats_us"][k]["median_us"] for k in names]
     ax.barh(names, med)
@@ -108,7 +105,7 @@ def _per_call_bars(ax, result: dict) -> None:
     ax.set_xlabel("median time per call (us)")
 
 
-def _bandwidth(ax, result: dict) -> None:
+def draw_bandwidth(ax, result: dict) -> None:
     for op in dict.fromkeys(r["op"] for r in result["results"]):
         rs = [r for r in result["results"] if r["op"] == op]
         ax.loglog([r["size"] for r in rs], [r["busbw_gbs"] for r in rs], "o-", label=op)
@@ -117,7 +114,7 @@ def _bandwidth(ax, result: dict) -> None:
     ax.legend()
 
 
-def _memory_bars(ax, result: dict) -> None:
+def draw_memory(ax, result: dict) -> None:
     """Temp, argument and output bytes per device, one group of bars per variant."""
     rows = [r for r in result["rows"] if r["temp_bytes"] is not None]
     names = [
@@ -133,7 +130,7 @@ def _memory_bars(ax, result: dict) -> None:
     ax.legend()
 
 
-def _per_batch(ax, result: dict) -> None:
+def draw_per_batch(ax, result: dict) -> None:
     """Time per call over batch size, one line per way of feeding the batch."""
     for v in ("a", "b", "c", "r", "h"):
         rows = [r for r in result["table"] if r[v] == r[v]]  # nan: not measured
@@ -145,12 +142,12 @@ def _per_batch(ax, result: dict) -> None:
     ax.legend()
 
 
-def _speedup(ax, result: dict) -> None:
+def draw_speedup(ax, result: dict) -> None:
     """Speedup over devices: measured (scaling), or predicted beside measured (predict)."""
     rs = result["results"]
     ks = [r["devices"] for r in rs]
     ax.plot(ks, ks, "k:", label="ideal")
-    if result["command"] == "scaling":
+    if "predicted_speedup" not in rs[0]:  # scaling's rows
         ax.plot(ks, [r["speedup"] for r in rs], "o-", label="measured")
     else:
         ax.plot(ks, [r["predicted_speedup"] for r in rs], "o-", label="predicted")

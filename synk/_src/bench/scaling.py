@@ -15,8 +15,9 @@ import sys
 import jax
 
 import synk
+from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import machine, print_table, shared_cores_note
+from synk._src.bench.report import draw_speedup, machine, print_table, shared_cores_note
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -26,6 +27,17 @@ from synk._src.bench.workloads import (
     replicated,
     train_step,
 )
+
+PLOT = draw_speedup  # what --plot draws
+
+
+def add_arguments(parser) -> None:
+    """The flags of scaling, and of predict, which runs it beside its prediction."""
+    timing(parser, rounds=8, calls=5)
+    parser.add_argument("--batch", type=positive_int, default=2048, help="rows per step")
+    parser.add_argument(
+        "--hidden", type=positive_int, default=256, help="width of the 2 hidden layers"
+    )
 
 
 def run(args) -> dict:
@@ -54,7 +66,6 @@ def run(args) -> dict:
     if note := shared_cores_note(devices):
         print(note)
     return {
-        "command": "scaling",
         "machine": machine(),
         "config": {
             "rounds": args.rounds,

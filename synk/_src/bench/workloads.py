@@ -1,11 +1,9 @@
 """What the benchmarks run: training steps, their batches, and the same steps by hand.
 
-Called by ``overhead``, ``dispatch``, ``scaling`` and ``predict`` (the MLP
-step, the batches, the meshes), by ``indexing`` (the classifier step, the
-mesh), by ``fused`` (the loss, the batches, the shard_map'd gradient), by ``memory`` and
-``overhead --conv`` (the conv net) and by
-``collectives`` (the mesh). Calls JAX and numpy only: the hand-written
-variants are what synk is compared with, so they use no synk at all.
+Called by the subcommand modules: an MLP, a classifier and a conv net, their
+batches, the meshes, and the hand-written forms of the steps. Calls JAX and
+numpy only: the hand-written variants are what synk is compared with, so they
+use no synk at all.
 """
 
 from __future__ import annotations
@@ -39,9 +37,9 @@ def init_mlp(sizes: list[int], seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
-def make_batch(rows: int, seed: int = 0, d_in: int = D_IN) -> tuple[np.ndarray, np.ndarray]:
+def make_batch(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((rows, d_in), dtype=np.float32)
+    x = rng.standard_normal((rows, D_IN), dtype=np.float32)
     return x, rng.standard_normal((rows, D_OUT), dtype=np.float32)
 
 
@@ -167,7 +165,7 @@ def hand_written(mesh: Mesh, step: Callable = train_step):
     return jax.jit(step, in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)))
 
 
-def hand_written_padded(mesh: Mesh, rows: int, groups: int, step: Callable = train_step):
+def hand_written_padded(mesh: Mesh, rows: int, groups: int):
     """`hand_written` for a batch the devices do not divide: each process pads its
     share (host rows) with zeros to an even split, and the jit cuts the real rows back."""
     local, per_group = rows // groups, mesh.size // groups
@@ -178,7 +176,7 @@ def hand_written_padded(mesh: Mesh, rows: int, groups: int, step: Callable = tra
         return parts[0] if groups == 1 else jnp.concatenate(parts)
 
     jitted = jax.jit(
-        lambda p, x, y: step(p, cut(x), cut(y)),
+        lambda p, x, y: train_step(p, cut(x), cut(y)),
         in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)),
     )
 
@@ -196,7 +194,7 @@ def hand_written_shard_map(mesh: Mesh, step: Callable = train_step):
     )
 
 
-def sharded(mesh: Mesh, step: Callable = train_step) -> Callable:
+def sharded(mesh: Mesh, step: Callable) -> Callable:
     """``step(params, x, y)`` under shard_map: rows split, outputs ``pmean``'d; not jitted."""
 
     def body(params, x, y):
@@ -208,25 +206,25 @@ def sharded(mesh: Mesh, step: Callable = train_step) -> Callable:
     return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
 
 
-def hand_written_indexed(mesh: Mesh, step: Callable = train_step):
+def hand_written_indexed(mesh: Mesh):
     """The hand-written step on rows picked by index from data already on every device."""
     everywhere, rows = replicated(mesh), by_rows(mesh)
 
     def picked(params, data_x, data_y, idx):  # idx sharded: each device its rows
         x, y = (jnp.take(d, idx, axis=0, mode="clip") for d in (data_x, data_y))
-        return step(params, x, y)
+        return train_step(params, x, y)
 
     return jax.jit(picked, in_shardings=(everywhere, everywhere, everywhere, rows))
 
 
-def pmapped(devices, step: Callable = train_step) -> Callable:
+def pmapped(devices) -> Callable:
     """The step under ``jax.pmap``: a global batch, split into one block of rows per device.
 
     Its outputs are one identical copy per device.
     """
     n = len(devices)
     mapped = jax.pmap(
-        lambda p, xs, ys: lax.pmean(step(p, xs, ys), AXIS),
+        lambda p, xs, ys: lax.pmean(train_step(p, xs, ys), AXIS),
         axis_name=AXIS,
         in_axes=(None, 0, 0),
         devices=devices,
