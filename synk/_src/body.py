@@ -15,10 +15,6 @@ Each device runs `Body` on its share of the rows, in `split.py`'s layout:
 `executable` wraps it in ``jit(shard_map(...))``, reduces the local values
 over the devices (`reduce.combine`: one all-reduce per op and dtype) and puts
 gathered rows back in input order.
-
-Called by: `plan` (once per plan). Calls: the user's function (through the
-plan's ``call_user``), `reduce`, `split`, `data` (rows of device-resident data),
-`lax` (binding synk.lax to the device axis).
 """
 
 from __future__ import annotations

@@ -4,10 +4,6 @@ Inside a synk.Function they run over every device; under ``f.serial``, or
 anywhere outside a synk.Function, they act as on a single device, so the
 serial reference stays a plain single-device function. `row_keys` gives
 per-row randomness that does not depend on the device count.
-
-Called by: the user's function (public `synk.lax`), `body` and `plan` (binding
-the device axis and the rows of a piece while tracing), `function` (``serial``).
-Calls: ``jax.lax`` collectives.
 """
 
 from __future__ import annotations

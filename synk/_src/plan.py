@@ -11,9 +11,6 @@ reused by every call with that key:
    matches the reduce spec to its outputs (`reduce.py`);
 5. `body.executable` compiles one ``jit(shard_map(body))``;
 6. `placement.placer` decides how an eager call's leaves reach it.
-
-Called by: `function` (on a cache miss, and by ``lower``). Calls: the modules
-named above, and `processes` for the cross-process agreement.
 """
 
 from __future__ import annotations
