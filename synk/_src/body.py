@@ -120,7 +120,7 @@ class Body:
         `rows` is ``(first, count)``: the piece's global rows, for synk.lax.row_keys.
         """
         flat = [piece.get(i, x) for i, x in enumerate(base)]
-        with synk_lax.tracing(bound=True, rows=rows):
+        with synk_lax.tracing(rows=rows):
             outs = jax.tree_util.tree_leaves(self.call_user(flat))
         return [jnp.asarray(o) for o in outs]  # Python numbers too (a row count, say)
 

@@ -114,7 +114,7 @@ def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable
                 # pads an uneven one itself); a view's rows are gathered there.
                 x = lax.with_sharding_constraint(x, batch[i])
             flat.append(x)
-        with synk_lax.tracing(bound=True, rows=rows):
+        with synk_lax.tracing(rows=rows):
             result = synk_lax.on_one_device(call_user, flat)
         leaves, out.treedef = jax.tree_util.tree_flatten(result)
         if traced and core.groups > 1:  # every process can read the outputs (np.asarray)
