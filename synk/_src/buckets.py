@@ -270,8 +270,7 @@ def dealing(local_rows: int, devices: int, capacity: int) -> np.ndarray:
     return index
 
 
-def placer(core, descs: list[Leaf], split: Split, capacity: int, inner: Callable,
-           length) -> Callable:  # fmt: skip
+def placer(descs: list[Leaf], split: Split, capacity: int, inner: Callable, length) -> Callable:
     """The call's leaves in the bucket's layout: batches dealt and padded, views'
     indices too, then `inner` (the capacity's own placer), then the traced `length`."""
     index = dealing(split.local_rows, split.local_devices, capacity)

@@ -95,8 +95,8 @@ class Plan:
                 tuple(shared.items()), False, checked,
             )  # fmt: skip
         if whole:
-            return cls._whole(core, options, structure, outputs, descs, call_user, description,
-                              digest, traced, tuple(shared.items()), checked)  # fmt: skip
+            return cls._whole(core, structure, outputs, descs, call_user, description, digest,
+                              traced, tuple(shared.items()), checked)  # fmt: skip
         variables = [names[i] for i in structure.variables]
         policy = options.policy
         if policy is not None and not traced and buckets.may_share(descs):
@@ -128,8 +128,8 @@ class Plan:
         )  # fmt: skip
 
     @classmethod
-    def _whole(cls, core, options, structure, outputs, descs, call_user, description, digest,
-               traced, shared, checked):  # fmt: skip
+    def _whole(cls, core, structure, outputs, descs, call_user, description, digest, traced,
+               shared, checked):  # fmt: skip
         partitioned.check_in_axes(core, descs)
         rows = batch_rows(core, descs, groups=False)
         pad = partitioned.pads(core, descs, traced)
@@ -179,7 +179,7 @@ def _bucketed(core, options, policy, statics, structure, descs, split, call_user
         return None
     jitted, inner, out, bucket_outputs = entry
     length = buckets.traced_length(core, split.local_rows)
-    place = buckets.placer(core, descs, split, capacity, inner, length)
+    place = buckets.placer(descs, split, capacity, inner, length)
     return jitted, place, out, bucket_outputs
 
 
@@ -191,7 +191,7 @@ def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
     arrays = [index[a] for a, _ in pairs]
     counts = [index[c] for _, c in pairs]
     leaves = call.traced
-    why = first.check(where, options.reduce, descs, arrays, [leaves[c] for c in counts])
+    why = first.check(options.reduce, descs, arrays, [leaves[c] for c in counts])
     if why is None:
         rows = descs[arrays[0]].aval.shape[0]
         n = len(core.devices)
