@@ -165,8 +165,8 @@ class Body:
 
         Each piece is sliced from the share inside the loop. Fed as the scan's
         ``xs`` (the share reshaped to ``(count, size, ...)``), the whole share
-        was copied into the loop's state: one more share of temp memory per
-        device, which num_slices exists to save.
+        would be copied into the loop's state: one more share of temp memory
+        per device, which num_slices exists to save.
         """
         firsts = start + size * jnp.arange(count, dtype=jnp.int32)  # each piece's first row
 
@@ -316,7 +316,7 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
         # it, whole and replicated, which several processes allow for numpy.
         return jax.jit(outer)
     # in_shardings let jit's C++ dispatch move numpy arguments straight to
-    # their shards: measurably cheaper per call than a Python device_put.
+    # their shards, with no Python device_put per call.
     shardings = tuple(NamedSharding(core.mesh, spec) for spec in specs)
     return jax.jit(outer, in_shardings=shardings, donate_argnums=donated)
 
