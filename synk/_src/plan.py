@@ -2,15 +2,8 @@
 
 A `Plan` is built once per key (tree structure, each leaf's type, aval and
 sharding, the statics, the options) from the leaves' records alone, then
-reused by every call with that key:
-
-1. the processes agree on the call (several processes only);
-2. `roles.describe_leaves` gives each leaf its role and checks it;
-3. `batch_split` splits the batch (`split.py`);
-4. `abstract.trace_outputs` traces the function abstractly at every piece size and
-   matches the reduce spec to its outputs (`reduce.py`);
-5. `body.executable` compiles one ``jit(shard_map(body))``;
-6. `placement.placer` decides how an eager call's leaves reach it.
+reused by every call with that key. The steps of `Plan.build` are step 2 of
+the map of a call in `function`'s docstring.
 """
 
 from __future__ import annotations
