@@ -65,7 +65,7 @@ def trace_outputs(
 
 def _trace(core, call_user, descs, rows):
     """(output shapes, talks across devices) for pieces of `rows` rows."""
-    with synk_lax.tracing(bound=True, rows=None if rows is None else (lambda: 0, rows)):
+    with synk_lax.tracing(rows=None if rows is None else (lambda: 0, rows)):
         jaxpr, shape = jax.make_jaxpr(
             call_user, axis_env=[(AXIS, len(core.devices))], return_shape=True
         )(_abstract(descs, rows))

@@ -15,10 +15,6 @@ Each device runs `Body` on its share of the rows, in `split.py`'s layout:
 `executable` wraps it in ``jit(shard_map(...))``, reduces the local values
 over the devices (`reduce.combine`: one all-reduce per op and dtype) and puts
 gathered rows back in input order.
-
-Called by: `plan` (once per plan). Calls: the user's function (through the
-plan's ``call_user``), `reduce`, `split`, `data` (rows of device-resident data),
-`lax` (binding synk.lax to the device axis).
 """
 
 from __future__ import annotations
@@ -124,7 +120,7 @@ class Body:
         `rows` is ``(first, count)``: the piece's global rows, for synk.lax.row_keys.
         """
         flat = [piece.get(i, x) for i, x in enumerate(base)]
-        with synk_lax.tracing(bound=True, rows=rows):
+        with synk_lax.tracing(rows=rows):
             outs = jax.tree_util.tree_leaves(self.call_user(flat))
         return [jnp.asarray(o) for o in outs]  # Python numbers too (a row count, say)
 
@@ -169,8 +165,8 @@ class Body:
 
         Each piece is sliced from the share inside the loop. Fed as the scan's
         ``xs`` (the share reshaped to ``(count, size, ...)``), the whole share
-        was copied into the loop's state: one more share of temp memory per
-        device, which num_slices exists to save.
+        would be copied into the loop's state: one more share of temp memory
+        per device, which num_slices exists to save.
         """
         firsts = start + size * jnp.arange(count, dtype=jnp.int32)  # each piece's first row
 
@@ -320,7 +316,7 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
         # it, whole and replicated, which several processes allow for numpy.
         return jax.jit(outer)
     # in_shardings let jit's C++ dispatch move numpy arguments straight to
-    # their shards: measurably cheaper per call than a Python device_put.
+    # their shards, with no Python device_put per call.
     shardings = tuple(NamedSharding(core.mesh, spec) for spec in specs)
     return jax.jit(outer, in_shardings=shardings, donate_argnums=donated)
 

@@ -4,10 +4,10 @@ With explicit reductions the outputs are row-separable: a device's rows can be
 run as pieces and the pieces' outputs combined exactly, as ``num_slices``
 does. So one executable can serve any batch length up to a capacity:
 
-* each process deals its ``L`` rows as before (local device ``j`` takes
-  ``k_j = L // m`` rows, one more for ``j < L % m``), but each device's block
-  travels padded to the bucket's capacity ``c`` rows; the true ``L`` travels
-  too, as one traced integer;
+* each process deals its ``L`` rows as on exact shapes (local device ``j``
+  takes ``k_j = L // m`` rows, one more for ``j < L % m``), but each device's
+  block travels padded to the bucket's capacity ``c`` rows; the true ``L``
+  travels too, as one traced integer;
 * each device runs the function on its first ``k_j`` rows only, as pieces
   whose sizes come from a fixed ladder (`ladder`: ``c``, ``c/8``, ``c/64``,
   ... , 1; the top size capped by ``num_slices``), taken greedily: a device
@@ -26,10 +26,10 @@ What travels per call: host rows padded to the capacity (``np.take`` with a
 dealing index made once per length), and for synk.Data views only their
 indices. Inside a trace, ``synk.first_rows(x, n)`` batches (`first`) arrive
 whole with their traced count, and each device cuts its own rows from them.
-Calls that cannot share a bucket compile per length as before: plain batches
-inside a trace, functions that call synk.lax collectives, outputs gathered
-or kept per device, per-device arguments, batches already on the devices as
-arrays, local views.
+Calls that cannot share a bucket compile per length, on exact shapes: plain
+batches inside a trace, functions that call synk.lax collectives, outputs
+gathered or kept per device, per-device arguments, batches already on the
+devices as arrays, local views.
 """
 
 from __future__ import annotations
@@ -270,8 +270,7 @@ def dealing(local_rows: int, devices: int, capacity: int) -> np.ndarray:
     return index
 
 
-def placer(core, descs: list[Leaf], split: Split, capacity: int, inner: Callable,
-           length) -> Callable:  # fmt: skip
+def placer(descs: list[Leaf], split: Split, capacity: int, inner: Callable, length) -> Callable:
     """The call's leaves in the bucket's layout: batches dealt and padded, views'
     indices too, then `inner` (the capacity's own placer), then the traced `length`."""
     index = dealing(split.local_rows, split.local_devices, capacity)

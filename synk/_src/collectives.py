@@ -4,10 +4,6 @@ A per-device value is a ``jax.Array`` whose leading axis has one entry per
 device (``device_count()``), entry i living on device i: what
 ``reduce="per_device"`` returns and ``in_axes="per_device"`` takes. Each
 collective accepts a pytree of them and is compiled once per shape.
-
-Called by: the public `synk.broadcast`, `scatter`, `gather`, `all_gather`,
-`reduce`, `all_reduce`, `get_value`, `set_value`. Calls: `reduce` (the ops and
-their checks), `runtime` (devices, mesh, the in-flight bound), `compat`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Every private or version-dependent JAX access, in one place.
 
-Called by: `runtime` (has the backend started?), `plan` (does a traced
-program talk across devices?), `placement` and `collectives` (a sharding's
-device order) and ``synk info`` (the coordinator address).
-Calls: JAX only. When JAX moves one of these, this is the one file to change.
+When JAX moves one of these, this is the one file to change.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def traced_serial_error(where: str) -> str:
     )
 
 
-def check(where: str, reduce, descs, arrays: list[int], counts: list) -> str | None:
+def check(reduce, descs, arrays: list[int], counts: list) -> str | None:
     """Why these first_rows batches cannot share a bucket inside a trace (None: they can)."""
     if reduce is None:
         return (

@@ -10,20 +10,23 @@ The map of a call, one module per step, in call order:
 2. On a miss, `plan.Plan.build`:
    - several processes agree on the call (`processes`);
    - each traced leaf gets its role, sliced, broadcast or per-device (`roles`);
+     a static number that keeps changing is warned about (`recompiles`);
    - with no ``reduce`` (the default path, `partitioned`): the whole function
      is compiled for the whole batch, sharded over the devices, an uneven
      batch padded (`split.Pad`), and XLA's partitioner places the collectives;
    - with explicit reductions: the batch is split over the devices and
      num_slices (`split`); the function is traced abstractly and the reduce
-     spec matched to its outputs (`reduce`); the executable's arguments are
-     laid out (`layout`) and the per-device body compiled as one
-     ``jit(shard_map(body))`` followed, in the same jit, by the reduction of
-     each output over the devices (`body`, `reduce`); how each leaf reaches
-     the executable is decided (`placement`);
+     spec matched to its outputs (`abstract`, `outputs`); the executable's
+     arguments are laid out (`layout`) and the per-device body compiled as
+     one ``jit(shard_map(body))`` followed, in the same jit, by the reduction
+     of each output over the devices (`body`, `reduce`, with the dtypes that
+     travel from `wire` and the derivatives of max/min at ties from `ties`);
+     how each leaf reaches the executable is decided (`placement`);
    - with explicit reductions and a batch that can share a bucket
      (`buckets`): the bucket's executable, built at its first length, runs
      each device's real rows as pieces of a fixed ladder; a new length gets
-     only its own placer, which deals and pads the rows.
+     only its own placer, which deals and pads the rows. Inside a trace,
+     ``synk.first_rows`` batches (`first`) take a bucket's executable too.
 3. A hit with several processes agrees on the call (one hash, `processes`).
 4. ``plan.place`` carries out what was decided per leaf: host arrays go to
    jit as they are (its in_shardings place them), or padded; device arrays
@@ -36,6 +39,13 @@ The map of a call, one module per step, in call order:
 
 A repeated call costs one ``tree_flatten`` and a pass over its leaves, one
 dict lookup, the placement, one jit dispatch and one ``tree_unflatten``.
+
+Beside a call: what a Function and its ``with_options`` variants share,
+validated once (`core`, `options`); devices, processes and the mesh
+(`runtime`); ``f.serial`` (`serial`); device-resident data and its batch
+views (`data`, `shards`, `indices`); collectives on per-device values
+(`collectives`) and inside a function (`lax`); every private JAX access
+(`compat`); ``synk bench`` (`commands`, `bench`).
 """
 
 from __future__ import annotations

@@ -4,10 +4,6 @@ Inside a synk.Function they run over every device; under ``f.serial``, or
 anywhere outside a synk.Function, they act as on a single device, so the
 serial reference stays a plain single-device function. `row_keys` gives
 per-row randomness that does not depend on the device count.
-
-Called by: the user's function (public `synk.lax`), `body` and `plan` (binding
-the device axis and the rows of a piece while tracing), `function` (``serial``).
-Calls: ``jax.lax`` collectives.
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from synk._src.runtime import AXIS
 
 
 class _Trace(threading.local):
-    bound = False  # tracing the per-device body: the device axis exists
+    bound = False  # synk is tracing a function (or f.serial): the device axis exists
     rows = None  # (first global row index, a thunk; the rows of this piece), if known
 
 
@@ -31,23 +27,19 @@ _trace = _Trace()
 
 
 @contextlib.contextmanager
-def tracing(*, bound: bool, rows=None):
-    """Trace the user's function with the device axis bound (or not: one device).
+def tracing(*, rows=None):
+    """Trace the user's function with synk's device axis bound.
 
     `rows` is ``(first, count)``: the piece's rows are global rows ``first()``
     to ``first() + count``; `first` is a thunk, so that nothing is computed for
     a function that never asks.
     """
     saved = _trace.bound, _trace.rows
-    _trace.bound, _trace.rows = bound, rows
+    _trace.bound, _trace.rows = True, rows
     try:
-        yield _trace
+        yield
     finally:
         _trace.bound, _trace.rows = saved
-
-
-def _bound() -> bool:
-    return _trace.bound
 
 
 def inside() -> bool:
@@ -92,34 +84,34 @@ def psum(x):
       >>> out.shape == (n,) and bool((out == 8 * n).all())
       True
     """
-    return lax.psum(x, AXIS) if _bound() else x
+    return lax.psum(x, AXIS) if inside() else x
 
 
 def pmean(x):
     """Average ``x`` (a pytree) over all devices (each device weighs the same)."""
-    return lax.pmean(x, AXIS) if _bound() else x
+    return lax.pmean(x, AXIS) if inside() else x
 
 
 def pmax(x):
     """Elementwise maximum of ``x`` (a pytree) over all devices."""
-    return lax.pmax(x, AXIS) if _bound() else x
+    return lax.pmax(x, AXIS) if inside() else x
 
 
 def pmin(x):
     """Elementwise minimum of ``x`` (a pytree) over all devices."""
-    return lax.pmin(x, AXIS) if _bound() else x
+    return lax.pmin(x, AXIS) if inside() else x
 
 
 def all_gather(x, *, axis: int = 0, tiled: bool = False):
     """Every device's ``x``, stacked along a new ``axis`` (concatenated if ``tiled``)."""
-    if _bound():
+    if inside():
         return lax.all_gather(x, AXIS, axis=axis, tiled=tiled)
     return x if tiled else jnp.expand_dims(x, axis)
 
 
 def device_index():
     """This device's index in ``0 .. device_count()-1`` (0 under ``f.serial``)."""
-    return lax.axis_index(AXIS) if _bound() else jnp.int32(0)
+    return lax.axis_index(AXIS) if inside() else jnp.int32(0)
 
 
 def row_keys(key, num_rows: int | None = None):

@@ -5,9 +5,6 @@ extra rows of sliced arrays when the split is uneven; then views' indices,
 one set of slots for views whose indices are equal (``X[idx], Y[idx]``).
 Inside a trace nothing is cut on the host: uneven batches and replicated
 data's indices travel whole and each device takes its own rows.
-
-Called by: `plan` (once per plan; the body and placement read the result).
-Calls: nothing but `roles`' records.
 """
 
 from __future__ import annotations

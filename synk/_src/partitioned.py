@@ -114,7 +114,7 @@ def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable
                 # pads an uneven one itself); a view's rows are gathered there.
                 x = lax.with_sharding_constraint(x, batch[i])
             flat.append(x)
-        with synk_lax.tracing(bound=True, rows=rows):
+        with synk_lax.tracing(rows=rows):
             result = synk_lax.on_one_device(call_user, flat)
         leaves, out.treedef = jax.tree_util.tree_flatten(result)
         if traced and core.groups > 1:  # every process can read the outputs (np.asarray)
@@ -212,7 +212,7 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
         return place_traced
 
     shardings = [NamedSharding(core.mesh, s) for s in slot_specs(descs)]
-    actions = [_action(core, i, d, pad.get(i), shardings[i]) for i, d in enumerate(descs)]
+    actions = [_action(core, d, pad.get(i), shardings[i]) for i, d in enumerate(descs)]
     if core.groups == 1 and not (named or whole):
         moved = [(i, a) for i, a in enumerate(actions) if a is not placement.PASS]
         if not moved:
@@ -257,7 +257,7 @@ class _Padded:
         args[i] = self.pad(x)
 
 
-def _action(core, i: int, d: Leaf, pad: Pad | None, target: NamedSharding):
+def _action(core, d: Leaf, pad: Pad | None, target: NamedSharding):
     if d.view is not None or d.source is Source.DATA:
         return placement.PASS  # the placer hands over its data (and a view's index)
     if d.source is Source.DEVICE and d.role is Role.SLICED:

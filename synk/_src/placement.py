@@ -6,10 +6,6 @@ sharding, so a call only carries out the decisions. Host (numpy) values go to
 jit as they are: its in_shardings put each one straight onto its shards in one
 batched transfer. Inside a trace the outer jit places every value; only
 synk.Data views are turned into their data and indices.
-
-Called by: `plan` (building the placer) and `function` (running it at every
-call). Calls: `split` (host and device parts of an uneven batch), `data`
-(views' data and indices).
 """
 
 from __future__ import annotations

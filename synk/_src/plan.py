@@ -2,18 +2,8 @@
 
 A `Plan` is built once per key (tree structure, each leaf's type, aval and
 sharding, the statics, the options) from the leaves' records alone, then
-reused by every call with that key:
-
-1. the processes agree on the call (several processes only);
-2. `roles.describe_leaves` gives each leaf its role and checks it;
-3. `batch_split` splits the batch (`split.py`);
-4. `abstract.trace_outputs` traces the function abstractly at every piece size and
-   matches the reduce spec to its outputs (`reduce.py`);
-5. `body.executable` compiles one ``jit(shard_map(body))``;
-6. `placement.placer` decides how an eager call's leaves reach it.
-
-Called by: `function` (on a cache miss, and by ``lower``). Calls: the modules
-named above, and `processes` for the cross-process agreement.
+reused by every call with that key. The steps of `Plan.build` are step 2 of
+the map of a call in `function`'s docstring.
 """
 
 from __future__ import annotations
@@ -98,8 +88,8 @@ class Plan:
                 tuple(shared.items()), False, checked,
             )  # fmt: skip
         if whole:
-            return cls._whole(core, options, structure, outputs, descs, call_user, description,
-                              digest, traced, tuple(shared.items()), checked)  # fmt: skip
+            return cls._whole(core, structure, outputs, descs, call_user, description, digest,
+                              traced, tuple(shared.items()), checked)  # fmt: skip
         variables = [names[i] for i in structure.variables]
         policy = options.policy
         if policy is not None and not traced and buckets.may_share(descs):
@@ -131,8 +121,8 @@ class Plan:
         )  # fmt: skip
 
     @classmethod
-    def _whole(cls, core, options, structure, outputs, descs, call_user, description, digest,
-               traced, shared, checked):  # fmt: skip
+    def _whole(cls, core, structure, outputs, descs, call_user, description, digest, traced,
+               shared, checked):  # fmt: skip
         partitioned.check_in_axes(core, descs)
         rows = batch_rows(core, descs, groups=False)
         pad = partitioned.pads(core, descs, traced)
@@ -182,7 +172,7 @@ def _bucketed(core, options, policy, statics, structure, descs, split, call_user
         return None
     jitted, inner, out, bucket_outputs = entry
     length = buckets.traced_length(core, split.local_rows)
-    place = buckets.placer(core, descs, split, capacity, inner, length)
+    place = buckets.placer(descs, split, capacity, inner, length)
     return jitted, place, out, bucket_outputs
 
 
@@ -194,7 +184,7 @@ def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
     arrays = [index[a] for a, _ in pairs]
     counts = [index[c] for _, c in pairs]
     leaves = call.traced
-    why = first.check(where, options.reduce, descs, arrays, [leaves[c] for c in counts])
+    why = first.check(options.reduce, descs, arrays, [leaves[c] for c in counts])
     if why is None:
         rows = descs[arrays[0]].aval.shape[0]
         n = len(core.devices)

@@ -11,10 +11,6 @@ The numerics live here too: sums, means and products of float16/bfloat16
 accumulate and travel in float32; max/min of floats travel as integers in
 IEEE total order, so that NaN wins on every backend; `comm_dtype` compresses
 what travels, complex values as their real and imaginary parts.
-
-Called by: `function` (options), `plan` (outputs against the spec), `body`
-(the per-device accumulation and the final combine), `collectives`
-(``synk.reduce`` / ``synk.all_reduce``). Calls: ``jax.lax`` reductions.
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@ frozen `Leaf` records, from what a leaf is abstractly (its shape, dtype, weak
 type, and its sharding where it is already on the devices), and checks
 everything the user gave on the way. The plan and the body read only these
 records.
-
-Called by: `plan` (once per call signature). Calls: `signature` (each leaf's
-in_axes entry), `data` (synk.Data batch views).
 """
 
 from __future__ import annotations

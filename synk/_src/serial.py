@@ -40,7 +40,7 @@ class Serial:
 
         def serial(arrays):
             # synk's device axis bound at size 1: synk.lax acts as on one device.
-            with synk_lax.tracing(bound=True, rows=first):
+            with synk_lax.tracing(rows=first):
                 return synk_lax.on_one_device(call_user, arrays)
 
         return cls(jax.jit(serial), structure, outputs)

@@ -1,9 +1,4 @@
-"""The wrapped function's signature: binding a call, static arguments, in_axes.
-
-Called by: `function` (once per decorated function, and at every call to bind
-the arguments and take out the statics) and `roles` (each leaf's in_axes entry).
-Calls: `inspect` and ``jax.tree_util`` only.
-"""
+"""The wrapped function's signature: binding a call, static arguments, in_axes."""
 
 from __future__ import annotations
 

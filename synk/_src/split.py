@@ -14,10 +14,6 @@ its own devices:
 
 Gathered outputs are reassembled per process as ``concat(main rows, extra
 rows[:r])``, which is exactly the input order. One process is the case P = 1.
-
-Called by: `plan` (making the split), `body` (pieces, reassembling gathered
-rows), `placement` (host and device parts of an uneven batch), `data` (who
-takes which row). Calls: numpy and ``jax.lax`` only.
 """
 
 from __future__ import annotations

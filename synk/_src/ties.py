@@ -3,7 +3,7 @@
 ``jnp.max`` gives each of the T rows that hold the maximum 1/T of the
 derivative. Each device's function sees only its rows, so its own max shares
 among its own tied rows, and the devices' values alone do not tell how many
-rows each device's winner stands for. Weighing the devices equally gave
+rows each device's winner stands for. Weighing the devices equally would give
 ``[1/4, 1/4, 1/2]`` for three tied rows, two on one device.
 
 So under differentiation (a custom JVP around the per-device body, nothing on

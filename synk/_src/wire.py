@@ -27,7 +27,7 @@ def widened(dtype) -> np.dtype:
 
 
 def cast(x: jax.Array, dtype) -> jax.Array:
-    """`x` in `dtype`; no op at all when it already is (the float32 path stays as it was)."""
+    """`x` in `dtype`; no op at all when it already is, so the float32 path gains none."""
     return x if x.dtype == dtype else x.astype(dtype)
 
 
