@@ -45,7 +45,9 @@ validated once (`core`, `options`); devices, processes and the mesh
 (`runtime`); ``f.serial`` (`serial`); device-resident data and its batch
 views (`data`, `shards`, `indices`); collectives on per-device values
 (`collectives`) and inside a function (`lax`); every private JAX access
-(`compat`); ``synk bench`` (`commands`, `bench`).
+(`compat`); ``synk bench`` (`bench`). A check that refuses several leaves names
+them all in one error (`refusals`), and synk's frames are left out of its
+traceback (`compat.api_boundary`).
 """
 
 from __future__ import annotations
