@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, runtime
 from synk._src import reduce as red
-from synk._src.runtime import AXIS
+from synk._src.axis import AXIS
 
 
 def _mesh() -> jax.sharding.Mesh:

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, indices, runtime, wire
-from synk._src.runtime import AXIS
+from synk._src.axis import AXIS
 from synk._src.shards import ShardLayout
 
 

@@ -35,9 +35,9 @@ from jax.sharding import PartitionSpec as P
 
 from synk._src import indices, placement, shards
 from synk._src import lax as synk_lax
+from synk._src.axis import AXIS
 from synk._src.layout import spec
 from synk._src.roles import Leaf, Role, Source, View
-from synk._src.runtime import AXIS
 from synk._src.split import Pad
 
 # --------------------------------------------------------------------------

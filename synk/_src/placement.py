@@ -24,9 +24,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, indices, shards
+from synk._src.axis import AXIS
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
-from synk._src.runtime import AXIS
 from synk._src.split import Split, device_parts, host_parts
 
 # --------------------------------------------------------------------------

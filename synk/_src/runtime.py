@@ -21,9 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, processes
-
-AXIS = "synk"
-"""The mesh axis name every synk collective runs over."""
+from synk._src.axis import AXIS
 
 # What `init` set up, so that a second call with the same request is a no-op
 # and one with a different request is an error instead of being ignored.
