@@ -29,7 +29,7 @@ The map of a call, one module per step, in call order:
    jit as they are (its in_shardings place them), or padded; device arrays
    already laid out pass through; synk.Data views hand over their data and
    indices.
-5. The executable runs; on CPU, `runtime.throttle` bounds the calls in flight.
+5. The executable runs; on CPU, `throttle` bounds the calls in flight.
    What the function wrote into NNX Variables is written back to the caller's
    (`partition.Call.write_back`), and static outputs are put back
    (`outputs.Outputs`).
@@ -46,13 +46,14 @@ from typing import Any, overload
 
 import jax
 
-from synk._src import compat, first, processes, runtime, serial
+from synk._src import compat, first, processes, serial
 from synk._src import lax as synk_lax
 from synk._src.buckets import Policy
 from synk._src.core import Core
 from synk._src.options import Options
 from synk._src.partition import partition
 from synk._src.plan import Plan
+from synk._src.throttle import throttle
 
 # --------------------------------------------------------------------------
 # The decorator
@@ -236,7 +237,7 @@ class Function:
             processes.agree(core.where, plan.description, plan.digest, plan.values(leaves))
         out = plan.jitted(*(leaves if plan.place is list else plan.place(leaves)))
         if plan.eager:  # inside a trace the outer executable is what runs
-            runtime.throttle(out[0] if out else None, core.platform)
+            throttle(out[0] if out else None, core.platform)
         result, new = jax.tree_util.tree_unflatten(plan.out.treedef, out)
         if new:  # Flax NNX Variables the function wrote into
             call.write_back(new, plan.structure)
