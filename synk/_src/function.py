@@ -8,7 +8,7 @@ The map of a call, one module per step, in call order:
    arrays and plain Python numbers traced, the fields of objects static,
    Flax NNX Variables as state), and looks up a plan by the key.
 2. On a miss, `plan.Plan.build`:
-   - several processes agree on the call (`processes`);
+   - several processes agree on the call (`agreement`);
    - each traced leaf gets its role, sliced, broadcast or per-device (`roles`);
    - with no ``reduce`` (the default path, `partitioned`): the whole function
      is compiled for the whole batch, sharded over the devices, an uneven
@@ -24,7 +24,7 @@ The map of a call, one module per step, in call order:
      (`buckets`): the bucket's executable, built at its first length, runs
      each device's real rows as pieces of a fixed ladder; a new length gets
      only its own placer, which deals and pads the rows.
-3. A hit with several processes agrees on the call (one hash, `processes`).
+3. A hit with several processes agrees on the call (one hash, `agreement`).
 4. ``plan.place`` carries out what was decided per leaf: host arrays go to
    jit as they are (its in_shardings place them), or padded; device arrays
    already laid out pass through; synk.Data views hand over their data and
@@ -46,7 +46,7 @@ from typing import Any, overload
 
 import jax
 
-from synk._src import compat, first, processes, serial
+from synk._src import agreement, allgather, compat, first, roles, serial
 from synk._src import lax as synk_lax
 from synk._src.buckets import Policy
 from synk._src.core import Core
@@ -220,7 +220,8 @@ class Function:
             # An eager jax.grad or vmap under several processes: host arrays are
             # still each process's share, as in an eager call; gathered whole, the
             # call goes on as inside a trace, where every value is global.
-            call.traced = leaves = processes.gather_shares(core, dyn, call)
+            traced, _ = roles.entries(core, dyn, call, call.structure())
+            call.traced = leaves = allgather.shares(core.where, traced)
             key = (*key, "gathered")
         plan = core.cache.get(key)
         share = True
@@ -234,7 +235,7 @@ class Function:
                 return self(*first.concrete(args), **first.concrete(kwargs))
             plan = core.cache[key] = Plan.build(core, self._options, statics, dyn, call, share)
         elif plan.digest is not None:  # several processes: all must make this same call
-            processes.agree(core.where, plan.description, plan.digest, plan.values(leaves))
+            agreement.agree(core.where, plan.description, plan.digest, plan.values(leaves))
         out = plan.jitted(*(leaves if plan.place is list else plan.place(leaves)))
         if plan.eager:  # inside a trace the outer executable is what runs
             throttle(out[0] if out else None, core.platform)

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, processes
+from synk._src import allgather, compat, launch
 from synk._src.axis import AXIS
 
 # What `init` set up, so that a second call with the same request is a no-op
@@ -74,7 +74,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
     if cpu_devices is None:
         cpu_devices = _env_cpu_devices()
     if distributed is None:
-        distributed = processes.launched_ranks() > 1
+        distributed = launch.launched_ranks() > 1
     request = {"cpu_devices": cpu_devices, "distributed": bool(distributed)}
     with _lock:
         if _state:
@@ -91,7 +91,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
             if cpu_devices is not None:
                 jax.config.update("jax_num_cpu_devices", cpu_devices)
             if distributed:
-                processes.start_distributed()
+                launch.start_distributed()
         _state.update(request)
 
 
@@ -276,7 +276,7 @@ def global_batch(x, axis: int = 0):
             shape[ax] *= count
             sharding = NamedSharding(mesh_, P(*spec))
             return jax.make_array_from_process_local_data(sharding, leaf, tuple(shape))
-        whole = processes.gather_rows(leaf, ax) if count > 1 else leaf
+        whole = allgather.rows(leaf, ax) if count > 1 else leaf
         replicated = NamedSharding(mesh_, P())
         return jax.make_array_from_callback(whole.shape, replicated, lambda i: whole[i])
 

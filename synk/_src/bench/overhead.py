@@ -14,7 +14,7 @@ comparison for a conv-net step (`workloads.cnn_step`) on numpy batches.
 
 Called by ``cli`` (`run`). Calls ``workloads`` for the step and its
 hand-written forms, ``harness`` to check and time them, ``report`` for the
-tables, and ``synk._src.processes`` for the per-call check.
+tables, and ``synk._src.agreement`` for the per-call check.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 import synk
-from synk._src import processes
+from synk._src import agreement
 from synk._src.bench.harness import check_close, measure, paired, stats, time_block
 from synk._src.bench.report import machine, print_stats, print_table
 from synk._src.bench.workloads import (
@@ -225,7 +225,7 @@ def _pmap_case(devices, params, x, y) -> Case:
 
 def _unchecked_case(params, x, y, xs, ys) -> Case:
     """synk without the per-call check that every process makes the same call."""
-    with processes.checking(False):  # the check is fixed when a call is first planned
+    with agreement.checking(False):  # the check is fixed when a call is first planned
         f = synk.function(train_step, in_axes=(None, 0, 0))
         check_close("unchecked", f(params, xs, ys), jax.jit(train_step)(params, x, y))
     return ("synk, numpy, no call check", lambda: f(params, xs, ys), None)
@@ -274,10 +274,10 @@ def _check(cases: list[Case], quiet: bool) -> None:
 def check_alone_us(calls: int = 2000) -> float:
     """Microseconds of the per-call cross-process check alone (every process runs it)."""
     text = "synk bench: the same call everywhere"
-    digest = processes.signature_hash(text)
-    processes.agree("synk bench", text, digest)
+    digest = agreement.signature_hash(text)
+    agreement.agree("synk bench", text, digest)
     samples = [
-        time_block(lambda: processes.agree("synk bench", text, digest), calls // 5)
+        time_block(lambda: agreement.agree("synk bench", text, digest), calls // 5)
         for _ in range(5)
     ]
     return float(np.median(samples) * 1e6)
