@@ -85,7 +85,20 @@ class Data:
         if old is not None:
             old.delete()
 
-    def _live(self, where: str = "this synk.Data") -> jax.Array:
+    # ---------------------------------------------------------------- public
+
+    @property
+    def devices(self) -> tuple[jax.Device, ...]:
+        """The devices that hold the data, in mesh order (every device synk runs on)."""
+        return self._devices
+
+    @property
+    def array(self) -> jax.Array | None:
+        """The ``jax.Array`` on the devices (shards padded to equal length); None once deleted."""
+        return self._array
+
+    def live_array(self, where: str = "this synk.Data") -> jax.Array:
+        """`array`; a RuntimeError naming `where` once deleted (`delete`)."""
         if self._array is None:
             raise RuntimeError(
                 f"{where} was deleted (Data.delete()); its device memory is gone. Create a "
@@ -93,20 +106,18 @@ class Data:
             )
         return self._array
 
-    # ---------------------------------------------------------------- public
-
     @property
     def shape(self) -> tuple[int, ...]:
         """The data set's shape (rows first), as given."""
-        return (self._rows, *self._live().shape[1:])
+        return (self._rows, *self.live_array().shape[1:])
 
     @property
     def dtype(self) -> np.dtype:
-        return self._live().dtype
+        return self.live_array().dtype
 
     @property
     def ndim(self) -> int:
-        return self._live().ndim
+        return self.live_array().ndim
 
     @property
     def sharded(self) -> bool:
@@ -116,14 +127,14 @@ class Data:
     @property
     def nbytes(self) -> int:
         """Bytes held on each device."""
-        array = self._live()
+        array = self.live_array()
         per_device = array.shape[0] // len(self._devices) if self._sharded else array.shape[0]
         return per_device * math.prod(array.shape[1:]) * array.dtype.itemsize
 
     @property
     def rows_per_device(self) -> tuple[int, ...]:
         """Rows each device holds: all of them, or its shard (shards differ by at most 1)."""
-        self._live()
+        self.live_array()
         if self._sharded:
             return ShardLayout.of(self._rows, len(self._devices)).held
         return (self._rows,) * len(self._devices)
@@ -134,11 +145,11 @@ class Data:
         return ShardLayout.of(len(self), len(self._devices)) if self._sharded else None
 
     def __len__(self) -> int:
-        self._live()
+        self.live_array()
         return self._rows
 
     def __array__(self, dtype=None, copy=None):
-        array = self._live()
+        array = self.live_array()
         if not array.is_fully_addressable:
             from jax.experimental import multihost_utils
 
@@ -171,7 +182,7 @@ class Data:
           >>> X.shape
           (6, 2)
         """
-        dtype = self._live("set_value: this synk.Data").dtype
+        dtype = self.live_array("set_value: this synk.Data").dtype
         host = self._as_host(value, "Data.set_value(value)")
         if host.dtype != dtype and np.can_cast(host.dtype, dtype, casting="same_kind"):
             wire.check_fits(host, dtype, "Data.set_value(value)")
@@ -222,7 +233,7 @@ class Data:
           >>> np.asarray(jax.jit(lambda i: f(X[i]))(jnp.array([0, -1, 9])))  # 9: the last row
           array([12., 15.], dtype=float32)
         """
-        self._live()
+        self.live_array()
         if isinstance(idx, compat.Tracer):
             # No reach: a traced view lives inside one trace, which closes over the
             # data array it saw, so it never meets a later set_value (`Batch.fits`).
@@ -235,7 +246,7 @@ class Data:
     @property
     def local(self) -> _LocalIndexer:
         """``X.local[idx]``: each device indexes its own shard (sharded data only)."""
-        self._live()
+        self.live_array()
         if not self._sharded:
             raise ValueError(
                 "X.local[...] indexes each device's own shard, but this synk.Data is "
@@ -270,9 +281,7 @@ class _LocalIndexer:
             # and they hold unequal counts, so one index per device cannot take them.
             return data[:]
         if isinstance(idx, compat.Tracer):  # resolved in the trace, as X[idx] is
-            index = indices.traced_index(
-                idx, "X.local[idx]", local=True, devices=len(data._devices)
-            )
+            index = indices.traced_index(idx, "X.local[idx]", local=True, devices=len(data.devices))
             return Batch(data, index, local=True, rows=len(data), reach=0)
         index = indices.local_index(idx, data)
         return Batch(data, index, local=True, rows=len(data), reach=indices.local_reach(index))
@@ -305,7 +314,7 @@ class Batch:
     @property
     def shape(self) -> tuple[int, ...]:
         # Local rows: k per device (a traced local index may be one (k,) for all).
-        rows = self.index.shape[-1] * (len(self.data._devices) if self.local else 1)
+        rows = self.index.shape[-1] * (len(self.data.devices) if self.local else 1)
         return (rows, *self.data.shape[1:])
 
     @property
@@ -317,7 +326,7 @@ class Batch:
 
     def gathered(self) -> jax.Array:
         """The rows this batch picks, gathered by JAX (inside a trace: in the trace)."""
-        array = self.data._live("X[idx]: the synk.Data of this batch")
+        array = self.data.live_array("X[idx]: the synk.Data of this batch")
         index = indices.device_index(self)
         if self.local:  # device d's rows idx[d] of its shard, in device order
             n = len(self.data._devices)

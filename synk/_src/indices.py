@@ -143,7 +143,7 @@ def every_row(idx: slice) -> bool:
 
 
 def local_index(idx, data: Data) -> np.ndarray:
-    n, held = len(data._devices), np.array(data.rows_per_device)
+    n, held = len(data.devices), np.array(data.rows_per_device)
     if isinstance(idx, slice):
         traced_slice(idx, "X.local[idx]")
         if idx.step not in (None, 1):

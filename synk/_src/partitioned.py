@@ -202,9 +202,9 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
             for i in moved:
                 args[i] = placement.onto_mesh(core, leaves[i])
             for i, where in whole:
-                args[i] = leaves[i]._live(where)
+                args[i] = leaves[i].live_array(where)
             for i, where in named:
-                args[i] = leaves[i].data._live(where)
+                args[i] = leaves[i].data.live_array(where)
                 if args[views[i]] is None:  # not yet sent by a view with equal indices
                     args[views[i]] = indices.device_index(leaves[i])
             return args
@@ -234,9 +234,9 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
         for i, (action, x) in enumerate(zip(actions, leaves)):
             action.put(x, args, i)
         for i, where in whole:
-            args[i] = leaves[i]._live(where)
+            args[i] = leaves[i].live_array(where)
         for i, where in named:
-            args[i] = leaves[i].data._live(where)
+            args[i] = leaves[i].data.live_array(where)
             if args[views[i]] is None:  # not yet sent by a view with equal indices
                 index = leaves[i].index
                 args[views[i]] = pad[i].index(index) if i in pad else index

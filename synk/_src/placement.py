@@ -80,7 +80,7 @@ class _ViewIndices:
     parts: Callable | None  # each device's own requests, or None: the whole index
 
     def put(self, x, jit_args: list, i: int) -> None:
-        jit_args[i] = x.data._live(self.where)
+        jit_args[i] = x.data.live_array(self.where)
         if jit_args[self.slots[0]] is None:  # not yet sent by a view with equal indices
             parts = self.parts(x.index) if self.parts else [x.index]
             for slot, part in zip(self.slots, parts):
@@ -97,7 +97,7 @@ class _DataArray:
     where: str
 
     def put(self, x, jit_args: list, i: int) -> None:
-        jit_args[i] = x._live(self.where)
+        jit_args[i] = x.live_array(self.where)
 
 
 # --------------------------------------------------------------------------
@@ -143,10 +143,10 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
         for i in moved:
             jit_args[i] = onto_mesh(core, leaves[i])
         for i, where in whole:
-            jit_args[i] = leaves[i]._live(where)
+            jit_args[i] = leaves[i].live_array(where)
         for i, where in views:
             x = leaves[i]
-            jit_args[i] = x.data._live(where)
+            jit_args[i] = x.data.live_array(where)
             slot = layout.index[i][0]  # one slot: inside a trace an index travels whole
             if jit_args[slot] is None:  # not yet sent by a view with the same index
                 jit_args[slot] = indices.device_index(x)
