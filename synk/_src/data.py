@@ -3,12 +3,8 @@
 A `Data` is put on the devices once. ``X[idx]`` and ``X.local[idx]`` are lazy
 batch views: a `synk.Function` receives them in place of arrays, only the
 indices travel from host to device, and each device gathers its own rows on
-the device (a ``take`` from its copy, or `rows_from_shards` for sharded data,
-traced inside the function's body).
-
-Called by: `synk.data` and `X[idx]` (public), `roles` and `plan` (a view's
-record and key), `placement` (indices per device), `body` (rows gathered on
-the devices). Calls: `runtime` (devices, mesh), `split` (who takes which row).
+the device (a ``take`` from its copy, or `shards.rows_from_shards` for sharded
+data, traced inside the function's body; `take` for the serial reference).
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -283,7 +278,7 @@ class _LocalIndexer:
         if isinstance(idx, compat.Tracer):  # resolved in the trace, as X[idx] is
             index = indices.traced_index(idx, "X.local[idx]", local=True, devices=len(data.devices))
             return Batch(data, index, local=True, rows=len(data), reach=0)
-        index = indices.local_index(idx, data)
+        index = indices.local_index(idx, data.rows_per_device)
         return Batch(data, index, local=True, rows=len(data), reach=indices.local_reach(index))
 
 
@@ -294,7 +289,7 @@ class Batch:
     data: Data
     index: np.ndarray  # int32, read-only, never the caller's array: (k,) global rows,
     # or (n_devices, k) rows of each shard. Inside a trace, the caller's traced index
-    # as given, (k,), or (k,) or (n_devices, k) for local rows: `device_index` resolves it.
+    # as given, (k,), or (k,) or (n_devices, k) for local rows: `take.device_index` resolves it.
     local: bool
     rows: int  # the data's length when the view was made (its indices were checked for it)
     reach: int  # the fewest rows the data may have for every index to be in range
@@ -323,20 +318,6 @@ class Batch:
 
     def __len__(self) -> int:
         return self.shape[0]
-
-    def gathered(self) -> jax.Array:
-        """The rows this batch picks, gathered by JAX (inside a trace: in the trace)."""
-        array = self.data.live_array("X[idx]: the synk.Data of this batch")
-        index = indices.device_index(self)
-        if self.local:  # device d's rows idx[d] of its shard, in device order
-            n = len(self.data._devices)
-            shards = array.reshape((n, array.shape[0] // n, *array.shape[1:]))
-            return shards[jnp.arange(n)[:, None], index].reshape((-1, *array.shape[1:]))
-        layout = self.data.layout
-        if layout is not None:  # global rows of sharded data: where each one lies
-            owner, pos = layout.owner(index)
-            index = owner * layout.per + pos
-        return jnp.take(array, index, axis=0)
 
     def __array__(self, dtype=None, copy=None):
         """The rows this batch picks, on the host: what a function sees of it, whole."""

@@ -33,8 +33,8 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import indices, placement, shards
 from synk._src import lax as synk_lax
+from synk._src import placement, shards, take
 from synk._src.axis import AXIS
 from synk._src.layout import spec
 from synk._src.roles import Leaf, Role, Source, View
@@ -206,7 +206,7 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
             for i, where in named:
                 args[i] = leaves[i].data.live_array(where)
                 if args[views[i]] is None:  # not yet sent by a view with equal indices
-                    args[views[i]] = indices.device_index(leaves[i])
+                    args[views[i]] = take.device_index(leaves[i])
             return args
 
         return place_traced

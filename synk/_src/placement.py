@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, indices, shards
+from synk._src import compat, shards, take
 from synk._src.axis import AXIS
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
@@ -130,7 +130,7 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
 
 def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     """Inside a trace the outer jit places everything; views hand over their data
-    array and their index, resolved in the trace (`indices.device_index`)."""
+    array and their index, resolved in the trace (`take.device_index`)."""
     views = [
         (i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view is not None
     ]
@@ -149,7 +149,7 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
             jit_args[i] = x.data.live_array(where)
             slot = layout.index[i][0]  # one slot: inside a trace an index travels whole
             if jit_args[slot] is None:  # not yet sent by a view with the same index
-                jit_args[slot] = indices.device_index(x)
+                jit_args[slot] = take.device_index(x)
         return jit_args
 
     return place
