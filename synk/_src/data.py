@@ -3,8 +3,9 @@
 A `Data` is put on the devices once. ``X[idx]`` and ``X.local[idx]`` are lazy
 batch views: a `synk.Function` receives them in place of arrays, only the
 indices travel from host to device, and each device gathers its own rows on
-the device (a ``take`` from its copy, or `shards.rows_from_shards` for sharded
-data, traced inside the function's body; `take` for the serial reference).
+the device, traced inside the function's body (a ``jnp.take`` from its copy,
+or `shards.rows_from_shards` for sharded data). `take` resolves a view's index
+as the executable takes it, and takes its rows for ``f.serial``.
 """
 
 from __future__ import annotations
