@@ -16,8 +16,8 @@ from synk._src import compat
 from synk._src import lax as synk_lax
 from synk._src import outputs as synk_outputs
 from synk._src import reduce as red
+from synk._src.axis import AXIS
 from synk._src.roles import Leaf, Role
-from synk._src.runtime import AXIS
 from synk._src.split import Split
 
 

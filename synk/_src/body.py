@@ -28,9 +28,9 @@ from jax.sharding import PartitionSpec as P
 from synk._src import compat, shards, ties
 from synk._src import lax as synk_lax
 from synk._src import reduce as red
+from synk._src.axis import AXIS
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
-from synk._src.runtime import AXIS
 from synk._src.split import Split, reassemble
 
 

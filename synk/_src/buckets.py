@@ -46,9 +46,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from synk._src import reduce as red
+from synk._src.axis import AXIS
 from synk._src.body import Body
 from synk._src.roles import Leaf, Role, Source, View
-from synk._src.runtime import AXIS
 from synk._src.split import Split
 
 RATIO = 8  # each ladder size is an eighth of the one above

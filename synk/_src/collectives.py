@@ -19,8 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, runtime
 from synk._src import reduce as red
+from synk._src.axis import AXIS
 from synk._src.refusals import Refusals
-from synk._src.runtime import AXIS
+from synk._src.throttle import throttle
 
 
 def _mesh() -> jax.sharding.Mesh:
@@ -79,7 +80,7 @@ def _on_mesh(x: jax.Array, sharding: NamedSharding) -> jax.Array:
 
 def _dispatch(fn, leaves, treedef):
     out = fn(*leaves)
-    runtime.throttle(out[0] if out else None, runtime.devices()[0].platform)
+    throttle(out[0] if out else None, runtime.devices()[0].platform)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

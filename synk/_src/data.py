@@ -3,12 +3,9 @@
 A `Data` is put on the devices once. ``X[idx]`` and ``X.local[idx]`` are lazy
 batch views: a `synk.Function` receives them in place of arrays, only the
 indices travel from host to device, and each device gathers its own rows on
-the device (a ``take`` from its copy, or `rows_from_shards` for sharded data,
-traced inside the function's body).
-
-Called by: `synk.data` and `X[idx]` (public), `roles` and `plan` (a view's
-record and key), `placement` (indices per device), `body` (rows gathered on
-the devices). Calls: `runtime` (devices, mesh), `split` (who takes which row).
+the device, traced inside the function's body (a ``jnp.take`` from its copy,
+or `shards.rows_from_shards` for sharded data). `take` resolves a view's index
+as the executable takes it, and takes its rows for ``f.serial``.
 """
 
 from __future__ import annotations
@@ -17,13 +14,12 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from synk._src import compat, indices, runtime, wire
-from synk._src.runtime import AXIS
+from synk._src.axis import AXIS
 from synk._src.shards import ShardLayout
 
 
@@ -85,7 +81,20 @@ class Data:
         if old is not None:
             old.delete()
 
-    def _live(self, where: str = "this synk.Data") -> jax.Array:
+    # ---------------------------------------------------------------- public
+
+    @property
+    def devices(self) -> tuple[jax.Device, ...]:
+        """The devices that hold the data, in mesh order (every device synk runs on)."""
+        return self._devices
+
+    @property
+    def array(self) -> jax.Array | None:
+        """The ``jax.Array`` on the devices (shards padded to equal length); None once deleted."""
+        return self._array
+
+    def live_array(self, where: str = "this synk.Data") -> jax.Array:
+        """`array`; a RuntimeError naming `where` once deleted (`delete`)."""
         if self._array is None:
             raise RuntimeError(
                 f"{where} was deleted (Data.delete()); its device memory is gone. Create a "
@@ -93,20 +102,18 @@ class Data:
             )
         return self._array
 
-    # ---------------------------------------------------------------- public
-
     @property
     def shape(self) -> tuple[int, ...]:
         """The data set's shape (rows first), as given."""
-        return (self._rows, *self._live().shape[1:])
+        return (self._rows, *self.live_array().shape[1:])
 
     @property
     def dtype(self) -> np.dtype:
-        return self._live().dtype
+        return self.live_array().dtype
 
     @property
     def ndim(self) -> int:
-        return self._live().ndim
+        return self.live_array().ndim
 
     @property
     def sharded(self) -> bool:
@@ -116,14 +123,14 @@ class Data:
     @property
     def nbytes(self) -> int:
         """Bytes held on each device."""
-        array = self._live()
+        array = self.live_array()
         per_device = array.shape[0] // len(self._devices) if self._sharded else array.shape[0]
         return per_device * math.prod(array.shape[1:]) * array.dtype.itemsize
 
     @property
     def rows_per_device(self) -> tuple[int, ...]:
         """Rows each device holds: all of them, or its shard (shards differ by at most 1)."""
-        self._live()
+        self.live_array()
         if self._sharded:
             return ShardLayout.of(self._rows, len(self._devices)).held
         return (self._rows,) * len(self._devices)
@@ -134,11 +141,11 @@ class Data:
         return ShardLayout.of(len(self), len(self._devices)) if self._sharded else None
 
     def __len__(self) -> int:
-        self._live()
+        self.live_array()
         return self._rows
 
     def __array__(self, dtype=None, copy=None):
-        array = self._live()
+        array = self.live_array()
         if not array.is_fully_addressable:
             from jax.experimental import multihost_utils
 
@@ -171,7 +178,7 @@ class Data:
           >>> X.shape
           (6, 2)
         """
-        dtype = self._live("set_value: this synk.Data").dtype
+        dtype = self.live_array("set_value: this synk.Data").dtype
         host = self._as_host(value, "Data.set_value(value)")
         if host.dtype != dtype and np.can_cast(host.dtype, dtype, casting="same_kind"):
             wire.check_fits(host, dtype, "Data.set_value(value)")
@@ -222,7 +229,7 @@ class Data:
           >>> np.asarray(jax.jit(lambda i: f(X[i]))(jnp.array([0, -1, 9])))  # 9: the last row
           array([12., 15.], dtype=float32)
         """
-        self._live()
+        self.live_array()
         if isinstance(idx, compat.Tracer):
             # No reach: a traced view lives inside one trace, which closes over the
             # data array it saw, so it never meets a later set_value (`Batch.fits`).
@@ -235,7 +242,7 @@ class Data:
     @property
     def local(self) -> _LocalIndexer:
         """``X.local[idx]``: each device indexes its own shard (sharded data only)."""
-        self._live()
+        self.live_array()
         if not self._sharded:
             raise ValueError(
                 "X.local[...] indexes each device's own shard, but this synk.Data is "
@@ -270,11 +277,9 @@ class _LocalIndexer:
             # and they hold unequal counts, so one index per device cannot take them.
             return data[:]
         if isinstance(idx, compat.Tracer):  # resolved in the trace, as X[idx] is
-            index = indices.traced_index(
-                idx, "X.local[idx]", local=True, devices=len(data._devices)
-            )
+            index = indices.traced_index(idx, "X.local[idx]", local=True, devices=len(data.devices))
             return Batch(data, index, local=True, rows=len(data), reach=0)
-        index = indices.local_index(idx, data)
+        index = indices.local_index(idx, data.rows_per_device)
         return Batch(data, index, local=True, rows=len(data), reach=indices.local_reach(index))
 
 
@@ -285,7 +290,7 @@ class Batch:
     data: Data
     index: np.ndarray  # int32, read-only, never the caller's array: (k,) global rows,
     # or (n_devices, k) rows of each shard. Inside a trace, the caller's traced index
-    # as given, (k,), or (k,) or (n_devices, k) for local rows: `device_index` resolves it.
+    # as given, (k,), or (k,) or (n_devices, k) for local rows: `take.device_index` resolves it.
     local: bool
     rows: int  # the data's length when the view was made (its indices were checked for it)
     reach: int  # the fewest rows the data may have for every index to be in range
@@ -305,7 +310,7 @@ class Batch:
     @property
     def shape(self) -> tuple[int, ...]:
         # Local rows: k per device (a traced local index may be one (k,) for all).
-        rows = self.index.shape[-1] * (len(self.data._devices) if self.local else 1)
+        rows = self.index.shape[-1] * (len(self.data.devices) if self.local else 1)
         return (rows, *self.data.shape[1:])
 
     @property
@@ -314,20 +319,6 @@ class Batch:
 
     def __len__(self) -> int:
         return self.shape[0]
-
-    def gathered(self) -> jax.Array:
-        """The rows this batch picks, gathered by JAX (inside a trace: in the trace)."""
-        array = self.data._live("X[idx]: the synk.Data of this batch")
-        index = indices.device_index(self)
-        if self.local:  # device d's rows idx[d] of its shard, in device order
-            n = len(self.data._devices)
-            shards = array.reshape((n, array.shape[0] // n, *array.shape[1:]))
-            return shards[jnp.arange(n)[:, None], index].reshape((-1, *array.shape[1:]))
-        layout = self.data.layout
-        if layout is not None:  # global rows of sharded data: where each one lies
-            owner, pos = layout.owner(index)
-            index = owner * layout.per + pos
-        return jnp.take(array, index, axis=0)
 
     def __array__(self, dtype=None, copy=None):
         """The rows this batch picks, on the host: what a function sees of it, whole."""

@@ -8,7 +8,7 @@ The map of a call, one module per step, in call order:
    arrays and plain Python numbers traced, the fields of objects static,
    Flax NNX Variables as state), and looks up a plan by the key.
 2. On a miss, `plan.Plan.build`:
-   - several processes agree on the call (`processes`);
+   - several processes agree on the call (`agreement`);
    - each traced leaf gets its role, sliced, broadcast or per-device (`roles`);
      a static number that keeps changing is warned about (`recompiles`);
    - with no ``reduce`` (the default path, `partitioned`): the whole function
@@ -27,12 +27,12 @@ The map of a call, one module per step, in call order:
      each device's real rows as pieces of a fixed ladder; a new length gets
      only its own placer, which deals and pads the rows. Inside a trace,
      ``synk.first_rows`` batches (`first`) take a bucket's executable too.
-3. A hit with several processes agrees on the call (one hash, `processes`).
+3. A hit with several processes agrees on the call (one hash, `agreement`).
 4. ``plan.place`` carries out what was decided per leaf: host arrays go to
    jit as they are (its in_shardings place them), or padded; device arrays
    already laid out pass through; synk.Data views hand over their data and
    indices.
-5. The executable runs; on CPU, `runtime.throttle` bounds the calls in flight.
+5. The executable runs; on CPU, `throttle` bounds the calls in flight.
    What the function wrote into NNX Variables is written back to the caller's
    (`partition.Call.write_back`), and static outputs are put back
    (`outputs.Outputs`).
@@ -42,8 +42,10 @@ dict lookup, the placement, one jit dispatch and one ``tree_unflatten``.
 
 Beside a call: what a Function and its ``with_options`` variants share,
 validated once (`core`, `options`); devices, processes and the mesh
-(`runtime`); ``f.serial`` (`serial`); device-resident data and its batch
-views (`data`, `shards`, `indices`); collectives on per-device values
+(`runtime`, with `launch` starting jax.distributed, `allgather` for host
+gathers between processes and `axis` the mesh axis name); ``f.serial``
+(`serial`); device-resident data and its batch views (`data`, `shards`,
+`indices`, and `take` for rows taken on the devices); collectives on per-device values
 (`collectives`) and inside a function (`lax`); every private JAX access
 (`compat`); ``synk bench`` (`bench`). A check that refuses several leaves names
 them all in one error (`refusals`), and synk's frames are left out of its
@@ -58,13 +60,14 @@ from typing import Any, overload
 
 import jax
 
-from synk._src import compat, first, processes, runtime, serial
+from synk._src import agreement, allgather, compat, first, roles, serial
 from synk._src import lax as synk_lax
 from synk._src.buckets import Policy
 from synk._src.core import Core
 from synk._src.options import Options
 from synk._src.partition import partition
 from synk._src.plan import Plan
+from synk._src.throttle import throttle
 
 # --------------------------------------------------------------------------
 # The decorator
@@ -233,7 +236,8 @@ class Function:
             # An eager jax.grad or vmap under several processes: host arrays are
             # still each process's share, as in an eager call; gathered whole, the
             # call goes on as inside a trace, where every value is global.
-            call.traced = leaves = processes.gather_shares(core, dyn, call)
+            traced, _ = roles.entries(core, dyn, call, call.structure())
+            call.traced = leaves = allgather.shares(core.where, traced)
             key = (*key, "gathered")
         plan = core.cache.get(key)
         share = True
@@ -248,10 +252,10 @@ class Function:
                 return self(*first.concrete(args), **first.concrete(kwargs))
             plan = core.cache[key] = Plan.build(core, self._options, statics, dyn, call, share)
         elif plan.digest is not None:  # several processes: all must make this same call
-            processes.agree(core.where, plan.description, plan.digest, plan.values(leaves))
+            agreement.agree(core.where, plan.description, plan.digest, plan.values(leaves))
         out = plan.jitted(*(leaves if plan.place is list else plan.place(leaves)))
         if plan.eager:  # inside a trace the outer executable is what runs
-            runtime.throttle(out[0] if out else None, core.platform)
+            throttle(out[0] if out else None, core.platform)
         result, new = jax.tree_util.tree_unflatten(plan.out.treedef, out)
         if new:  # Flax NNX Variables the function wrote into
             call.write_back(new, plan.structure)

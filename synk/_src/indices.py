@@ -1,21 +1,11 @@
-"""Indices of synk.Data batch views: validated, wrapped and frozen once, at ``X[idx]``.
-
-Called by: `data` (``X[idx]`` and ``X.local[idx]``), `placement` (a traced
-view's index, resolved in the trace). Calls: numpy and ``jax.numpy`` only.
-"""
+"""Indices of synk.Data batch views: validated, wrapped and frozen once, at ``X[idx]``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from synk._src import compat
-
-if TYPE_CHECKING:  # data imports this module
-    from synk._src.data import Batch, Data
 
 
 def as_index_array(idx, what: str) -> np.ndarray:
@@ -117,33 +107,13 @@ def traced_slice(idx: slice, what: str) -> None:
         )
 
 
-def device_index(view: Batch):
-    """The view's indices as the executable takes them: in range, int32.
-
-    An index checked on the host already is. A traced one is resolved in the
-    trace as ``x[idx]`` resolves it under ``jax.jit``: negative indices wrap
-    once, then indices still out of range are clamped.
-    """
-    index = view.index
-    if not view.traced:
-        return index
-    if view.local:
-        held = jnp.asarray(view.data.rows_per_device, np.int32)[:, None]
-        index = jnp.broadcast_to(index, (len(held), index.shape[-1]))
-    else:
-        held = view.rows
-    wide = index.astype(jnp.promote_types(index.dtype, jnp.int32))  # wraps without overflow
-    wide = jnp.where(wide < 0, wide + held, wide)
-    return jnp.clip(wide, 0, jnp.maximum(held - 1, 0)).astype(jnp.int32)
-
-
 def every_row(idx: slice) -> bool:
     """Whether a slice takes every row, whatever the length (``[:]``, ``[0:]``)."""
     return idx.start in (None, 0) and idx.stop is None and idx.step in (None, 1)
 
 
-def local_index(idx, data: Data) -> np.ndarray:
-    n, held = len(data._devices), np.array(data.rows_per_device)
+def local_index(idx, rows_per_device: tuple[int, ...]) -> np.ndarray:
+    n, held = len(rows_per_device), np.array(rows_per_device)
     if isinstance(idx, slice):
         traced_slice(idx, "X.local[idx]")
         if idx.step not in (None, 1):

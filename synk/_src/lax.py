@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from synk._src.runtime import AXIS
+from synk._src.axis import AXIS
 
 
 class _Trace(threading.local):

@@ -13,8 +13,8 @@ import dataclasses
 
 from jax.sharding import PartitionSpec as P
 
+from synk._src.axis import AXIS
 from synk._src.roles import Leaf, Role, View
-from synk._src.runtime import AXIS
 from synk._src.split import Split
 
 

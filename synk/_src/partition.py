@@ -309,7 +309,7 @@ def leaf_key(x):
     if t in NUMBERS:
         return t
     if is_batch(t):
-        array = x.data._array
+        array = x.data.array
         if array is None:
             return (t, id(x))  # deleted: the plan refuses it, naming the argument
         layout = x.data.layout  # sharded rows: the owner of a row depends on the count
@@ -320,7 +320,7 @@ def leaf_key(x):
             return (*key, "traced")
         return (*key, x.fits())
     if is_data(t):
-        array = x._array
+        array = x.array
         if array is None:
             return (t, id(x))  # deleted: the plan refuses it, naming the argument
         return (t, array.shape, array.dtype, array.sharding, x.sharded)

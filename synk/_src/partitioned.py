@@ -33,11 +33,11 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import indices, placement, shards
 from synk._src import lax as synk_lax
+from synk._src import placement, shards, take
+from synk._src.axis import AXIS
 from synk._src.layout import spec
 from synk._src.roles import Leaf, Role, Source, View
-from synk._src.runtime import AXIS
 from synk._src.split import Pad
 
 # --------------------------------------------------------------------------
@@ -202,11 +202,11 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
             for i in moved:
                 args[i] = placement.onto_mesh(core, leaves[i])
             for i, where in whole:
-                args[i] = leaves[i]._live(where)
+                args[i] = leaves[i].live_array(where)
             for i, where in named:
-                args[i] = leaves[i].data._live(where)
+                args[i] = leaves[i].data.live_array(where)
                 if args[views[i]] is None:  # not yet sent by a view with equal indices
-                    args[views[i]] = indices.device_index(leaves[i])
+                    args[views[i]] = take.device_index(leaves[i])
             return args
 
         return place_traced
@@ -234,9 +234,9 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
         for i, (action, x) in enumerate(zip(actions, leaves)):
             action.put(x, args, i)
         for i, where in whole:
-            args[i] = leaves[i]._live(where)
+            args[i] = leaves[i].live_array(where)
         for i, where in named:
-            args[i] = leaves[i].data._live(where)
+            args[i] = leaves[i].data.live_array(where)
             if args[views[i]] is None:  # not yet sent by a view with equal indices
                 index = leaves[i].index
                 args[views[i]] = pad[i].index(index) if i in pad else index

@@ -19,10 +19,10 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, indices, shards
+from synk._src import compat, shards, take
+from synk._src.axis import AXIS
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
-from synk._src.runtime import AXIS
 from synk._src.split import Split, device_parts, host_parts
 
 # --------------------------------------------------------------------------
@@ -76,7 +76,7 @@ class _ViewIndices:
     parts: Callable | None  # each device's own requests, or None: the whole index
 
     def put(self, x, jit_args: list, i: int) -> None:
-        jit_args[i] = x.data._live(self.where)
+        jit_args[i] = x.data.live_array(self.where)
         if jit_args[self.slots[0]] is None:  # not yet sent by a view with equal indices
             parts = self.parts(x.index) if self.parts else [x.index]
             for slot, part in zip(self.slots, parts):
@@ -93,7 +93,7 @@ class _DataArray:
     where: str
 
     def put(self, x, jit_args: list, i: int) -> None:
-        jit_args[i] = x._live(self.where)
+        jit_args[i] = x.live_array(self.where)
 
 
 # --------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
 
 def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     """Inside a trace the outer jit places everything; views hand over their data
-    array and their index, resolved in the trace (`indices.device_index`)."""
+    array and their index, resolved in the trace (`take.device_index`)."""
     views = [
         (i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view is not None
     ]
@@ -139,13 +139,13 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
         for i in moved:
             jit_args[i] = onto_mesh(core, leaves[i])
         for i, where in whole:
-            jit_args[i] = leaves[i]._live(where)
+            jit_args[i] = leaves[i].live_array(where)
         for i, where in views:
             x = leaves[i]
-            jit_args[i] = x.data._live(where)
+            jit_args[i] = x.data.live_array(where)
             slot = layout.index[i][0]  # one slot: inside a trace an index travels whole
             if jit_args[slot] is None:  # not yet sent by a view with the same index
-                jit_args[slot] = indices.device_index(x)
+                jit_args[slot] = take.device_index(x)
         return jit_args
 
     return place

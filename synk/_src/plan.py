@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from synk._src import agreement, buckets, compat, first, partition, partitioned, placement
 from synk._src import body as synk_body
-from synk._src import buckets, compat, first, partition, partitioned, placement, processes
 from synk._src import data as synk_data
 from synk._src import outputs as synk_outputs
 from synk._src import reduce as red
@@ -60,20 +60,20 @@ class Plan:
         whole = options.reduce is None
         shared = equal_indices(leaves) if share else {}
         traced_entries, names = entries(core, dyn, call, structure)
-        description = processes.describe_call(
+        description = agreement.describe_call(
             options, statics, names, structure, traced_entries, shared
         )
         traced = any(_is_traced(x) for x in leaves)
         digest, checked = None, ()
-        if core.groups > 1 and processes.CHECK_CALLS and not traced:
+        if core.groups > 1 and agreement.CHECK_CALLS and not traced:
             # Agree before any check can raise, so every process raises alike.
-            digest = processes.signature_hash(description)
+            digest = agreement.signature_hash(description)
             checked = tuple(
                 (k, name)
                 for k, (name, leaf, _) in enumerate(traced_entries)
                 if type(leaf) in partition.NUMBERS or type(leaf) is synk_data.Batch
             )
-            processes.agree(core.where, description, digest, agreed_values(checked, leaves))
+            agreement.agree(core.where, description, digest, agreed_values(checked, leaves))
         descs = describe_leaves(core, traced_entries, traced)
         descs = [dataclasses.replace(d, shares=shared.get(i)) for i, d in enumerate(descs)]
         core.recompiles.note(core.where, structure, names, call)

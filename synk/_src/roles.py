@@ -160,7 +160,7 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
 
 def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) -> Leaf:
     where, data = core.where, view.data
-    array = data._live(f"{where}: argument `{name}` is a batch of a synk.Data that")
+    array = data.live_array(f"{where}: argument `{name}` is a batch of a synk.Data that")
     if traced and not (array.is_fully_addressable or array.is_fully_replicated):
         # Inside a trace the data array is a constant of the user's function, which
         # JAX embeds in the program: no process can embed rows it does not hold.
@@ -171,7 +171,7 @@ def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) 
             f"along its rows, but its in_axes entry is {entry!r}. Give it in_axes 0, or pass "
             "np.asarray(X) (the whole data set) to broadcast it."
         )
-    if data._devices != core.devices:
+    if data.devices != core.devices:
         raise ValueError(_other_devices_error(where, name, data, core))
     if not view.fits():
         raise IndexError(_stale_view_error(where, name, view))
@@ -183,7 +183,7 @@ def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) 
 def _describe_data(core, name: str, data: synk_data.Data, entry) -> Leaf:
     """A whole synk.Data: broadcast, its device array used as it lies (no transfer)."""
     where = core.where
-    array = data._live(f"{where}: argument `{name}` is a synk.Data that")
+    array = data.live_array(f"{where}: argument `{name}` is a synk.Data that")
     if entry is not None:
         raise ValueError(
             f"{where}: argument `{name}` is a whole synk.Data, which is broadcast (every "
@@ -198,7 +198,7 @@ def _describe_data(core, name: str, data: synk_data.Data, entry) -> Leaf:
             "Pass a batch of it, D[:] (every row, split over the devices) with in_axes 0, or "
             "make it replicated: synk.data(value)."
         )
-    if data._devices != core.devices:
+    if data.devices != core.devices:
         raise ValueError(_other_devices_error(where, name, data, core))
     aval = jax.ShapeDtypeStruct(array.shape, array.dtype)
     return Leaf(name, Role.BROADCAST, None, aval, Source.DATA, array.sharding)
@@ -210,7 +210,7 @@ def _describe_data(core, name: str, data: synk_data.Data, entry) -> Leaf:
 
 def _other_devices_error(where: str, name: str, data, core) -> str:
     return (
-        f"{where}: argument `{name}` is a batch of a synk.Data on {len(data._devices)} "
+        f"{where}: argument `{name}` is a batch of a synk.Data on {len(data.devices)} "
         f"devices, but this function runs on {len(core.devices)} devices "
         f"({[d.id for d in core.devices]}). Use a function on every device "
         "(devices=None)."
@@ -222,7 +222,7 @@ def _stale_view_error(where: str, name: str, view: synk_data.Batch) -> str:
     if view.local:
         reach = (
             f"its indices into each device's shard need at least {view.reach} rows dealt "
-            f"over {len(view.data._devices)} devices"
+            f"over {len(view.data.devices)} devices"
         )
         remake = "X.local[idx] with indices below each device's X.rows_per_device"
     else:

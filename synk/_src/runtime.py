@@ -2,15 +2,10 @@
 
 Nothing here touches a JAX backend at import time: the backend starts on the
 first call that needs devices, after `init` has had its chance to configure it.
-
-Called by: `synk.init` and the device queries (public), `function` (devices, mesh,
-the in-flight bound), `data` and `collectives` (devices, mesh). Calls:
-`processes` (jax.distributed), `compat` (has the backend started?).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import os
 import threading
@@ -20,10 +15,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from synk._src import compat, processes
-
-AXIS = "synk"
-"""The mesh axis name every synk collective runs over."""
+from synk._src import allgather, compat, launch
+from synk._src.axis import AXIS
 
 # What `init` set up, so that a second call with the same request is a no-op
 # and one with a different request is an error instead of being ignored.
@@ -81,7 +74,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
     if cpu_devices is None:
         cpu_devices = _env_cpu_devices()
     if distributed is None:
-        distributed = processes.launched_ranks() > 1
+        distributed = launch.launched_ranks() > 1
     request = {"cpu_devices": cpu_devices, "distributed": bool(distributed)}
     with _lock:
         if _state:
@@ -98,7 +91,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
             if cpu_devices is not None:
                 jax.config.update("jax_num_cpu_devices", cpu_devices)
             if distributed:
-                processes.start_distributed()
+                launch.start_distributed()
         _state.update(request)
 
 
@@ -283,7 +276,7 @@ def global_batch(x, axis: int = 0):
             shape[ax] *= count
             sharding = NamedSharding(mesh_, P(*spec))
             return jax.make_array_from_process_local_data(sharding, leaf, tuple(shape))
-        whole = processes.gather_rows(leaf, ax) if count > 1 else leaf
+        whole = allgather.rows(leaf, ax) if count > 1 else leaf
         replicated = NamedSharding(mesh_, P())
         return jax.make_array_from_callback(whole.shape, replicated, lambda i: whole[i])
 
@@ -336,52 +329,3 @@ def mesh(devs: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
     # Mesh (not make_mesh) keeps the Auto axis type: inputs we place ourselves
     # are never rejected for a sharding that differs from in_specs.
     return jax.sharding.Mesh(np.array(devs, dtype=object), (AXIS,))
-
-
-# XLA's CPU collectives rendezvous every device of a call; with too many
-# calls queued the rendezvous times out and aborts the process (seen at ~60
-# calls in flight, and sooner when other jitted work, an optimiser update,
-# runs between our calls: only our calls are counted here; with 24 of ours a
-# loop of a synk gradient and a jitted update aborts, with 16 it completes,
-# also two such loops side by side). So at most 16 of ours run at once.
-#
-# We hold one output of each call. Once 16 are held, those that finished
-# (or that the user deleted or donated since: blocking on a deleted buffer
-# raises) are let go; only if 12 or more are still running do we wait, for
-# all but the newest 4 (calls run in order). A loop that waits for its
-# results itself never waits here, and waiting, which costs the calling
-# thread CPU on an oversubscribed machine, happens once per 12 calls at most.
-_MAX_IN_FLIGHT = 16
-_KEEP = 4
-_in_flight: collections.deque = collections.deque()
-
-
-def throttle(leaf, platform: str) -> None:
-    """Bound the number of collective calls in flight on the CPU backend."""
-    if platform != "cpu" or leaf is None:
-        return
-    if not hasattr(leaf, "is_ready"):  # a typed PRNG key: its buffer tells when it is ready
-        leaf = jax.random.key_data(leaf)
-    _in_flight.append(leaf)
-    if len(_in_flight) < _MAX_IN_FLIGHT:
-        return
-    # Calls finish in order: the running ones are the newest. Find the oldest
-    # of them by bisection (a handful of checks, not one per held output). A
-    # deleted output tells nothing: its call counts as running.
-    held = list(_in_flight)
-    lo, hi = 0, len(held)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if not held[mid].is_deleted() and held[mid].is_ready():
-            lo = mid + 1
-        else:
-            hi = mid
-    running = held[lo:]
-    if len(running) >= _MAX_IN_FLIGHT - _KEEP:
-        # Wait for all but the newest 4, on the first live output from there on
-        # (at worst this call's own, which cannot be gone yet: a full drain).
-        wait = next(x for x in running[-_KEEP - 1 :] if not x.is_deleted())
-        wait.block_until_ready()  # calls run in order: the older ones are done too
-        running = running[-_KEEP:]
-    _in_flight.clear()
-    _in_flight.extend(running)

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from synk._src import lax as synk_lax
+from synk._src import take
 from synk._src.outputs import Outputs
 from synk._src.partition import Structure, is_batch, is_data
 from synk._src.plan import user_call
@@ -51,7 +52,7 @@ def as_array(x):
     synk.Data as its value (on the host, or gathered in the trace for a traced index)."""
     t = type(x)
     if is_batch(t):
-        return x.gathered() if x.traced else np.asarray(x)
+        return take.rows(x) if x.traced else np.asarray(x)
     if is_data(t):
         return np.asarray(x)
     return x

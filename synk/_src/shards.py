@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from synk._src.runtime import AXIS
+from synk._src.axis import AXIS
 from synk._src.split import Split
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from synk._src import reduce as red
-from synk._src.runtime import AXIS
+from synk._src.axis import AXIS
 
 
 def leaves(body) -> list[int]:
