@@ -7,7 +7,6 @@ are made once per plan; every call compares the hash across processes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import zlib
@@ -24,17 +23,6 @@ def _check_enabled() -> bool:
 
 CHECK_CALLS = _check_enabled()
 """Compare every call's signature across processes (SYNK_CHECK=0 switches it off)."""
-
-
-@contextlib.contextmanager
-def checking(enabled: bool):
-    """Plan calls with the per-call check on or off (the benchmark times both)."""
-    global CHECK_CALLS
-    before, CHECK_CALLS = CHECK_CALLS, enabled
-    try:
-        yield
-    finally:
-        CHECK_CALLS = before
 
 
 def describe_call(options, statics, names, structure, traced_entries, shared: dict) -> str:
