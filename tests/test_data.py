@@ -79,7 +79,7 @@ def test_delete_frees_and_later_use_is_an_error():
     f(view)
     X.delete()
     assert repr(X) == "synk.Data(<deleted>)"
-    with pytest.raises(RuntimeError, match=r"argument `x` is a batch of a synk.Data that was del"):
+    with pytest.raises(RuntimeError, match=r"argument `x` holds a synk.Data that was deleted"):
         f(view)
     with pytest.raises(RuntimeError, match="was deleted"):
         X[:2]

@@ -93,13 +93,11 @@ class Data:
         """The ``jax.Array`` on the devices (shards padded to equal length); None once deleted."""
         return self._array
 
-    def live_array(self, where: str = "this synk.Data") -> jax.Array:
-        """`array`; a RuntimeError naming `where` once deleted (`delete`)."""
+    def live_array(self, where: str = "", argument: str = "") -> jax.Array:
+        """`array`; once deleted (`delete`), a RuntimeError that starts with `where`
+        and names the `argument` that holds this data, if given."""
         if self._array is None:
-            raise RuntimeError(
-                f"{where} was deleted (Data.delete()); its device memory is gone. Create a "
-                "new one with synk.data(value)."
-            )
+            raise RuntimeError(_deleted_error(where, argument))
         return self._array
 
     @property
@@ -178,7 +176,7 @@ class Data:
           >>> X.shape
           (6, 2)
         """
-        dtype = self.live_array("set_value: this synk.Data").dtype
+        dtype = self.live_array("Data.set_value").dtype
         host = self._as_host(value, "Data.set_value(value)")
         if host.dtype != dtype and np.can_cast(host.dtype, dtype, casting="same_kind"):
             wire.check_fits(host, dtype, "Data.set_value(value)")
@@ -233,7 +231,7 @@ class Data:
         if isinstance(idx, compat.Tracer):
             # No reach: a traced view lives inside one trace, which closes over the
             # data array it saw, so it never meets a later set_value (`Batch.fits`).
-            index = indices.traced_index(idx, "X[idx]", local=False, devices=len(self._devices))
+            index = indices.traced_index(idx, local=False, devices=len(self._devices))
             return Batch(self, index, local=False, rows=self._rows, reach=0)
         index = indices.global_index(idx, self._rows)
         reach = int(index.max()) + 1 if index.size else 0
@@ -277,7 +275,7 @@ class _LocalIndexer:
             # and they hold unequal counts, so one index per device cannot take them.
             return data[:]
         if isinstance(idx, compat.Tracer):  # resolved in the trace, as X[idx] is
-            index = indices.traced_index(idx, "X.local[idx]", local=True, devices=len(data.devices))
+            index = indices.traced_index(idx, local=True, devices=len(data.devices))
             return Batch(data, index, local=True, rows=len(data), reach=0)
         index = indices.local_index(idx, data.rows_per_device)
         return Batch(data, index, local=True, rows=len(data), reach=indices.local_reach(index))
@@ -373,3 +371,11 @@ def data(value, *, sharded: bool = False) -> Data:
       array([36., 39.], dtype=float32)
     """
     return Data(value, sharded=sharded)
+
+
+def _deleted_error(where: str, argument: str) -> str:
+    what = f"argument `{argument}` holds a synk.Data that" if argument else "this synk.Data"
+    return (
+        f"{where + ': ' if where else ''}{what} was deleted (Data.delete()); its device "
+        "memory is gone. Create a new one with synk.data(value)."
+    )

@@ -48,7 +48,7 @@ def check_range(array: np.ndarray, rows: int, what: str) -> np.ndarray:
 
 def global_index(idx, rows: int) -> np.ndarray:
     if isinstance(idx, slice):
-        traced_slice(idx, "X[idx]")
+        traced_slice(idx, local=False)
         if idx.step not in (None, 1):
             raise ValueError(
                 f"X[{idx.start}:{idx.stop}:{idx.step}]: slices with a step are not supported; "
@@ -64,8 +64,10 @@ def global_index(idx, rows: int) -> np.ndarray:
     return check_range(array, rows, "X[idx]")
 
 
-def traced_index(idx, what: str, *, local: bool, devices: int):
+def traced_index(idx, *, local: bool, devices: int):
     """A traced index, checked for what its aval shows (dtype, shape); values later."""
+    data = "X.local" if local else "X"
+    what = f"{data}[idx]"
     dtype = idx.dtype
     if dtype == np.bool_:
         raise TypeError(
@@ -80,7 +82,7 @@ def traced_index(idx, what: str, *, local: bool, devices: int):
     if idx.ndim == 0:
         raise TypeError(
             f"{what}: a scalar index would drop the batch axis. Pass a 1-D array of rows, "
-            f"e.g. {what[:-5]}[i[None]]."
+            f"e.g. {data}[i[None]]."
         )
     if local:
         if idx.ndim == 1 or (idx.ndim == 2 and idx.shape[0] == devices):
@@ -98,12 +100,13 @@ def traced_index(idx, what: str, *, local: bool, devices: int):
     return idx
 
 
-def traced_slice(idx: slice, what: str) -> None:
+def traced_slice(idx: slice, *, local: bool) -> None:
+    data = "X.local" if local else "X"
     if any(isinstance(b, compat.Tracer) for b in (idx.start, idx.stop, idx.step)):
         raise TypeError(
-            f"{what}: a slice with traced bounds; the batch's length must be known when "
-            "tracing. Pass the rows as an index array of fixed length k instead, e.g. "
-            f"{what[:-5]}[start + jnp.arange(k)]."
+            f"{data}[idx]: a slice with traced bounds; the batch's length must be known "
+            "when tracing. Pass the rows as an index array of fixed length k instead, e.g. "
+            f"{data}[start + jnp.arange(k)]."
         )
 
 
@@ -115,7 +118,7 @@ def every_row(idx: slice) -> bool:
 def local_index(idx, rows_per_device: tuple[int, ...]) -> np.ndarray:
     n, held = len(rows_per_device), np.array(rows_per_device)
     if isinstance(idx, slice):
-        traced_slice(idx, "X.local[idx]")
+        traced_slice(idx, local=True)
         if idx.step not in (None, 1):
             raise ValueError("X.local[a:b:step]: slices with a step are not supported.")
         counts = {len(range(*idx.indices(int(h)))) for h in held}

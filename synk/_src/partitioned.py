@@ -190,7 +190,8 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
     """A function from the call's leaves to the executable's arguments, built once per plan."""
     views = view_slots(descs)
     size = len(descs) + len(set(views.values()))
-    named = [(i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view]
+    where = core.where
+    named = [(i, d.name) for i, d in enumerate(descs) if d.view]
     whole = placement.data_arrays(core, descs)
     if traced:
         moved = placement.moved_in_trace(core, descs)
@@ -201,10 +202,10 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
             args = [*leaves, *[None] * (size - len(leaves))]
             for i in moved:
                 args[i] = placement.onto_mesh(core, leaves[i])
-            for i, where in whole:
-                args[i] = leaves[i].live_array(where)
-            for i, where in named:
-                args[i] = leaves[i].data.live_array(where)
+            for i, name in whole:
+                args[i] = leaves[i].live_array(where, name)
+            for i, name in named:
+                args[i] = leaves[i].data.live_array(where, name)
                 if args[views[i]] is None:  # not yet sent by a view with equal indices
                     args[views[i]] = take.device_index(leaves[i])
             return args
@@ -233,10 +234,10 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
         args = [None] * size
         for i, (action, x) in enumerate(zip(actions, leaves)):
             action.put(x, args, i)
-        for i, where in whole:
-            args[i] = leaves[i].live_array(where)
-        for i, where in named:
-            args[i] = leaves[i].data.live_array(where)
+        for i, name in whole:
+            args[i] = leaves[i].live_array(where, name)
+        for i, name in named:
+            args[i] = leaves[i].data.live_array(where, name)
             if args[views[i]] is None:  # not yet sent by a view with equal indices
                 index = leaves[i].index
                 args[views[i]] = pad[i].index(index) if i in pad else index

@@ -73,10 +73,11 @@ class _ViewIndices:
 
     slots: tuple[int, ...]
     where: str
+    name: str
     parts: Callable | None  # each device's own requests, or None: the whole index
 
     def put(self, x, jit_args: list, i: int) -> None:
-        jit_args[i] = x.data.live_array(self.where)
+        jit_args[i] = x.data.live_array(self.where, self.name)
         if jit_args[self.slots[0]] is None:  # not yet sent by a view with equal indices
             parts = self.parts(x.index) if self.parts else [x.index]
             for slot, part in zip(self.slots, parts):
@@ -91,9 +92,10 @@ class _DataArray:
     """A whole synk.Data: its array, already on the devices."""
 
     where: str
+    name: str
 
     def put(self, x, jit_args: list, i: int) -> None:
-        jit_args[i] = x.live_array(self.where)
+        jit_args[i] = x.live_array(self.where, self.name)
 
 
 # --------------------------------------------------------------------------
@@ -127,9 +129,8 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
 def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     """Inside a trace the outer jit places everything; views hand over their data
     array and their index, resolved in the trace (`take.device_index`)."""
-    views = [
-        (i, f"{core.where}: argument `{d.name}`") for i, d in enumerate(descs) if d.view is not None
-    ]
+    where = core.where
+    views = [(i, d.name) for i, d in enumerate(descs) if d.view is not None]
     whole, moved = data_arrays(core, descs), moved_in_trace(core, descs)
     if not views and not whole and not moved:
         return list
@@ -138,11 +139,11 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
         jit_args = [*leaves, *[None] * (layout.size - len(leaves))]
         for i in moved:
             jit_args[i] = onto_mesh(core, leaves[i])
-        for i, where in whole:
-            jit_args[i] = leaves[i].live_array(where)
-        for i, where in views:
+        for i, name in whole:
+            jit_args[i] = leaves[i].live_array(where, name)
+        for i, name in views:
             x = leaves[i]
-            jit_args[i] = x.data.live_array(where)
+            jit_args[i] = x.data.live_array(where, name)
             slot = layout.index[i][0]  # one slot: inside a trace an index travels whole
             if jit_args[slot] is None:  # not yet sent by a view with the same index
                 jit_args[slot] = take.device_index(x)
@@ -187,22 +188,18 @@ def onto_mesh(core, x):
 
 
 def data_arrays(core, descs: list[Leaf]) -> list[tuple[int, str]]:
-    """The leaves that are whole synk.Data, with how to name them in an error."""
-    return [
-        (i, f"{core.where}: argument `{d.name}` is a synk.Data that")
-        for i, d in enumerate(descs)
-        if d.source is Source.DATA
-    ]
+    """The leaves that are whole synk.Data, with their names (for an error)."""
+    return [(i, d.name) for i, d in enumerate(descs) if d.source is Source.DATA]
 
 
 def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, shardings: list):
     uneven = split is not None and not split.even
     if d.source is Source.DATA:
-        return _DataArray(f"{core.where}: argument `{d.name}` is a synk.Data that")
+        return _DataArray(core.where, d.name)
     if d.source is Source.VIEW:
         own = d.view is View.GLOBAL and d.data_layout is None
         parts = functools.partial(shards.host_requests, split=split) if own else None
-        return _ViewIndices(layout.index[i], f"{core.where}: argument `{d.name}`", parts)
+        return _ViewIndices(layout.index[i], core.where, d.name, parts)
     if d.role is Role.SLICED and uneven and d.source is Source.DEVICE:
         return _Split(layout.extra[i], _device_splitter(core, d, split, shardings[i]))
     if d.role is Role.SLICED and uneven:

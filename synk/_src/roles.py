@@ -160,7 +160,7 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
 
 def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) -> Leaf:
     where, data = core.where, view.data
-    array = data.live_array(f"{where}: argument `{name}` is a batch of a synk.Data that")
+    array = data.live_array(where, name)
     if traced and not (array.is_fully_addressable or array.is_fully_replicated):
         # Inside a trace the data array is a constant of the user's function, which
         # JAX embeds in the program: no process can embed rows it does not hold.
@@ -183,7 +183,7 @@ def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) 
 def _describe_data(core, name: str, data: synk_data.Data, entry) -> Leaf:
     """A whole synk.Data: broadcast, its device array used as it lies (no transfer)."""
     where = core.where
-    array = data.live_array(f"{where}: argument `{name}` is a synk.Data that")
+    array = data.live_array(where, name)
     if entry is not None:
         raise ValueError(
             f"{where}: argument `{name}` is a whole synk.Data, which is broadcast (every "

@@ -37,7 +37,7 @@ def device_index(view: Batch):
 
 def rows(view: Batch) -> jax.Array:
     """The rows `view` picks, gathered by JAX (inside a trace: in the trace)."""
-    array = view.data.live_array("X[idx]: the synk.Data of this batch")
+    array = view.data.live_array("X[idx]")
     index = device_index(view)
     if view.local:  # device d's rows idx[d] of its shard, in device order
         n = len(view.data.devices)
