@@ -140,37 +140,45 @@ def traced_serial_error(where: str) -> str:
     )
 
 
-def check(reduce, descs, arrays: list[int], counts: list) -> str | None:
-    """Why these first_rows batches cannot share a bucket inside a trace (None: they can)."""
+def check(where: str, reduce, descs, arrays: list[int], counts: list) -> None:
+    """Refuse first_rows batches that cannot share a bucket inside a trace."""
     if reduce is None:
-        return (
-            "needs explicit reductions (e.g. reduce='avg'): without reduce the whole "
-            "function runs on the whole batch, whose length is the program's. Pass x[:n] "
-            "with a Python int n instead."
+        raise ValueError(
+            f"{where}: synk.first_rows needs explicit reductions (e.g. reduce='avg'): "
+            "without reduce the whole function runs on the whole batch, whose length is "
+            "the program's. Pass x[:n] with a Python int n instead."
         )
     broadcast = [descs[i] for i in arrays if descs[i].role is not Role.SLICED]
     if broadcast:
-        return (
-            f"marks a batch, sliced along axis 0, but argument `{_name(broadcast[0])}` is not "
-            "sliced (its in_axes entry is None or 'per_device'): give it in_axes 0, or pass "
-            "the array itself to broadcast it."
+        raise ValueError(
+            f"{where}: synk.first_rows marks a batch, sliced along axis 0, but argument "
+            f"`{_name(broadcast[0])}` is not sliced (its in_axes entry is None or "
+            "'per_device'): give it in_axes 0, or pass the array itself to broadcast it."
         )
     if any(c is not counts[0] for c in counts):
-        return "batches of one call must share one count: pass the same n to each."
+        raise ValueError(
+            f"{where}: synk.first_rows batches of one call must share one count: pass the "
+            "same n to each."
+        )
     sliced = {i for i, d in enumerate(descs) if d.role is Role.SLICED}
     if sliced != set(arrays):
-        return (
-            "and plain batches in one call: inside a trace every sliced argument must be "
-            "synk.first_rows(x, n), with the same n."
+        raise ValueError(
+            f"{where}: synk.first_rows and plain batches in one call: inside a trace every "
+            "sliced argument must be synk.first_rows(x, n), with the same n."
         )
     bad = [descs[i] for i in arrays if descs[i].axis != 0 or descs[i].view is not None]
     if bad:
         what = "a synk.Data batch" if bad[0].view is not None else f"sliced on axis {bad[0].axis}"
-        return f"takes arrays sliced along axis 0; argument `{_name(bad[0])}` is {what}."
+        raise ValueError(
+            f"{where}: synk.first_rows takes arrays sliced along axis 0; argument "
+            f"`{_name(bad[0])}` is {what}."
+        )
     lengths = {descs[i].aval.shape[0] for i in arrays}
     if len(lengths) > 1:
-        return f"batches must be padded to one length; found {sorted(lengths)}."
-    return None
+        raise ValueError(
+            f"{where}: synk.first_rows batches must be padded to one length; found "
+            f"{sorted(lengths)}."
+        )
 
 
 def _name(d) -> str:
@@ -178,19 +186,18 @@ def _name(d) -> str:
     return d.name.removesuffix(".array")
 
 
-def unfit(out, uses_lax: bool) -> str | None:
-    """Why a function's outputs cannot run in a bucket (None: they can)."""
+def check_outputs(where: str, out, uses_lax: bool) -> None:
+    """Refuse a function whose outputs cannot run in a bucket inside a trace."""
     if uses_lax:
-        return (
-            "cannot serve a function that calls synk.lax collectives: each device must run "
-            "once on an equal share. Pass x[:n] with a Python int n."
+        raise ValueError(
+            f"{where}: synk.first_rows cannot serve a function that calls synk.lax "
+            "collectives: each device must run once on an equal share. Pass x[:n] with a "
+            "Python int n."
         )
-    names = {op.name for op in out.ops}
-    refused = names & {"gather", "per_device", "max", "min"}
+    refused = {op.name for op in out.ops} & {"gather", "per_device", "max", "min"}
     if refused:
-        return (
-            f"cannot serve outputs with reduce {sorted(refused)} inside a trace (their "
-            "lengths, or their gradients' ties, depend on the rows); use 'avg', 'sum' or "
-            "'prod', or pass x[:n] with a Python int n."
+        raise ValueError(
+            f"{where}: synk.first_rows cannot serve outputs with reduce {sorted(refused)} "
+            "inside a trace (their lengths, or their gradients' ties, depend on the rows); "
+            "use 'avg', 'sum' or 'prod', or pass x[:n] with a Python int n."
         )
-    return None

@@ -184,19 +184,16 @@ def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
     arrays = [index[a] for a, _ in pairs]
     counts = [index[c] for _, c in pairs]
     leaves = call.traced
-    why = first.check(options.reduce, descs, arrays, [leaves[c] for c in counts])
-    if why is None:
-        rows = descs[arrays[0]].aval.shape[0]
-        n = len(core.devices)
-        capacity = -(-rows // n)
-        cap_split = Split(capacity * n, n, 1)  # the ladder serves any num_slices
-        sizes = buckets.ladder(capacity, options.num_slices)
-        variables = [names[i] for i in structure.variables]
-        ends = sorted({sizes[0], sizes[-1]})
-        out, uses_lax = trace_outputs(core, options, descs, cap_split, call_user, variables, ends)
-        why = first.unfit(out, uses_lax)
-    if why is not None:
-        raise ValueError(f"{where}: synk.first_rows {why}")
+    first.check(where, options.reduce, descs, arrays, [leaves[c] for c in counts])
+    rows = descs[arrays[0]].aval.shape[0]
+    n = len(core.devices)
+    capacity = -(-rows // n)
+    cap_split = Split(capacity * n, n, 1)  # the ladder serves any num_slices
+    sizes = buckets.ladder(capacity, options.num_slices)
+    variables = [names[i] for i in structure.variables]
+    ends = sorted({sizes[0], sizes[-1]})
+    out, uses_lax = trace_outputs(core, options, descs, cap_split, call_user, variables, ends)
+    first.check_outputs(where, out, uses_lax)
     layout = Layout.of(descs, cap_split, traced=True)
     body = buckets.BucketBody(
         call_user, descs, cap_split, out, layout, options.comm_dtype, n,
