@@ -256,12 +256,14 @@ def test_indexing(indexing):
     assert "(d) device_put of x" in out["stdout"]
 
 
-def test_buckets(tmp_path_factory):
+def test_buckets_and_plot(tmp_path_factory):
+    png = tmp_path_factory.mktemp("buckets-plot") / "b.png"
+    plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []
     out = run_json(
         tmp_path_factory,
         "buckets",
         *("--lengths", "6", "--shortest", "20", "--longest", "120", "--hidden", "8"),
-        *("--rounds", "3", "--calls", "2", "--first-calls", "2"),
+        *("--rounds", "3", "--calls", "2", "--first-calls", "2", *plot),
     )
     lengths = out["config"]["lengths"]
     assert len(set(lengths)) == 6 and all(20 <= n <= 120 for n in lengths)
@@ -271,6 +273,14 @@ def test_buckets(tmp_path_factory):
         "sweep: synk, exact shapes",
         "sweep: hand-written, a jit per length",
     } and all(positive(v) for v in sweep.values())
+    # Each call of the sweep, one per length, within its variant's total.
+    calls = out["sweep_call_s"]
+    assert {f"sweep: {k}" for k in calls} == set(sweep)
+    for name, seconds in calls.items():
+        assert len(seconds) == len(lengths) and all(positive(t) for t in seconds)
+        assert sum(seconds) <= sweep[f"sweep: {name}"]
+    if plot:
+        assert png.stat().st_size > 0
     # Capacities of a power of two rows per device: as many executables as capacities met.
     capacities = {1 << (-(-n // DEVICES) - 1).bit_length() for n in lengths}
     assert out["executables"] == len(capacities)

@@ -16,6 +16,9 @@ measures:
 - *a new bucket's first call* against the hand-written first call at the same
   length, each a fresh function, over several lengths.
 
+``--plot`` draws each call of the sweep over its batch length: the calls
+that compile stand out.
+
 Each variant is checked against the serial step first. Called by ``cli``
 (`run`). Calls ``workloads`` for the step and the batches, ``harness`` and
 ``report``.
@@ -33,7 +36,7 @@ import numpy as np
 import synk
 from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, paired, stats
-from synk._src.bench.report import machine, print_table
+from synk._src.bench.report import draw_sweep, machine, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -53,6 +56,8 @@ TARGETS = {  # (ratio, op, limit)
     "steady, at a capacity: synk / hand-written": ("<=", 1.10),
     "new bucket: synk / hand-written first call": ("<=", 1.3),
 }
+
+PLOT = draw_sweep  # what --plot draws
 
 
 def add_arguments(parser) -> None:
@@ -92,14 +97,17 @@ def run(args) -> dict:
         "synk, exact shapes": lambda x, y: exact_sweep(params, x, y),
         "hand-written, a jit per length": lambda x, y: _hand(mesh, params, x, y),
     }
+    sweep_calls: dict[str, list[float]] = {}  # each call's seconds, in the order of `lengths`
     for name, call in sweeps.items():
         start = time.perf_counter()
+        sweep_calls[name] = []
         for rows in lengths:
             x, y = make_batch(rows, seed=rows)
-            out = call(x, y)
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(call(x, y))
+            sweep_calls[name].append(time.perf_counter() - t0)
             if rows == lengths[0]:
                 check_close(name, out, jax.jit(train_step)(params, x, y))
-            jax.block_until_ready(out)
         figures[f"sweep: {name}"] = time.perf_counter() - start
         if not quiet:
             print(f"sweep, {name}: {figures[f'sweep: {name}']:.2f} s", file=sys.stderr)
@@ -171,6 +179,7 @@ def run(args) -> dict:
         "machine": machine(),
         "config": {"devices": n, "lengths": lengths, "hidden": args.hidden, "rows": hands},
         "sweep_seconds": figures,
+        "sweep_call_s": sweep_calls,
         "executables": executables,
         "first_in_bucket_s": dict(zip(new_lengths, first_in_bucket, strict=True)),
         "steady_at_those_lengths_s": dict(zip(new_lengths, steady_fresh, strict=True)),

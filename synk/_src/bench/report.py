@@ -164,3 +164,16 @@ def draw_speedup(ax, result: dict) -> None:
     ax.set_xlabel("devices")
     ax.set_ylabel("speedup over 1 device")
     ax.legend()
+
+
+def draw_sweep(ax, result: dict) -> None:
+    """Each call of the buckets sweep (compile included) over its batch length, per variant."""
+    lengths = result["config"]["lengths"]
+    for (name, seconds), marker in zip(result["sweep_call_s"].items(), "o^s", strict=False):
+        if name == "synk, buckets":
+            name += f" ({result['executables']} executables)"
+        ax.scatter(lengths, [t * 1e3 for t in seconds], marker=marker, s=16, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (rows)")
+    ax.set_ylabel("time of the call (ms)")
+    ax.legend()
