@@ -92,6 +92,16 @@ class Policy:
         return None
 
 
+def as_option(buckets, where: str):
+    """The ``buckets`` option checked, as a function keeps it: lengths as a tuple
+    (hashable, plain ints in repr), and False as None."""
+    if Policy.of(buckets, where) is None:
+        return None
+    if buckets is None or isinstance(buckets, str):
+        return buckets
+    return tuple(int(b) for b in buckets)
+
+
 def ladder(capacity: int, slices: int) -> tuple[int, ...]:
     """The piece sizes, largest first: any count up to `capacity` is a greedy sum of them."""
     top = -(-capacity // slices)

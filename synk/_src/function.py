@@ -48,7 +48,7 @@ import jax
 
 from synk._src import compat, first, processes, runtime, serial
 from synk._src import lax as synk_lax
-from synk._src.buckets import Policy
+from synk._src.buckets import as_option
 from synk._src.core import Core
 from synk._src.options import Options
 from synk._src.partition import partition
@@ -277,9 +277,7 @@ class Function:
         """
         opts = self._options
         if buckets is not _UNCHANGED:  # checked before it keys the variants
-            Policy.of(buckets, self._core.where)
-            if buckets is not None and buckets != "geometric":
-                buckets = tuple(int(b) for b in buckets)
+            buckets = as_option(buckets, self._core.where)
         new = Options(
             opts.reduce if reduce is _UNCHANGED else reduce,
             opts.num_slices if num_slices is None else num_slices,

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 
 from synk._src import reduce as red
-from synk._src.buckets import Policy
+from synk._src.buckets import Policy, as_option
 
 GEOMETRIC = "geometric"  # the default bucket policy
 
@@ -23,7 +23,7 @@ class Options:
     reduce: Any
     num_slices: int
     comm_dtype: Any
-    buckets: Any = GEOMETRIC  # as given; `policy` is it parsed
+    buckets: Any = GEOMETRIC  # as given (lengths as a tuple); `policy` is it parsed
 
     @classmethod
     def of(cls, reduce, num_slices, comm_dtype, where: str, buckets=GEOMETRIC) -> Options:
@@ -48,17 +48,15 @@ class Options:
                 "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
                 "collectives, in the function's own dtypes."
             )
-        Policy.of(buckets, where)  # checked here, before any call
-        if reduce is None and buckets is not None and buckets != GEOMETRIC:
+        option = as_option(buckets, where)  # checked here, before any call
+        if reduce is None and option is not None and option != GEOMETRIC:
             raise ValueError(
                 f"{where}: buckets={buckets!r} shares one executable between batch lengths by "
                 "running each device's rows in pieces, which needs outputs that combine over "
                 "rows: give an explicit reduce (e.g. reduce='avg'). Without reduce the "
                 "function runs whole under XLA's partitioner and compiles once per length."
             )
-        if buckets is not None and buckets != GEOMETRIC:
-            buckets = tuple(int(b) for b in buckets)  # hashable, and plain ints in repr
-        return cls(reduce, num_slices, comm_dtype, buckets)
+        return cls(reduce, num_slices, comm_dtype, option)
 
     @property
     def policy(self) -> Policy | None:
