@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import jax
 import numpy as np
 
 from synk._src import body as synk_body
@@ -32,8 +33,19 @@ from synk._src import reduce as red
 from synk._src.abstract import check_whole_share, trace_outputs
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, describe_leaves, entries
-from synk._src.signature import Statics
+from synk._src.signature import Dyn, Statics
 from synk._src.split import Split, make_split
+
+if TYPE_CHECKING:
+    from synk._src.buckets import Policy
+    from synk._src.core import Core
+    from synk._src.options import Options
+
+# The user's function on a call's traced leaves: (its traced outputs, what it
+# wrote into Variables).
+UserCall = Callable[[list[Any]], tuple[Any, partition.Updates]]
+# How an eager call's leaves become the executable's arguments (`list`: as they are).
+Placer = Callable[[list[Any]], list[Any]]
 
 # --------------------------------------------------------------------------
 # The plan
@@ -46,25 +58,34 @@ class Plan:
     path: str  # "whole" (the default) or "per-device" (explicit reductions)
     structure: partition.Structure  # how the arguments are rebuilt from the traced leaves
     outputs: synk_outputs.Outputs  # the outputs' static leaves, from the trace
-    out: Any  # .treedef: the outputs and the in-place updates, as the executable returns them
-    jitted: Any
-    place: Callable
+    # .treedef: the outputs and the in-place updates, as the executable returns them
+    out: synk_outputs.OutPlan | partitioned.Outputs
+    jitted: jax.stages.Wrapped
+    place: Placer
     description: str  # the call as this process sees it, for the cross-process check
     digest: int | None  # its hash, where several processes must agree on every call
     shared: tuple[tuple[int, int], ...]  # (view, view it shares indices with)
     eager: bool  # called with values, not tracers: the CPU in-flight bound applies
     checked: tuple[tuple[int, str], ...] = ()  # leaves whose values the processes compare
 
-    def sharing_holds(self, leaves: list) -> bool:
+    def sharing_holds(self, leaves: list[Any]) -> bool:
         """Whether the views this plan sends one index for still have equal indices."""
         return all(_same_indices(leaves[i], leaves[j]) for i, j in self.shared)
 
-    def values(self, leaves: list) -> list:
+    def values(self, leaves: list[Any]) -> list[tuple[str, Any]]:
         """(argument, value) of the Python numbers and view indices of a call."""
         return agreed_values(self.checked, leaves)
 
     @classmethod
-    def build(cls, core, options, statics, dyn, call: partition.Call, share=True) -> Plan:
+    def build(
+        cls,
+        core: Core,
+        options: Options,
+        statics: tuple,
+        dyn: Dyn,
+        call: partition.Call,
+        share: bool = True,
+    ) -> Plan:
         structure = call.structure()
         leaves = call.traced
         whole = options.reduce is None
@@ -131,14 +152,26 @@ class Plan:
         )  # fmt: skip
 
     @classmethod
-    def _whole(cls, core, options, structure, outputs, descs, call_user, description, digest,
-               traced, shared, checked):  # fmt: skip
+    def _whole(
+        cls,
+        core: Core,
+        options: Options,
+        structure: partition.Structure,
+        outputs: synk_outputs.Outputs,
+        descs: list[Leaf],
+        call_user: UserCall,
+        description: str,
+        digest: int | None,
+        traced: bool,
+        shared: tuple[tuple[int, int], ...],
+        checked: tuple[tuple[int, str], ...],
+    ) -> Plan:
         partitioned.check_in_axes(core, descs)
-        rows = batch_rows(core, descs, groups=False)
+        found = batch_rows(core, descs)
         pad = partitioned.pads(core, descs, traced)
         out = partitioned.Outputs()
         donated = () if traced else synk_body.donated(core, descs, None)
-        first = None if rows is None else (lambda: 0, rows)
+        first = None if found is None else (lambda: 0, found[0])
         jitted = partitioned.executable(core, descs, pad, call_user, first, traced, donated, out)
         place = partitioned.placer(core, descs, pad, traced)
         return cls(
@@ -147,13 +180,25 @@ class Plan:
         )  # fmt: skip
 
 
-def _bucketed(core, options, policy, statics, structure, descs, split, call_user, variables,
-              outputs):  # fmt: skip
+def _bucketed(
+    core: Core,
+    options: Options,
+    policy: Policy,
+    statics: tuple,
+    structure: partition.Structure,
+    descs: list[Leaf],
+    split: Split | None,
+    call_user: UserCall,
+    variables: list[str],
+    outputs: synk_outputs.Outputs,
+) -> tuple[jax.stages.Wrapped, Placer, synk_outputs.OutPlan, synk_outputs.Outputs] | None:
     """(jitted, place, out, outputs) of the bucket this call's batch fits, or None.
 
     The bucket's executable is built at its first batch length and reused by
     every other length it holds; each length gets only its own placer.
     """
+    if split is None:  # no batch axis (may_share found one: never)
+        return None
     capacity = policy.capacity(split.rows, split.devices)
     if capacity is None or (split.groups > 1 and any(d.view is not None for d in descs)):
         return None
@@ -186,7 +231,16 @@ def _bucketed(core, options, policy, statics, structure, descs, split, call_user
     return jitted, place, out, bucket_outputs
 
 
-def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
+def _first_rows(
+    core: Core,
+    options: Options,
+    structure: partition.Structure,
+    descs: list[Leaf],
+    call: partition.Call,
+    pairs: tuple[tuple[int, int], ...],
+    call_user: UserCall,
+    names: list[str],
+) -> tuple[jax.stages.Wrapped, Placer, synk_outputs.OutPlan]:
     """(jitted, place, out) for ``synk.first_rows`` batches inside a trace: the bucket of
     their padded length, run on their first ``n`` rows (``n`` traced)."""
     where = core.where
@@ -195,16 +249,17 @@ def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
     counts = [index[c] for _, c in pairs]
     leaves = call.traced
     why = first.check(where, options.reduce, descs, arrays, [leaves[c] for c in counts])
-    if why is None:
-        rows = descs[arrays[0]].aval.shape[0]
-        n = len(core.devices)
-        capacity = -(-rows // n)
-        cap_split = Split(capacity * n, n, 1)  # the ladder serves any num_slices
-        sizes = buckets.ladder(capacity, options.num_slices)
-        variables = [names[i] for i in structure.variables]
-        ends = sorted({sizes[0], sizes[-1]})
-        out, uses_lax = trace_outputs(core, options, descs, cap_split, call_user, variables, ends)
-        why = first.unfit(out, uses_lax)
+    if why is not None:
+        raise ValueError(f"{where}: synk.first_rows {why}")
+    rows = descs[arrays[0]].aval.shape[0]
+    n = len(core.devices)
+    capacity = -(-rows // n)
+    cap_split = Split(capacity * n, n, 1)  # the ladder serves any num_slices
+    sizes = buckets.ladder(capacity, options.num_slices)
+    variables = [names[i] for i in structure.variables]
+    ends = sorted({sizes[0], sizes[-1]})
+    out, uses_lax = trace_outputs(core, options, descs, cap_split, call_user, variables, ends)
+    why = first.unfit(out, uses_lax)
     if why is not None:
         raise ValueError(f"{where}: synk.first_rows {why}")
     layout = Layout.of(descs, cap_split, traced=True)
@@ -228,18 +283,24 @@ def _traced_index(structure: partition.Structure) -> dict[int, int]:
     return index
 
 
-def agreed_values(checked, leaves: list) -> list:
+def agreed_values(checked: tuple[tuple[int, str], ...], leaves: list[Any]) -> list[tuple[str, Any]]:
     """The values several processes must pass alike: numbers, and views' indices."""
     return [(name, getattr(leaves[k], "index", leaves[k])) for k, name in checked]
 
 
-def user_call(fn, structure: partition.Structure, statics: tuple, outputs, where: str):
+def user_call(
+    fn: Callable[..., Any],
+    structure: partition.Structure,
+    statics: tuple,
+    outputs: synk_outputs.Outputs,
+    where: str,
+) -> UserCall:
     """The user's function on the traced leaves: (its traced outputs, what it wrote into
     Variables); `outputs` records the static ones."""
 
     rows_of = bool(first.slots(structure.treedef))  # synk.first_rows: the function sees rows
 
-    def call_user(flat):
+    def call_user(flat: list[Any]) -> tuple[Any, partition.Updates]:
         dyn, fresh = structure.rebuild(flat)
         args, kwargs = Statics.merge(statics, dyn)
         if rows_of:
@@ -250,12 +311,12 @@ def user_call(fn, structure: partition.Structure, statics: tuple, outputs, where
     return call_user
 
 
-def _is_traced(x) -> bool:
+def _is_traced(x: object) -> bool:
     """A value inside a trace, or a view whose index is one."""
     return isinstance(x, compat.Tracer) or (type(x) is synk_data.Batch and x.traced)
 
 
-def _same_indices(a, b) -> bool:
+def _same_indices(a: synk_data.Batch, b: synk_data.Batch) -> bool:
     """Whether two views take the same rows. A traced index has no values to compare:
     only the same traced array, resolved against the same length, is the same."""
     if a.traced or b.traced:
@@ -263,10 +324,10 @@ def _same_indices(a, b) -> bool:
     return a.index is b.index or np.array_equal(a.index, b.index)
 
 
-def equal_indices(leaves: list) -> dict[int, int]:
+def equal_indices(leaves: list[Any]) -> dict[int, int]:
     """View leaves whose indices equal an earlier view's of the same kind: {view: earlier}."""
     views = [i for i, x in enumerate(leaves) if type(x) is synk_data.Batch]
-    shared = {}
+    shared: dict[int, int] = {}
     for k, i in enumerate(views):
         a = leaves[i]
         for j in views[:k]:
@@ -283,26 +344,27 @@ def equal_indices(leaves: list) -> dict[int, int]:
 # The batch
 
 
-def batch_split(core, descs: list[Leaf], slices: int) -> Split | None:
+def batch_split(core: Core, descs: list[Leaf], slices: int) -> Split | None:
     """How the sliced leaves' rows are dealt; None when no leaf is sliced."""
-    if not any(d.role is Role.SLICED for d in descs):
+    found = batch_rows(core, descs)
+    if found is None:
         if slices != 1:
             raise ValueError(
                 f"{core.where}: num_slices={slices} needs an argument sliced along a batch "
                 "axis, but every argument is broadcast or per-device."
             )
         return None
-    rows, groups = batch_rows(core, descs)
+    rows, groups = found
     return make_split(rows, len(core.devices), slices, groups=groups, where=core.where)
 
 
-def batch_rows(core, descs: list[Leaf], groups: bool = True):
-    """The global batch length (None if nothing is sliced), and with `groups` the
-    number of process groups that split it; checks that the sliced leaves agree."""
+def batch_rows(core: Core, descs: list[Leaf]) -> tuple[int, int] | None:
+    """The global batch length and the number of process groups that split it (None if
+    nothing is sliced); checks that the sliced leaves agree."""
     sliced = [d for d in descs if d.role is Role.SLICED]
     if not sliced:
         return None
-    lengths = [d.aval.shape[d.axis] for d in sliced]
+    lengths = [d.aval.shape[d.batch_axis] for d in sliced]
     rows = lengths[0]
     if any(n != rows for n in lengths):
         raise ValueError(_lengths_error(core.where, sliced, lengths))
@@ -323,7 +385,7 @@ def batch_rows(core, descs: list[Leaf], groups: bool = True):
             "process's share of it. Use a global batch that is a multiple of the process "
             "count, or pass every batched argument the same way."
         )
-    return (rows, count) if groups else rows
+    return rows, count
 
 
 def _lengths_error(where: str, sliced: list[Leaf], lengths: list[int]) -> str:
