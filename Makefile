@@ -1,9 +1,10 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   make .venv, install synk, run examples/quickstart.py on every device
-#   make test   make .venv, install synk, run lint, the suite (one process, with
-#               the device check's smoke run in tests/test_bench.py; then
-#               mpiexec -n 2), every example end to end and every notebook; then
-#               the one-process suite again on the newest jax (.venv-newest)
+#   make test   make .venv, install synk, run lint (ruff; pyrefly over synk/), the
+#               suite (one process, with the device check's smoke run in
+#               tests/test_bench.py; then mpiexec -n 2), every example end to end
+#               and every notebook; then the one-process suite again on the
+#               newest jax (.venv-newest)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -40,6 +41,7 @@ test: lint test-single test-mpi test-runs test-newest
 lint: $(STAMP)
 	$(BIN)/ruff check synk tests examples benchmarks notebooks
 	$(BIN)/ruff format --check synk tests examples benchmarks notebooks
+	$(BIN)/pyrefly check
 
 # One process, 8 simulated CPU devices (set in tests/conftest.py); JOBS such
 # processes share out the test files. Tests marked `alone` run afterwards by

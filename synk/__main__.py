@@ -43,7 +43,8 @@ def _collectives(backend: str) -> str:
     if backend == "cpu":
         import jax
 
-        return jax.config.jax_cpu_collectives_implementation or "gloo"
+        # A flag that jax.config holds as a dynamic attribute, which its types do not list.
+        return getattr(jax.config, "jax_cpu_collectives_implementation", None) or "gloo"
     return backend
 
 

@@ -301,6 +301,15 @@ def test_bucket_lengths_may_be_numpy_integers():
     assert f.with_options(buckets=[np.int32(32)]).options["buckets"] == (32,)
 
 
+def test_buckets_false_turns_buckets_off_as_none_does():
+    f = synk.function(lambda x: x.sum(), reduce="sum", buckets=False)
+    assert f.options["buckets"] is None and "buckets=None" in repr(f)
+    g = synk.function(lambda x: x.sum(), reduce="sum").with_options(buckets=False)
+    assert g.options["buckets"] is None
+    x = np.ones((2 * N + 1) * PROCESSES, np.float32)
+    assert float(g(synk.process_share(x))) == float(g.serial(x))
+
+
 def test_first_rows_broadcast_is_refused_by_name():
     g = synk.function(lambda a, x: (x * a.sum()).sum(), in_axes=(None, 0), reduce="sum")
     a, x = np.ones((16, 3), np.float32), np.ones(16, np.float32)

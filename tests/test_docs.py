@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import importlib.resources
 import inspect
 import pkgutil
 
@@ -44,6 +45,11 @@ def test_public_functions_show_an_example():
         obj = getattr(synk, name)
         if inspect.isfunction(obj):
             assert ">>>" in inspect.getdoc(obj), f"synk.{name} has no example"
+
+
+def test_the_package_is_marked_as_typed():
+    # PEP 561: a type checker reads an installed package's annotations only with this marker.
+    assert importlib.resources.files("synk").joinpath("py.typed").is_file()
 
 
 def test_the_walk_finds_every_module_that_defines_public_names():

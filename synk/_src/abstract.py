@@ -10,6 +10,9 @@ device must run once on an equal share (`check_whole_share`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import jax
 
 from synk._src import compat
@@ -20,6 +23,11 @@ from synk._src.axis import AXIS
 from synk._src.roles import Leaf, Role
 from synk._src.split import Split
 
+if TYPE_CHECKING:
+    from synk._src.core import Core
+    from synk._src.options import Options
+    from synk._src.steps import UserCall
+
 
 def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]:
     """The leaves as the user's function sees them for a piece of `rows` rows."""
@@ -27,7 +35,8 @@ def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]
     for d in descs:
         shape = d.aval.shape
         if d.role is Role.SLICED:
-            shape = (*shape[: d.axis], rows, *shape[d.axis + 1 :])
+            axis = d.batch_axis
+            shape = (*shape[:axis], rows, *shape[axis + 1 :])
         elif d.role is Role.PER_DEVICE:
             shape = shape[1:]
         out.append(jax.ShapeDtypeStruct(shape, d.aval.dtype, weak_type=d.aval.weak_type))
@@ -35,15 +44,22 @@ def _abstract(descs: list[Leaf], rows: int | None) -> list[jax.ShapeDtypeStruct]
 
 
 def trace_outputs(
-    core, options, descs, split, call_user, names, sizes=None
+    core: Core,
+    options: Options,
+    descs: list[Leaf],
+    split: Split | None,
+    call_user: UserCall,
+    names: list[str],
+    sizes: Sequence[int] | None = None,
 ) -> tuple[synk_outputs.OutPlan, bool]:
     """Trace the function abstractly at every piece size (the split's, or `sizes`): its
     outputs, and whether it talks across devices. Refuses outputs that depend on the
     number of rows. `names` names each Variable the function may write into."""
     if sizes is None:
-        sizes = [None] if split is None else split.piece_sizes()
+        sizes = [] if split is None else split.piece_sizes()
     sizes = sorted(sizes)
-    traced = [_trace(core, call_user, descs, rows) for rows in sizes]
+    # No split (no batch axis): one trace, with no rows to vary.
+    traced = [_trace(core, call_user, descs, rows) for rows in (sizes or [None])]
     out = synk_outputs.plan_with_updates(options.reduce, traced[0][0], core.where, names)
     uses = any(u for _, u in traced)
     if split is None:
@@ -63,7 +79,9 @@ def trace_outputs(
     return out, uses
 
 
-def _trace(core, call_user, descs, rows):
+def _trace(
+    core: Core, call_user: UserCall, descs: list[Leaf], rows: int | None
+) -> tuple[Any, bool]:
     """(output shapes, talks across devices) for pieces of `rows` rows."""
     with synk_lax.tracing(rows=None if rows is None else (lambda: 0, rows)):
         jaxpr, shape = jax.make_jaxpr(
@@ -72,7 +90,9 @@ def _trace(core, call_user, descs, rows):
     return shape, compat.uses_axis(jaxpr, AXIS)
 
 
-def _check_outputs_at(core, out: synk_outputs.OutPlan, rows0: int, shape, rows: int) -> None:
+def _check_outputs_at(
+    core: Core, out: synk_outputs.OutPlan, rows0: int, shape: Any, rows: int
+) -> None:
     """The outputs for pieces of `rows` rows fit the plan made for `rows0` rows."""
     leaves, treedef = jax.tree_util.tree_flatten(shape)
     if treedef != out.treedef:
@@ -103,7 +123,7 @@ def _check_outputs_at(core, out: synk_outputs.OutPlan, rows0: int, shape, rows: 
             )
 
 
-def check_whole_share(core, split: Split, uses_lax: bool) -> None:
+def check_whole_share(core: Core, split: Split, uses_lax: bool) -> None:
     """A function that talks across devices must run once per device on an equal share."""
     why = (
         "calls synk.lax collectives (or others over synk.lax.axis_name)"

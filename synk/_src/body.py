@@ -19,11 +19,15 @@ gathered rows back in input order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import DTypeLike
 
 from synk._src import compat, shards, ties
 from synk._src import lax as synk_lax
@@ -33,26 +37,31 @@ from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
 from synk._src.split import Split, reassemble
 
+if TYPE_CHECKING:
+    from synk._src.core import Core
+    from synk._src.outputs import OutPlan
+    from synk._src.steps import UserCall
+
 
 class Body:
     """The function each device runs on its share: its outputs, accumulated locally."""
 
     def __init__(
         self,
-        call_user,
+        call_user: UserCall,
         descs: list[Leaf],
         split: Split | None,
-        out,
+        out: OutPlan,
         layout: Layout,
-        comm_dtype,
+        comm_dtype: DTypeLike | None,
         devices: int,
-    ):
+    ) -> None:
         self.call_user, self.descs, self.split, self.out = call_user, descs, split, out
         self.layout, self.comm_dtype = layout, comm_dtype
         self.reduced = out.indices(red.Reduction)
         self.gathered = out.indices(red.GATHER)
         self.per_device = out.indices(red.PER_DEVICE)
-        self.ops = [out.ops[i] for i in self.reduced]
+        self.ops = [op for op in out.ops if isinstance(op, red.Reduction)]  # those of `reduced`
         # Accumulations run in each op's acc_dtype; combine casts back to these.
         self.dtypes = [out.avals[i].dtype for i in self.reduced]
         self.sliced = [i for i, d in enumerate(descs) if d.role is Role.SLICED]
@@ -67,7 +76,13 @@ class Body:
         else:  # pieces weigh their rows
             self.divisor = split.rows
 
-    def out_specs(self) -> tuple:
+    @property
+    def batch(self) -> Split:
+        """`split`, for the steps that run only where there is a batch axis."""
+        assert self.split is not None, "no batch axis: one piece per device"
+        return self.split
+
+    def out_specs(self) -> tuple[list[P], ...]:
         return (
             [P(AXIS)] * len(self.reduced),
             [P(AXIS)] * len(self.gathered),
@@ -75,9 +90,9 @@ class Body:
             [P(AXIS)] * len(self.per_device),
         )
 
-    def __call__(self, *flat):
+    def __call__(self, *flat: jax.Array) -> tuple[list[jax.Array], ...]:
         base, extras = self.inputs(flat)
-        extra_rows = []
+        extra_rows: list[jax.Array] = []
         if self.split is None:  # no batch axis: one call per device
             outs = self.run(base, {})
             acc = self.fold(None, outs, 1)
@@ -89,13 +104,14 @@ class Body:
             if self.uneven:
                 with jax.named_scope("synk_extra_row"):
                     acc, extra_rows = self.extra_row(base, extras, acc)
+        assert acc is not None  # a batch of one row or more: a main block or an extra row
         local = [jnp.expand_dims(x, 0) for x in acc]  # one entry per device
         per_device = [jnp.expand_dims(x, 0) for x in per_device]
         return local, rows, extra_rows, per_device
 
     # ---------------------------------------------------------------- pieces
 
-    def inputs(self, flat) -> tuple[list, dict]:
+    def inputs(self, flat: Sequence[jax.Array]) -> tuple[list[jax.Array], dict[int, jax.Array]]:
         """The user's leaves on this device, and the extra rows of an uneven split."""
         base = []
         for d, x in zip(self.descs, flat):
@@ -103,18 +119,22 @@ class Body:
                 x = x[0]
             base.append(x)
         extras = {i: flat[slot] for i, slot in self.layout.extra.items()}
-        for i in self.layout.whole:  # the whole batch: this device's rows of it
-            base[i], extras[i] = self._own_rows(base[i], self.descs[i].axis)
+        for i in self.layout.whole:  # the whole batch (uneven): this device's rows of it
+            base[i], extra = self._own_rows(base[i], self.descs[i].batch_axis)
+            if extra is not None:
+                extras[i] = extra
         for i, slots in self.layout.index.items():  # rows of synk.Data batches
             index = [flat[k] for k in slots]
             if self.layout.traced and self.descs[i].data_layout is None:
                 index = self._own_index(self.descs[i], index)
-            base[i], extra = _view_rows(self.descs[i], base[i], index, self.split)
+            base[i], extra = _view_rows(self.descs[i], base[i], index, self.batch)
             if extra is not None:
                 extras[i] = extra
         return base, extras
 
-    def run(self, base: list, piece: dict, rows=None) -> list:
+    def run(
+        self, base: list[jax.Array], piece: dict[int, jax.Array], rows: synk_lax.Rows | None = None
+    ) -> list[jax.Array]:
         """The user's function on one piece: `piece` replaces the sliced leaves.
 
         `rows` is ``(first, count)``: the piece's global rows, for synk.lax.row_keys.
@@ -124,7 +144,9 @@ class Body:
             outs = jax.tree_util.tree_leaves(self.call_user(flat))
         return [jnp.asarray(o) for o in outs]  # Python numbers too (a row count, say)
 
-    def fold(self, acc, outs: list, rows: int) -> list:
+    def fold(
+        self, acc: list[jax.Array] | None, outs: list[jax.Array], rows: int
+    ) -> list[jax.Array]:
         """Add one piece's outputs to the local accumulation."""
         rows = 1 if self.uniform else rows
         new = [op.contribution(outs[i], rows) for op, i in zip(self.ops, self.reduced)]
@@ -132,16 +154,18 @@ class Body:
             return new
         return [op.accumulate(a, v) for op, a, v in zip(self.ops, acc, new, strict=True)]
 
-    def identities(self) -> list:
+    def identities(self) -> list[jax.Array]:
         return [op.identity(self.out.avals[i]) for op, i in zip(self.ops, self.reduced)]
 
-    def main_block(self, base: list):
+    def main_block(
+        self, base: list[jax.Array]
+    ) -> tuple[list[jax.Array] | None, list[jax.Array], list[jax.Array]]:
         """The main block's rows as num_slices sequential pieces; a scan per run of equal pieces."""
         acc, rows_out, per_device, start = None, [], [], 0
-        for count, size in self.split.pieces():
+        for count, size in self.batch.pieces():
             if count == 1:
                 piece = {
-                    i: lax.slice_in_dim(base[i], start, start + size, axis=self.descs[i].axis)
+                    i: lax.slice_in_dim(base[i], start, start + size, axis=self.descs[i].batch_axis)
                     for i in self.sliced
                 }
                 first = lambda start=start: self.first_row() + start  # noqa: E731
@@ -160,7 +184,9 @@ class Body:
         rows_out = [jnp.concatenate(p) if len(p) > 1 else p[0] for p in zip(*rows_out)]
         return acc, rows_out, per_device
 
-    def _scan(self, base: list, acc, start: int, count: int, size: int):
+    def _scan(
+        self, base: list[jax.Array], acc: list[jax.Array] | None, start: int, count: int, size: int
+    ) -> tuple[list[jax.Array], list[jax.Array]]:
         """`count` pieces of `size` rows, one after another.
 
         Each piece is sliced from the share inside the loop. Fed as the scan's
@@ -170,9 +196,11 @@ class Body:
         """
         firsts = start + size * jnp.arange(count, dtype=jnp.int32)  # each piece's first row
 
-        def step(carry, first):
+        def step(
+            carry: list[jax.Array], first: jax.Array
+        ) -> tuple[list[jax.Array], list[jax.Array]]:
             piece = {
-                i: lax.dynamic_slice_in_dim(base[i], first, size, axis=self.descs[i].axis)
+                i: lax.dynamic_slice_in_dim(base[i], first, size, axis=self.descs[i].batch_axis)
                 for i in self.sliced
             }
             outs = self.run(base, piece, (lambda: self.first_row() + first, size))
@@ -183,9 +211,9 @@ class Body:
         acc, ys = lax.scan(step, init, firsts)
         return acc, [y.reshape((count * size, *y.shape[2:])) for y in ys]
 
-    def _own_rows(self, x, axis: int):
+    def _own_rows(self, x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array | None]:
         """This device's main block and extra row (None if even), sliced from the whole batch."""
-        s = self.split
+        s = self.batch
         main = lax.dynamic_slice_in_dim(x, self.first_row(), s.main, axis)
         if s.even:
             return main, None
@@ -193,48 +221,52 @@ class Body:
         last = jnp.minimum(self.extra_row_index(), s.rows - 1)
         return main, lax.dynamic_slice_in_dim(x, last, 1, axis)
 
-    def _own_index(self, d: Leaf, index: list) -> list:
+    def _own_index(self, d: Leaf, index: list[jax.Array]) -> list[jax.Array]:
         """Replicated data inside a trace: this device's requests, from the whole index."""
         if d.view is View.LOCAL:
             return index
         main, extra = self._own_rows(index[0], 0)
         return [main] if extra is None else [main, extra]
 
-    def first_row(self):
+    def first_row(self) -> jax.Array:
         """The global index of this device's first main-block row (`split.py`'s layout)."""
-        process, local, s = *self._place(), self.split
+        process, local, s = *self._place(), self.batch
         return process * s.local_rows + local * s.main
 
-    def extra_row_index(self):
+    def extra_row_index(self) -> jax.Array:
         """The global index of this device's extra row (if it has one)."""
-        process, local, s = *self._place(), self.split
+        process, local, s = *self._place(), self.batch
         return process * s.local_rows + s.local_devices * s.main + local
 
-    def _place(self):
+    def _place(self) -> tuple[jax.Array, jax.Array]:
         device = lax.axis_index(AXIS)
-        return device // self.split.local_devices, device % self.split.local_devices
+        return device // self.batch.local_devices, device % self.batch.local_devices
 
-    def extra_row(self, base: list, extras: dict, acc):
+    def extra_row(
+        self, base: list[jax.Array], extras: dict[int, jax.Array], acc: list[jax.Array] | None
+    ) -> tuple[list[jax.Array], list[jax.Array]]:
         """Devices j < r run the function on their one extra row; the others skip it."""
         gathered_avals = [self.out.avals[i] for i in self.gathered]
 
-        def yes(_):
+        def yes(_: None) -> tuple[list[jax.Array], list[jax.Array]]:
             outs = self.run(base, extras, (self.extra_row_index, 1))
             folded = self.fold(None, outs, 1)
             return folded, [outs[i] for i in self.gathered]
 
-        def no(_):
+        def no(_: None) -> tuple[list[jax.Array], list[jax.Array]]:
             rows = [compat.zeros((1, *a.shape[1:]), a.dtype) for a in gathered_avals]
             return self.identities(), rows
 
-        local_index = lax.axis_index(AXIS) % self.split.local_devices
-        extra_acc, extra_rows = lax.cond(local_index < self.split.extra, yes, no, None)
+        local_index = lax.axis_index(AXIS) % self.batch.local_devices
+        extra_acc, extra_rows = lax.cond(local_index < self.batch.extra, yes, no, None)
         if acc is None:
             return extra_acc, extra_rows
         return [op.accumulate(a, e) for op, a, e in zip(self.ops, acc, extra_acc)], extra_rows
 
 
-def _view_rows(d: Leaf, data, index: list, split: Split):
+def _view_rows(
+    d: Leaf, data: jax.Array, index: list[jax.Array], split: Split
+) -> tuple[jax.Array, jax.Array | None]:
     """This device's main-block rows (and extra row, if uneven) of a synk.Data batch."""
     if d.view is View.LOCAL:  # each device indexes its own shard: no communication
         return jnp.take(data, index[0][0], axis=0, mode="clip"), None
@@ -255,8 +287,9 @@ def _view_rows(d: Leaf, data, index: list, split: Split):
 # The executable
 
 
-def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
-               talks: bool = False):  # fmt: skip
+def executable(
+    core: Core, body: Body, donated: tuple[int, ...], traced: bool = False, talks: bool = False
+) -> jax.stages.Wrapped:
     """``jit(shard_map(body))``, with outputs in the user's order and rows in input order.
 
     `talks`: the function calls synk.lax collectives.
@@ -277,7 +310,7 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
     mapped = jax.shard_map(
         per_device_fn, mesh=core.mesh, in_specs=specs, out_specs=out_specs, check_vma=False
     )
-    split, n_out = body.split, len(body.out.ops)
+    n_out = len(body.out.ops)
 
     everywhere = NamedSharding(core.mesh, P())
 
@@ -285,13 +318,14 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
     # whole), and so do indices; they have no derivatives to read.
     arguments = [k for k, d in enumerate(body.descs) if d.view is None]
 
-    def outer(*flat):
+    def outer(*flat: jax.Array) -> list[jax.Array | None]:
         if traced and core.groups > 1:
             # Several processes: a derivative with respect to an argument takes
             # the argument's sharding; replicated, every process can read it.
-            flat = list(flat)
+            constrained = list(flat)
             for k in arguments:
-                flat[k] = lax.with_sharding_constraint(flat[k], everywhere)
+                constrained[k] = lax.with_sharding_constraint(flat[k], everywhere)
+            flat = tuple(constrained)
         local, rows, extra_rows, per_device, *counted = mapped(*flat)
         counts = dict(zip(tie_leaves, counted[0], strict=True)) if counted else {}
         with jax.named_scope("synk_reduce"):
@@ -299,10 +333,10 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
                 body.ops, local, body.divisor, body.comm_dtype, body.dtypes, core.mesh, counts
             )
         if body.uneven:
-            rows = [reassemble(m, e, split) for m, e in zip(rows, extra_rows)]
+            rows = [reassemble(m, e, body.batch) for m, e in zip(rows, extra_rows)]
         if core.groups > 1:  # every process can read a gathered output (np.asarray)
             rows = [lax.with_sharding_constraint(x, everywhere) for x in rows]
-        result = [None] * n_out
+        result: list[jax.Array | None] = [None] * n_out
         parts = ((body.reduced, reduced), (body.gathered, rows), (body.per_device, per_device))
         for idx, vals in parts:
             for i, v in zip(idx, vals, strict=True):
@@ -321,7 +355,7 @@ def executable(core, body: Body, donated: tuple[int, ...], traced: bool = False,
     return jax.jit(outer, in_shardings=shardings, donate_argnums=donated)
 
 
-def donated(core, descs: list[Leaf], layout: Layout | None) -> tuple[int, ...]:
+def donated(core: Core, descs: list[Leaf], layout: Layout | None) -> tuple[int, ...]:
     """The executable's argument slots that `donate_argnums` gives away."""
     if not core.donate:
         return ()

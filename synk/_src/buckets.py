@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import DTypeLike
 
 from synk._src import reduce as red
 from synk._src.axis import AXIS
@@ -51,7 +53,19 @@ from synk._src.body import Body
 from synk._src.roles import Leaf, Role, Source, View
 from synk._src.split import Split
 
+if TYPE_CHECKING:
+    from synk._src.core import Core
+    from synk._src.layout import Layout
+    from synk._src.outputs import OutPlan
+    from synk._src.steps import Placer, UserCall
+
+# A device's running accumulation, and how many of its rows it has run.
+Progress = tuple[list[jax.Array], jax.Array]
+
 RATIO = 8  # each ladder size is an eighth of the one above
+GEOMETRIC: Literal["geometric"] = "geometric"  # the default policy
+# The ``buckets`` option: 'geometric', batch lengths, or None (each length its own).
+Buckets = Literal["geometric"] | Sequence[int | np.integer] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +76,7 @@ class Policy:
     lengths: tuple[int, ...] | None = None
 
     @classmethod
-    def of(cls, buckets, where: str) -> Policy | None:
+    def of(cls, buckets: Buckets, where: str) -> Policy | None:
         """The parsed ``buckets`` option: 'geometric', a sequence of lengths, or None (off)."""
         if buckets is None or buckets is False:
             return None
@@ -92,6 +106,16 @@ class Policy:
         return None
 
 
+def as_option(buckets: Buckets, where: str) -> Buckets:
+    """The ``buckets`` option checked, as a function keeps it: lengths as a tuple
+    (hashable, plain ints in repr), and False as None."""
+    if Policy.of(buckets, where) is None:
+        return None
+    if buckets is None or isinstance(buckets, str):
+        return buckets
+    return tuple(int(b) for b in buckets)
+
+
 def ladder(capacity: int, slices: int) -> tuple[int, ...]:
     """The piece sizes, largest first: any count up to `capacity` is a greedy sum of them."""
     top = -(-capacity // slices)
@@ -116,7 +140,7 @@ def may_share(descs: list[Leaf]) -> bool:
     )
 
 
-def eligible(out, uses_lax: bool) -> bool:
+def eligible(out: OutPlan, uses_lax: bool) -> bool:
     """Whether a function's outputs can come from a bucket's pieces."""
     return not (uses_lax or out.indices(red.GATHER) or out.indices(red.PER_DEVICE))
 
@@ -127,7 +151,7 @@ def capacity_descs(descs: list[Leaf], capacity_rows: int) -> list[Leaf]:
     for d in descs:
         if d.role is Role.SLICED:  # an array, or a view (its rows)
             shape = list(d.aval.shape)
-            shape[d.axis] = capacity_rows
+            shape[d.batch_axis] = capacity_rows
             aval = jax.ShapeDtypeStruct(tuple(shape), d.aval.dtype, weak_type=d.aval.weak_type)
             d = dataclasses.replace(d, aval=aval)
         out.append(d)
@@ -147,19 +171,32 @@ class BucketBody(Body):
     its own ``capacity`` rows from them.
     """
 
-    def __init__(self, *args, sizes: tuple[int, ...], count_leaf: int | None = None,
-                 whole: frozenset = frozenset(), **kwargs):  # fmt: skip
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        call_user: UserCall,
+        descs: list[Leaf],
+        split: Split,
+        out: OutPlan,
+        layout: Layout,
+        comm_dtype: DTypeLike | None,
+        devices: int,
+        *,
+        sizes: tuple[int, ...],
+        count_leaf: int | None = None,
+        whole: frozenset[int] = frozenset(),
+    ) -> None:
+        super().__init__(call_user, descs, split, out, layout, comm_dtype, devices)
         self.sizes, self.count_leaf, self.whole = sizes, count_leaf, whole
         self.uniform = False  # pieces weigh their rows; 'avg' divides by the traced length
 
-    def __call__(self, *flat):
+    def __call__(self, *args: jax.Array) -> tuple[list[jax.Array], ...]:
+        flat: Sequence[jax.Array] = args
         if self.count_leaf is None:
-            *flat, total = flat
+            *flat, total = args
         else:
-            total = flat[self.count_leaf].astype(jnp.int32)
+            total = args[self.count_leaf].astype(jnp.int32)
         base, _ = self.inputs(flat)
-        m, c = self.split.local_devices, self.split.main
+        m, c = self.batch.local_devices, self.batch.main
         local = lax.axis_index(AXIS) % m
         process = lax.axis_index(AXIS) // m
         q, r = total // m, total % m
@@ -183,17 +220,33 @@ class BucketBody(Body):
             most = size - 1
         return [jnp.expand_dims(x, 0) for x in acc], [], [], []
 
-    def _full(self, base: list, acc: list, done, count, start):
+    def _full(
+        self,
+        base: list[jax.Array],
+        acc: list[jax.Array],
+        done: jax.Array,
+        count: jax.Array,
+        start: jax.Array,
+    ) -> Progress:
         """The whole capacity as one piece, where a device's rows fill it."""
-        size = self.split.main
+        size = self.batch.main
 
-        def full(_):
+        def full(_: None) -> Progress:
             outs = self.run(base, {}, (lambda: start, size))
             return self.fold(acc, outs, size), done + size
 
         return lax.cond(count == size, full, lambda _: (acc, done), None)
 
-    def _pieces(self, base: list, acc: list, done, count, start, size: int, most: int):
+    def _pieces(
+        self,
+        base: list[jax.Array],
+        acc: list[jax.Array],
+        done: jax.Array,
+        count: jax.Array,
+        start: jax.Array,
+        size: int,
+        most: int,
+    ) -> Progress:
         """As many pieces of `size` rows as fit in what is left (at most `most`), in order.
 
         A loop of `most` steps, each under a cond: reverse-mode differentiable,
@@ -203,11 +256,11 @@ class BucketBody(Body):
             return acc, done
         wanted = (count - done) // size
 
-        def step(i, carry):
-            def piece(carry):
+        def step(i: jax.Array, carry: Progress) -> Progress:
+            def piece(carry: Progress) -> Progress:
                 acc, done = carry
                 rows = {
-                    j: lax.dynamic_slice_in_dim(base[j], done, size, axis=self.descs[j].axis)
+                    j: lax.dynamic_slice_in_dim(base[j], done, size, axis=self.descs[j].batch_axis)
                     for j in self.sliced
                 }
                 outs = self.run(base, rows, (lambda: start + done, size))
@@ -218,7 +271,9 @@ class BucketBody(Body):
         return lax.fori_loop(0, most, step, (acc, done))
 
 
-def executable(core, body: BucketBody, donated: tuple[int, ...], traced: bool = False):
+def executable(
+    core: Core, body: BucketBody, donated: tuple[int, ...], traced: bool = False
+) -> jax.stages.Wrapped:
     """``jit(shard_map(body))`` over the capacity's layout and the traced length.
 
     `traced`: inside the user's trace (``first_rows``): the count is one of the
@@ -232,13 +287,13 @@ def executable(core, body: BucketBody, donated: tuple[int, ...], traced: bool = 
     )
     n_out = len(body.out.ops)
 
-    def outer(*flat):
+    def outer(*flat: jax.Array) -> list[jax.Array | None]:
         local, _, _, _ = mapped(*flat)
         total = flat[-1] if body.count_leaf is None else flat[body.count_leaf]
-        divisor = total.astype(jnp.int32) * body.split.groups  # the global batch length
+        divisor = total.astype(jnp.int32) * body.batch.groups  # the global batch length
         with jax.named_scope("synk_reduce"):
             reduced = red.combine(body.ops, local, divisor, body.comm_dtype, body.dtypes, core.mesh)
-        result = [None] * n_out
+        result: list[jax.Array | None] = [None] * n_out
         for i, v in zip(body.reduced, reduced, strict=True):
             result[i] = v
         return result
@@ -270,7 +325,9 @@ def dealing(local_rows: int, devices: int, capacity: int) -> np.ndarray:
     return index
 
 
-def placer(descs: list[Leaf], split: Split, capacity: int, inner: Callable, length) -> Callable:
+def placer(
+    descs: list[Leaf], split: Split, capacity: int, inner: Placer, length: jax.Array
+) -> Placer:
     """The call's leaves in the bucket's layout: batches dealt and padded, views'
     indices too, then `inner` (the capacity's own placer), then the traced `length`."""
     index = dealing(split.local_rows, split.local_devices, capacity)
@@ -279,7 +336,7 @@ def placer(descs: list[Leaf], split: Split, capacity: int, inner: Callable, leng
     batches = [] if full else batches
     views = [i for i, d in enumerate(descs) if d.view is not None]
 
-    def place(leaves: list) -> list:
+    def place(leaves: list[Any]) -> list[Any]:
         leaves = list(leaves)
         for i, axis in batches:
             leaves[i] = np.take(np.asarray(leaves[i]), index, axis=axis)
@@ -292,7 +349,7 @@ def placer(descs: list[Leaf], split: Split, capacity: int, inner: Callable, leng
     return place
 
 
-def traced_length(core, local_rows: int):
+def traced_length(core: Core, local_rows: int) -> jax.Array:
     """The traced length, on the devices once: nothing travels for it per call."""
     sharding = NamedSharding(core.mesh, P())
     value = np.int32(local_rows)

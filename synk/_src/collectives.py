@@ -9,6 +9,8 @@ collective accepts a pytree of them and is compiled once per shape.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,8 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.tree_util import PyTreeDef
+from jax.typing import ArrayLike, DTypeLike
 
 from synk._src import compat, runtime
 from synk._src import reduce as red
@@ -32,13 +36,13 @@ def _per_device_sharding() -> NamedSharding:
     return NamedSharding(_mesh(), P(AXIS))
 
 
-def _place(tree, where: str):
+def _place(tree: Any, where: str) -> tuple[list[jax.Array], PyTreeDef]:
     """Check and place a pytree of per-device values (leading axis = device count)."""
     n = runtime.device_count()
     sharding = _per_device_sharding()
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    out = []
+    out: list[jax.Array] = []
     for path, leaf in zip(paths, leaves, strict=True):
         shape = np.shape(leaf)
         if not shape or shape[0] != n:
@@ -56,7 +60,7 @@ def _place(tree, where: str):
     return out, treedef
 
 
-def _to_devices(x, sharding: NamedSharding) -> jax.Array:
+def _to_devices(x: ArrayLike, sharding: NamedSharding) -> jax.Array:
     if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
         return jax.device_put(x, sharding)  # moves, reshards, or reorders shards
     # Several processes: every process holds the whole value (on the host or on
@@ -78,17 +82,19 @@ def _on_mesh(x: jax.Array, sharding: NamedSharding) -> jax.Array:
     return _to_devices(x, sharding)
 
 
-def _dispatch(fn, leaves, treedef):
+def _dispatch(
+    fn: Callable[..., list[jax.Array]], leaves: list[jax.Array], treedef: PyTreeDef
+) -> Any:
     out = fn(*leaves)
     throttle(out[0] if out else None, runtime.devices()[0].platform)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _mapped(body, out_spec):
+def _mapped(body: Callable[..., list[jax.Array]], out_spec: P) -> Callable[..., list[jax.Array]]:
     """jit(shard_map(body)) over every device, per-device inputs; cached by the callers."""
     mesh = _mesh()
 
-    def outer(*leaves):
+    def outer(*leaves: jax.Array) -> list[jax.Array]:
         specs = tuple(P(AXIS) for _ in leaves)
         outs = [out_spec for _ in leaves]
         # check_vma=False, as in a synk.function's body (see body.py).
@@ -103,7 +109,7 @@ def _mapped(body, out_spec):
 
 
 @compat.api_boundary
-def broadcast(x):
+def broadcast(x: Any) -> Any:
     """Every device gets a copy of ``x`` (a pytree): a per-device value.
 
     Example:
@@ -115,7 +121,7 @@ def broadcast(x):
     n, sharding = runtime.device_count(), _per_device_sharding()
     replicated = NamedSharding(sharding.mesh, P())
 
-    def one(leaf):
+    def one(leaf: ArrayLike) -> jax.Array:
         if isinstance(leaf, jax.Array):
             return _broadcast_fn(sharding)(_on_mesh(leaf, replicated))
         leaf = np.asarray(leaf)
@@ -125,13 +131,13 @@ def broadcast(x):
 
 
 @functools.cache
-def _broadcast_fn(sharding: NamedSharding):
+def _broadcast_fn(sharding: NamedSharding) -> Callable[[jax.Array], jax.Array]:
     n = len(sharding.mesh.devices.flat)
     return jax.jit(lambda x: jnp.broadcast_to(x[None], (n, *x.shape)), out_shardings=sharding)
 
 
 @compat.api_boundary
-def scatter(x):
+def scatter(x: Any) -> Any:
     """Split axis 0 of ``x`` (a pytree) into ``device_count()`` equal parts, one per device.
 
     Raises:
@@ -147,7 +153,7 @@ def scatter(x):
     n, sharding = runtime.device_count(), _per_device_sharding()
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]]
     leaves, treedef = jax.tree_util.tree_flatten(x)
-    out = []
+    out: list[jax.Array] = []
     for path, leaf in zip(paths, leaves, strict=True):
         shape = np.shape(leaf)
         if not shape or shape[0] % n:
@@ -166,7 +172,7 @@ def scatter(x):
 
 
 @functools.cache
-def _reshape_fn(n: int, sharding: NamedSharding):
+def _reshape_fn(n: int, sharding: NamedSharding) -> Callable[[jax.Array], jax.Array]:
     return jax.jit(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), out_shardings=sharding)
 
 
@@ -174,7 +180,7 @@ def _reshape_fn(n: int, sharding: NamedSharding):
 
 
 @compat.api_boundary
-def gather(x, *, concat: bool = False):
+def gather(x: Any, *, concat: bool = False) -> Any:
     """Every device's entry of ``x`` (a pytree of per-device values), on the host.
 
     Args:
@@ -194,7 +200,7 @@ def gather(x, *, concat: bool = False):
     """
     leaves, treedef = _place(x, "synk.gather")
 
-    def host(leaf):
+    def host(leaf: jax.Array) -> np.ndarray:
         if not leaf.is_fully_addressable:
             from jax.experimental import multihost_utils
 
@@ -206,7 +212,7 @@ def gather(x, *, concat: bool = False):
 
 
 @compat.api_boundary
-def get_value(x, i: int):
+def get_value(x: Any, i: int) -> Any:
     """Entry ``i`` of a per-device value (a pytree), as numpy arrays.
 
     Example:
@@ -221,7 +227,7 @@ def get_value(x, i: int):
     leaves, treedef = _place(x, "synk.get_value")
     device = runtime.devices()[i]
 
-    def entry(leaf):
+    def entry(leaf: jax.Array) -> np.ndarray:
         if jax.process_count() > 1:  # collective: every process takes part, every one gets it
             return gather(leaf)[i]
         (shard,) = (s for s in leaf.addressable_shards if s.device == device)
@@ -231,7 +237,7 @@ def get_value(x, i: int):
 
 
 @compat.api_boundary
-def set_value(x, i: int, v):
+def set_value(x: Any, i: int, v: Any) -> Any:
     """A copy of the per-device value ``x`` (a pytree) whose entry ``i`` is ``v``.
 
     Example:
@@ -262,7 +268,7 @@ def set_value(x, i: int, v):
 
 
 @functools.cache
-def _set_fn(sharding: NamedSharding):
+def _set_fn(sharding: NamedSharding) -> Callable[[jax.Array, int, jax.Array], jax.Array]:
     return jax.jit(lambda x, i, v: x.at[i].set(v), out_shardings=sharding)
 
 
@@ -270,7 +276,7 @@ def _set_fn(sharding: NamedSharding):
 
 
 @compat.api_boundary
-def all_gather(x, *, concat: bool = False):
+def all_gather(x: Any, *, concat: bool = False) -> Any:
     """Every device gets every device's entry of ``x`` (a pytree of per-device values).
 
     Returns:
@@ -285,12 +291,12 @@ def all_gather(x, *, concat: bool = False):
       True
     """
     leaves, treedef = _place(x, "synk.all_gather")
-    return _dispatch(_all_gather_fn(bool(concat)), leaves, treedef)
+    return _dispatch(_all_gather_fn(concat), leaves, treedef)
 
 
 @functools.cache
-def _all_gather_fn(concat: bool):
-    def body(*xs):
+def _all_gather_fn(concat: bool) -> Callable[..., list[jax.Array]]:
+    def body(*xs: jax.Array) -> list[jax.Array]:
         out = []
         for x in xs:
             got = lax.all_gather(x[0], AXIS, tiled=concat)
@@ -301,7 +307,7 @@ def _all_gather_fn(concat: bool):
 
 
 @compat.api_boundary
-def reduce(x, op: str, *, comm_dtype=None):
+def reduce(x: Any, op: red.ReductionName, *, comm_dtype: DTypeLike | None = None) -> Any:
     """Combine every device's entry of ``x`` (a pytree) into one value.
 
     Args:
@@ -332,7 +338,7 @@ def reduce(x, op: str, *, comm_dtype=None):
 
 
 @compat.api_boundary
-def all_reduce(x, op: str, *, comm_dtype=None):
+def all_reduce(x: Any, op: red.ReductionName, *, comm_dtype: DTypeLike | None = None) -> Any:
     """Every device gets the combination of every device's entry of ``x`` (a pytree).
 
     The result is a per-device value whose entries are all equal, fit to feed
@@ -349,20 +355,22 @@ def all_reduce(x, op: str, *, comm_dtype=None):
     return _reduce(x, op, comm_dtype, everywhere=True, where="synk.all_reduce")
 
 
-def _reduce(x, op, comm_dtype, *, everywhere: bool, where: str):
+def _reduce(x: Any, op: object, comm_dtype: object, *, everywhere: bool, where: str) -> Any:
     """`reduce` and `all_reduce`: checked before anything runs, then one collective per op."""
-    op = red.parse_op(op, where, ops=red.REDUCTIONS)
+    reduction = red.parse_op(op, where, ops=red.REDUCTIONS)
     comm = red.parse_comm_dtype(comm_dtype, where)
     leaves, treedef = _place(x, where)
-    _check_dtypes(op, x, leaves, where)
-    return _dispatch(_reduce_fn(op, comm, everywhere), leaves, treedef)
+    _check_dtypes(reduction, x, leaves, where)
+    return _dispatch(_reduce_fn(reduction, comm, everywhere), leaves, treedef)
 
 
 @functools.cache
-def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
+def _reduce_fn(
+    op: red.Reduction, comm_dtype: DTypeLike | None, everywhere: bool
+) -> Callable[..., list[jax.Array]]:
     mesh, n = _mesh(), runtime.device_count()
 
-    def reduced(*xs):
+    def reduced(*xs: jax.Array) -> list[jax.Array]:
         # Each device's entry is one contribution of weight 1 (in the op's
         # accumulation dtype); all leaves of the op go in one all-reduce.
         values = [op.contribution(x, 1) for x in xs]
@@ -375,7 +383,7 @@ def _reduce_fn(op: red.Reduction, comm_dtype, everywhere: bool):
     return jax.jit(reduced, out_shardings=NamedSharding(mesh, P(AXIS) if everywhere else P()))
 
 
-def _check_dtypes(op: red.Reduction, x, leaves: list, where: str) -> None:
+def _check_dtypes(op: red.Reduction, x: Any, leaves: list[jax.Array], where: str) -> None:
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]]
     refusals = Refusals(where)
     for path, leaf in zip(paths, leaves, strict=True):

@@ -6,11 +6,20 @@ When JAX moves one of these, this is the one file to change.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
+from jax.typing import DTypeLike
 
-# The type of values inside jax.jit, grad and vmap (public as jax.core.Tracer).
-Tracer = getattr(jax.core, "Tracer", None) or importlib.import_module("jax._src.core").Tracer
+if TYPE_CHECKING:
+    from jax.core import Tracer
+    from jax.extend.core import ClosedJaxpr
+else:
+    # The type of values inside jax.jit, grad and vmap (public as jax.core.Tracer).
+    Tracer = getattr(jax.core, "Tracer", None) or importlib.import_module("jax._src.core").Tracer
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def backend_started() -> bool:
@@ -36,23 +45,23 @@ def coordinator_address() -> str | None:
         return None
 
 
-def uses_axis(jaxpr, axis: str) -> bool:
+def uses_axis(jaxpr: ClosedJaxpr, axis: str) -> bool:
     """Whether a traced program names `axis` in any equation (a collective or axis_index).
 
     Walks every sub-program (jit, scan, cond, custom derivatives). Read from the
     program rather than recorded while tracing: a jitted helper traced earlier
     is not traced again, so a side effect would miss it.
     """
-    seen = set()
+    seen: set[int] = set()
 
-    def names(value) -> bool:
+    def names(value: object) -> bool:
         if isinstance(value, str):
             return value == axis
         if isinstance(value, tuple | list | frozenset | set):
             return any(names(v) for v in value)
         return False
 
-    def walk(program) -> bool:
+    def walk(program: Any) -> bool:  # a Jaxpr, a ClosedJaxpr, or what holds one
         program = getattr(program, "jaxpr", program)  # a ClosedJaxpr holds a Jaxpr
         if id(program) in seen:
             return False
@@ -81,7 +90,7 @@ def hide_frames(path: str) -> None:
         pass
 
 
-def api_boundary(fn):
+def api_boundary(fn: F) -> F:
     """`fn`, whose errors reach the caller with the hidden frames left out.
 
     A refused call's traceback then ends in the user's line, as a refused
@@ -106,7 +115,7 @@ def under_jit() -> bool:
         return True  # unknown: the convention inside a trace, every value global
 
 
-def device_order(sharding) -> tuple | None:
+def device_order(sharding: jax.sharding.Sharding) -> tuple[jax.Device, ...] | None:
     """The devices of a sharding in its order (None if unknown).
 
     jit takes committed arguments only on its devices in its order ("Received
@@ -151,12 +160,13 @@ def missing_private_names() -> list[str]:
     return missing
 
 
-def zeros(shape: tuple, dtype):
+def zeros(shape: tuple[int, ...], dtype: DTypeLike) -> jax.Array:
     """Zeros of any dtype; for typed PRNG keys, keys made of zero bits (a placeholder)."""
     import jax.numpy as jnp
 
     if not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return jnp.zeros(shape, dtype)
-    impl = dtype._impl  # a key dtype's implementation has no public accessor
+    key_dtype: Any = dtype  # a typed key's dtype, which the public types do not name
+    impl = key_dtype._impl  # a key dtype's implementation has no public accessor
     data = jnp.zeros((*shape, *impl.key_shape), jnp.uint32)
     return jax.random.wrap_key_data(data, impl=impl)

@@ -18,18 +18,18 @@ import jax
 
 from synk._src import runtime
 from synk._src.recompiles import Recompiles
-from synk._src.signature import Signature, Statics, as_tuple, check_in_axes
+from synk._src.signature import Dyn, InAxes, Signature, Statics, as_tuple, check_in_axes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Core:
     """A decorated function, validated: see the module's docstring."""
 
-    fn: Callable
+    fn: Callable[..., Any]
     name: str  # the function's qualified name, for messages and repr
     where: str  # "synk.function(<name>)": how every message starts
     signature: Signature
-    in_axes: Any
+    in_axes: InAxes
     statics: Statics
     donate: frozenset[int]
     devices: tuple[jax.Device, ...]
@@ -37,17 +37,18 @@ class Core:
     mesh: jax.sharding.Mesh
     platform: str  # "cpu", "gpu", ...
     has_statics: bool  # read at every call: is there anything to take out?
-    cache: dict = dataclasses.field(default_factory=dict)  # plan key -> Plan
-    buckets: dict = dataclasses.field(default_factory=dict)  # bucket key -> executable or False
-    variants: dict = dataclasses.field(default_factory=dict)  # options key -> Function
-    serials: dict = dataclasses.field(default_factory=dict)  # f.serial's executables
+    cache: dict[tuple, Any] = dataclasses.field(default_factory=dict)  # plan key -> Plan
+    # bucket key -> (executable, placer, out, outputs), or False: no bucket serves it
+    buckets: dict[tuple, Any] = dataclasses.field(default_factory=dict)
+    variants: dict[tuple, Any] = dataclasses.field(default_factory=dict)  # -> Function
+    serials: dict[tuple, Any] = dataclasses.field(default_factory=dict)  # -> f.serial's
     recompiles: Recompiles = dataclasses.field(default_factory=Recompiles)
 
     @classmethod
     def of(
         cls,
-        fn: Callable,
-        in_axes: Any,
+        fn: Callable[..., Any],
+        in_axes: InAxes,
         static_argnums: int | Sequence[int],
         static_argnames: str | Sequence[str],
         donate_argnums: int | Sequence[int],
@@ -73,7 +74,7 @@ class Core:
         """Executables built: a bucket's serves several plans (batch lengths)."""
         return len({id(plan.jitted) for plan in self.cache.values()})
 
-    def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, Any]:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], Dyn]:
         """(statics, dyn): the call bound to the signature, statics taken out."""
         if not kwargs and not self.has_statics:  # the common case, at every call
             return (), (args, kwargs)

@@ -20,12 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
+from jax.tree_util import PyTreeDef
 
 from synk._src import compat
-from synk._src.roles import Role
+from synk._src.roles import Leaf, Role
+
+if TYPE_CHECKING:
+    from synk._src.outputs import OutPlan
+    from synk._src.partition import Call
+    from synk._src.reduce import ReduceSpec
+
+Count = int | np.integer | jax.Array  # a row count: an int, or an integer scalar (traced)
 
 
 @jax.tree_util.register_dataclass
@@ -33,10 +42,10 @@ from synk._src.roles import Role
 class FirstRows:
     """The first `count` rows of `array` (along axis 0, its batch axis)."""
 
-    array: object
-    count: object
+    array: jax.Array | np.ndarray
+    count: Count
 
-    def rows(self):
+    def rows(self) -> jax.Array | np.ndarray:
         """``array[:count]`` for a concrete count (the array may be traced)."""
         n = int(self.count)
         if isinstance(self.array, jax.Array):
@@ -45,7 +54,7 @@ class FirstRows:
 
 
 @compat.api_boundary
-def first_rows(x, n) -> FirstRows:
+def first_rows(x: jax.Array | np.ndarray, n: Count) -> FirstRows:
     """The first ``n`` rows of ``x``: a batch padded to a bucket, and its row count.
 
     Args:
@@ -87,12 +96,12 @@ def first_rows(x, n) -> FirstRows:
     return FirstRows(x, n)
 
 
-def is_first(x) -> bool:
+def is_first(x: object) -> bool:
     return isinstance(x, FirstRows)
 
 
 @functools.lru_cache(maxsize=256)
-def slots(treedef) -> tuple[tuple[int, int], ...]:
+def slots(treedef: PyTreeDef) -> tuple[tuple[int, int], ...]:
     """(array leaf, count leaf) of every FirstRows in a call's tree structure.
 
     Walks the structure itself: rebuilding the tree from placeholders would
@@ -100,7 +109,7 @@ def slots(treedef) -> tuple[tuple[int, int], ...]:
     """
     found, position = [], 0
 
-    def walk(node) -> None:
+    def walk(node: PyTreeDef) -> None:
         nonlocal position
         children = node.children()
         if not children:
@@ -117,17 +126,17 @@ def slots(treedef) -> tuple[tuple[int, int], ...]:
     return tuple(found)
 
 
-def traced_count(call) -> bool:
+def traced_count(call: Call) -> bool:
     """Whether a call's FirstRows counts are traced (inside jax.jit, grad, vmap)."""
     return any(isinstance(call.leaves[c], compat.Tracer) for _, c in slots(call.treedef))
 
 
-def concrete(tree):
+def concrete(tree: Any) -> Any:
     """The tree with every FirstRows of concrete values replaced by its rows (eager calls)."""
     return jax.tree_util.tree_map(lambda f: f.rows() if is_first(f) else f, tree, is_leaf=is_first)
 
 
-def unwrap(tree):
+def unwrap(tree: Any) -> Any:
     """The tree with every FirstRows replaced by its array (what the function sees of a piece)."""
     return jax.tree_util.tree_map(lambda f: f.array if is_first(f) else f, tree, is_leaf=is_first)
 
@@ -140,7 +149,9 @@ def traced_serial_error(where: str) -> str:
     )
 
 
-def check(where: str, reduce, descs, arrays: list[int], counts: list) -> None:
+def check(
+    where: str, reduce: ReduceSpec, descs: list[Leaf], arrays: list[int], counts: list[Any]
+) -> None:
     """Refuse first_rows batches that cannot share a bucket inside a trace."""
     if reduce is None:
         raise ValueError(
@@ -181,12 +192,12 @@ def check(where: str, reduce, descs, arrays: list[int], counts: list) -> None:
         )
 
 
-def _name(d) -> str:
+def _name(d: Leaf) -> str:
     """The argument as the user wrote it: the FirstRows, not its array field."""
     return d.name.removesuffix(".array")
 
 
-def check_outputs(where: str, out, uses_lax: bool) -> None:
+def check_outputs(where: str, out: OutPlan, uses_lax: bool) -> None:
     """Refuse a function whose outputs cannot run in a bucket inside a trace."""
     if uses_lax:
         raise ValueError(

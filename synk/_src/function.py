@@ -56,17 +56,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import jax
+from jax.typing import DTypeLike
 
 from synk._src import agreement, allgather, compat, first, roles, serial
 from synk._src import lax as synk_lax
-from synk._src.buckets import Policy
+from synk._src.buckets import Buckets, as_option
 from synk._src.core import Core
-from synk._src.options import Options
+from synk._src.options import UNCHANGED, Options, Unchanged
 from synk._src.partition import partition
 from synk._src.plan import Plan
+from synk._src.reduce import ReduceSpec
+from synk._src.signature import InAxes
 from synk._src.throttle import throttle
 
 # --------------------------------------------------------------------------
@@ -74,39 +77,52 @@ from synk._src.throttle import throttle
 
 
 @overload
-def function(fn: Callable, /) -> Function: ...
-@overload
 def function(
-    fn: None = None,
+    fn: Callable[..., Any],
     /,
     *,
-    in_axes: Any = 0,
-    reduce: Any = None,
+    in_axes: InAxes = 0,
+    reduce: ReduceSpec = None,
     num_slices: int = 1,
     static_argnums: int | Sequence[int] = (),
     static_argnames: str | Sequence[str] = (),
     donate_argnums: int | Sequence[int] = (),
     devices: Sequence[jax.Device] | int | None = None,
-    comm_dtype: Any = None,
-    buckets: Any = "geometric",
-) -> Callable[[Callable], Function]: ...
+    comm_dtype: DTypeLike | None = None,
+    buckets: Buckets = "geometric",
+) -> Function: ...
+@overload
+def function(
+    fn: None = None,
+    /,
+    *,
+    in_axes: InAxes = 0,
+    reduce: ReduceSpec = None,
+    num_slices: int = 1,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+    donate_argnums: int | Sequence[int] = (),
+    devices: Sequence[jax.Device] | int | None = None,
+    comm_dtype: DTypeLike | None = None,
+    buckets: Buckets = "geometric",
+) -> Callable[[Callable[..., Any]], Function]: ...
 
 
 @compat.api_boundary
 def function(
-    fn=None,
+    fn: Callable[..., Any] | None = None,
     /,
     *,
-    in_axes=0,
-    reduce=None,
-    num_slices=1,
-    static_argnums=(),
-    static_argnames=(),
-    donate_argnums=(),
-    devices=None,
-    comm_dtype=None,
-    buckets="geometric",
-):
+    in_axes: InAxes = 0,
+    reduce: ReduceSpec = None,
+    num_slices: int = 1,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+    donate_argnums: int | Sequence[int] = (),
+    devices: Sequence[jax.Device] | int | None = None,
+    comm_dtype: DTypeLike | None = None,
+    buckets: Buckets = "geometric",
+) -> Function | Callable[[Callable[..., Any]], Function]:
     """Replicate a single-device function over every device, exactly.
 
     The wrapped function is written for one device and a whole batch. synk
@@ -186,18 +202,21 @@ def function(
       >>> float(total.with_options(num_slices=2)(np.ones(64)))  # in 2 pieces per device
       64.0
     """
-    if fn is None:
-        return functools.partial(
-            function,
-            in_axes=in_axes,
-            reduce=reduce,
-            num_slices=num_slices,
-            static_argnums=static_argnums,
-            static_argnames=static_argnames,
-            donate_argnums=donate_argnums,
-            devices=devices,
-            comm_dtype=comm_dtype,
-            buckets=buckets,
+    if fn is None:  # a partial of the overloaded function: its type is the second overload's
+        return cast(
+            Callable[[Callable[..., Any]], Function],
+            functools.partial(
+                function,
+                in_axes=in_axes,
+                reduce=reduce,
+                num_slices=num_slices,
+                static_argnums=static_argnums,
+                static_argnames=static_argnames,
+                donate_argnums=donate_argnums,
+                devices=devices,
+                comm_dtype=comm_dtype,
+                buckets=buckets,
+            ),
         )
     if not callable(fn):
         raise TypeError(f"synk.function expects a callable, got {type(fn).__name__}.")
@@ -208,20 +227,18 @@ def function(
 # --------------------------------------------------------------------------
 # The public object
 
-_UNCHANGED = object()  # with_options: an option left as it is (None is a reduce spec)
-
 
 class Function:
     """A single-device function replicated over every device. See `synk.function`."""
 
-    def __init__(self, core: Core, options: Options):
+    def __init__(self, core: Core, options: Options) -> None:
         self._core = core
         self._options = options
         self._key = options.key
         functools.update_wrapper(self, core.fn)
 
     @compat.api_boundary
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         core = self._core
         if synk_lax.inside():
             # Called inside another synk.Function's body (or f.serial): that
@@ -269,8 +286,14 @@ class Function:
         return "whole" if self._options.reduce is None else "per-device"
 
     @compat.api_boundary
-    def with_options(self, *, reduce=_UNCHANGED, num_slices=None, comm_dtype=None,
-                     buckets=_UNCHANGED) -> Function:  # fmt: skip
+    def with_options(
+        self,
+        *,
+        reduce: ReduceSpec | Unchanged = UNCHANGED,
+        num_slices: int | None = None,
+        comm_dtype: DTypeLike | None = None,
+        buckets: Buckets | Unchanged = UNCHANGED,
+    ) -> Function:
         """The same function with other options; shares the compile cache.
 
         Args:
@@ -292,15 +315,13 @@ class Function:
           496.0
         """
         opts = self._options
-        if buckets is not _UNCHANGED:  # checked before it keys the variants
-            Policy.of(buckets, self._core.where)
-            if buckets is not None and buckets != "geometric":
-                buckets = tuple(int(b) for b in buckets)
+        if buckets is not UNCHANGED:  # checked before it keys the variants
+            buckets = as_option(buckets, self._core.where)
         new = Options(
-            opts.reduce if reduce is _UNCHANGED else reduce,
+            opts.reduce if reduce is UNCHANGED else reduce,
             opts.num_slices if num_slices is None else num_slices,
             opts.comm_dtype if comm_dtype is None else comm_dtype,
-            opts.buckets if buckets is _UNCHANGED else buckets,
+            opts.buckets if buckets is UNCHANGED else buckets,
         )
         variants = self._core.variants
         hit = variants.get(new.key)
@@ -312,7 +333,7 @@ class Function:
         return hit
 
     @compat.api_boundary
-    def serial(self, *args, **kwargs):
+    def serial(self, *args: Any, **kwargs: Any) -> Any:
         """Run the undecorated function on one device: the reference result.
 
         It takes what a call takes, and writes into Flax NNX Variables as a call does.
@@ -342,7 +363,7 @@ class Function:
         return one.outputs.restore(result)
 
     @compat.api_boundary
-    def lower(self, *args, **kwargs) -> jax.stages.Lowered:
+    def lower(self, *args: Any, **kwargs: Any) -> jax.stages.Lowered:
         """JAX's ``Lowered`` for these arguments: inspect the HLO and its collectives.
 
         The program is named for the path the function takes:
@@ -367,7 +388,7 @@ class Function:
         return plan.jitted.lower(*plan.place(call.traced))
 
     @property
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         """The options this function was built with."""
         o = self._options
         return {

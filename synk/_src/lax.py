@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Generator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +19,20 @@ from jax import lax
 
 from synk._src.axis import AXIS
 
+# A piece's rows: (a thunk giving its first global row index, the rows in it).
+Rows = tuple[Callable[[], int | jax.Array], int]
+
 
 class _Trace(threading.local):
     bound = False  # synk is tracing a function (or f.serial): the device axis exists
-    rows = None  # (first global row index, a thunk; the rows of this piece), if known
+    rows: Rows | None = None  # the rows of the piece being traced, if known
 
 
 _trace = _Trace()
 
 
 @contextlib.contextmanager
-def tracing(*, rows=None):
+def tracing(*, rows: Rows | None = None) -> Generator[None, None, None]:
     """Trace the user's function with synk's device axis bound.
 
     `rows` is ``(first, count)``: the piece's rows are global rows ``first()``
@@ -47,7 +52,7 @@ def inside() -> bool:
     return _trace.bound
 
 
-def on_one_device(fn, arrays: list):
+def on_one_device(fn: Callable[[list[Any]], Any], arrays: list[Any]) -> Any:
     """``fn(arrays)`` with synk's device axis bound at size 1: the whole batch on one device.
 
     Collectives over the axis (synk.lax, or a library's ``lax.pmean(x,
@@ -71,7 +76,7 @@ its batch statistics. Like synk.lax, it needs an equal share per device and
 """
 
 
-def psum(x):
+def psum(x: Any) -> Any:
     """Sum ``x`` (a pytree) over all devices.
 
     Example:
@@ -87,34 +92,34 @@ def psum(x):
     return lax.psum(x, AXIS) if inside() else x
 
 
-def pmean(x):
+def pmean(x: Any) -> Any:
     """Average ``x`` (a pytree) over all devices (each device weighs the same)."""
     return lax.pmean(x, AXIS) if inside() else x
 
 
-def pmax(x):
+def pmax(x: Any) -> Any:
     """Elementwise maximum of ``x`` (a pytree) over all devices."""
     return lax.pmax(x, AXIS) if inside() else x
 
 
-def pmin(x):
+def pmin(x: Any) -> Any:
     """Elementwise minimum of ``x`` (a pytree) over all devices."""
     return lax.pmin(x, AXIS) if inside() else x
 
 
-def all_gather(x, *, axis: int = 0, tiled: bool = False):
+def all_gather(x: Any, *, axis: int = 0, tiled: bool = False) -> Any:
     """Every device's ``x``, stacked along a new ``axis`` (concatenated if ``tiled``)."""
     if inside():
         return lax.all_gather(x, AXIS, axis=axis, tiled=tiled)
     return x if tiled else jnp.expand_dims(x, axis)
 
 
-def device_index():
+def device_index() -> jax.Array:
     """This device's index in ``0 .. device_count()-1`` (0 under ``f.serial``)."""
     return lax.axis_index(AXIS) if inside() else jnp.int32(0)
 
 
-def row_keys(key, num_rows: int | None = None):
+def row_keys(key: jax.Array, num_rows: int | None = None) -> jax.Array:
     """One PRNG key per row of this device's rows, folded from each row's global index.
 
     Per-row randomness (dropout, noise per example) drawn from these keys is

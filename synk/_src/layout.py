@@ -38,7 +38,7 @@ class Layout:
         extra = {i: len(descs) + j for j, i in enumerate(arrays)} if uneven and not traced else {}
         specs = [P() if i in whole else spec(d) for i, d in enumerate(descs)]
         specs += [spec(descs[i]) for i in extra]
-        index = {}
+        index: dict[int, tuple[int, ...]] = {}
         for i, d in enumerate(descs):
             if d.view is None:
                 continue
@@ -61,7 +61,7 @@ def spec(d: Leaf) -> P:
         return P()
     if d.role is Role.PER_DEVICE or d.view is not None:
         return P(AXIS)
-    return P(*([None] * d.axis), AXIS)
+    return P(*([None] * d.batch_axis), AXIS)
 
 
 def index_specs(d: Leaf, uneven: bool, traced: bool = False) -> list[P]:

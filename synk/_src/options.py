@@ -6,27 +6,34 @@ Hashable: part of the cache key, which every variant of a function shares.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import enum
+from typing import Any, Literal
 
 import jax
+from jax.typing import DTypeLike
 
 from synk._src import reduce as red
-from synk._src.buckets import Policy
-
-GEOMETRIC = "geometric"  # the default bucket policy
+from synk._src.buckets import GEOMETRIC, Buckets, Policy, as_option
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     """The options `with_options` can change; hashable, part of the cache key."""
 
-    reduce: Any
+    reduce: red.ReduceSpec
     num_slices: int
-    comm_dtype: Any
-    buckets: Any = GEOMETRIC  # as given; `policy` is it parsed
+    comm_dtype: DTypeLike | None  # a floating dtype, once `of` has checked it
+    buckets: Buckets = GEOMETRIC  # as given (lengths as a tuple); `policy` is it parsed
 
     @classmethod
-    def of(cls, reduce, num_slices, comm_dtype, where: str, buckets=GEOMETRIC) -> Options:
+    def of(
+        cls,
+        reduce: red.ReduceSpec,
+        num_slices: int,
+        comm_dtype: DTypeLike | None,
+        where: str,
+        buckets: Buckets = GEOMETRIC,
+    ) -> Options:
         """Validated options: every check of an option lives here (and in `reduce`)."""
         red.check_spec(reduce, where)
         if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
@@ -48,17 +55,15 @@ class Options:
                 "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
                 "collectives, in the function's own dtypes."
             )
-        Policy.of(buckets, where)  # checked here, before any call
-        if reduce is None and buckets is not None and buckets != GEOMETRIC:
+        option = as_option(buckets, where)  # checked here, before any call
+        if reduce is None and option is not None and option != GEOMETRIC:
             raise ValueError(
                 f"{where}: buckets={buckets!r} shares one executable between batch lengths by "
                 "running each device's rows in pieces, which needs outputs that combine over "
                 "rows: give an explicit reduce (e.g. reduce='avg'). Without reduce the "
                 "function runs whole under XLA's partitioner and compiles once per length."
             )
-        if buckets is not None and buckets != GEOMETRIC:
-            buckets = tuple(int(b) for b in buckets)  # hashable, and plain ints in repr
-        return cls(reduce, num_slices, comm_dtype, buckets)
+        return cls(reduce, num_slices, comm_dtype, option)
 
     @property
     def policy(self) -> Policy | None:
@@ -66,6 +71,18 @@ class Options:
         return Policy.of(self.buckets, "")
 
     @property
-    def key(self):
+    def key(self) -> tuple[Any, ...]:
         leaves, treedef = jax.tree_util.tree_flatten(self.reduce)
         return (tuple(leaves), treedef, self.num_slices, self.comm_dtype, self.buckets)
+
+
+class Unchanged(enum.Enum):
+    """`with_options`: an option left as it is (None is a reduce spec)."""
+
+    UNCHANGED = "unchanged"
+
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+UNCHANGED: Literal[Unchanged.UNCHANGED] = Unchanged.UNCHANGED

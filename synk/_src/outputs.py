@@ -14,9 +14,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import PyTreeDef
 
 from synk._src import partition
-from synk._src.reduce import AVG, MAX, OPS, Op
+from synk._src.reduce import AVG, MAX, OPS, Op, ReduceSpec
 from synk._src.refusals import Refusals
 
 
@@ -29,12 +30,13 @@ class Outputs:
     the function is traced, read after every call.
     """
 
-    def __init__(self):
-        self.treedef = None
-        self.slots: tuple = ()
+    def __init__(self) -> None:
+        # The outputs' structure, recorded by `split` (an empty one until then).
+        self.treedef: PyTreeDef = jax.tree_util.tree_structure(None)
+        self.slots: tuple[partition.Traced | partition.Static, ...] = ()
         self.static = False  # whether any output leaf is static
 
-    def split(self, out):
+    def split(self, out: Any) -> Any:
         """The traced part of `out` (its static leaves replaced by None), inside the trace."""
         leaves, treedef = jax.tree_util.tree_flatten(out)
         slots = tuple(partition.kind(x, p) for x, p in zip(leaves, partition.plain(treedef)))
@@ -46,7 +48,7 @@ class Outputs:
             [x if s is partition.TRACED else None for x, s in zip(leaves, slots)]
         )
 
-    def restore(self, traced):
+    def restore(self, traced: Any) -> Any:
         """The outputs as the function returned them, from their traced part."""
         if not self.static:
             return traced
@@ -60,7 +62,7 @@ class Outputs:
 class OutPlan:
     """What to do with each output leaf, fixed once per compiled signature."""
 
-    treedef: Any
+    treedef: PyTreeDef
     ops: tuple[Op, ...]
     avals: tuple[jax.ShapeDtypeStruct, ...]
     paths: tuple[str, ...]
@@ -72,7 +74,7 @@ class OutPlan:
         return [i for i, op in enumerate(self.ops) if isinstance(op, kind)]
 
 
-def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
+def plan_outputs(spec: ReduceSpec, out_shape: Any, where: str) -> OutPlan:
     """Match the reduce spec to the output tree; check dtypes. Before anything runs."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(out_shape)
     try:
@@ -98,7 +100,7 @@ def plan_outputs(spec: Any, out_shape: Any, where: str) -> OutPlan:
     return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
 
 
-def plan_with_updates(spec: Any, shape: Any, where: str, names: list[str]) -> OutPlan:
+def plan_with_updates(spec: ReduceSpec, shape: Any, where: str, names: list[str]) -> OutPlan:
     """`plan_outputs` for ``(outputs, in-place updates)``: an op for each updated Variable.
 
     On this path each device writes its own value into a Variable; floating

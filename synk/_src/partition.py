@@ -25,12 +25,15 @@ tree structure tells (which leaves sit inside objects).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import sys
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Literal
 
 import jax
 import numpy as np
+from jax.tree_util import PyTreeDef
 
 from synk._src import compat
 
@@ -41,14 +44,18 @@ _PLAIN = (tuple, list, dict, type(None))
 # common leaves take a set lookup or two per call, not an isinstance of an ABC.
 _ARRAYS: set[type] = {np.ndarray}
 _DEVICE: set[type] = set()
+IsVariable = Callable[[Any], bool]  # isinstance(x, nnx.Variable)
+Updates = dict[int, list[jax.Array]]  # what a function wrote into Variables, by variable number
 
 
-class _Traced:
+class Traced(enum.Enum):
+    TRACED = "TRACED"
+
     def __repr__(self) -> str:
         return "TRACED"
 
 
-TRACED = _Traced()  # a slot whose leaf is traced
+TRACED: Literal[Traced.TRACED] = Traced.TRACED  # a slot whose leaf is traced
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +70,7 @@ class Static:
 class Var:
     """A Flax NNX Variable: rebuilt from `count` traced leaves by `treedef`."""
 
-    treedef: Any
+    treedef: PyTreeDef
     count: int
 
 
@@ -78,7 +85,7 @@ class Alias:
 # The predicate
 
 
-def kind(x, plain: bool):
+def kind(x: object, plain: bool) -> Traced | Static:
     """TRACED, or a `Static` for a leaf that is not: the one rule for every step."""
     t = type(x)
     if t in _ARRAYS:
@@ -101,7 +108,7 @@ def kind(x, plain: bool):
     return Static(x, (t, x))
 
 
-def _number_key(x):
+def _number_key(x: object) -> tuple[Any, ...]:
     # -0.0 == 0.0 and NaN != NaN: key floats by their bits, as they compile.
     if type(x) is float:
         return (float, x.hex())
@@ -125,7 +132,7 @@ def is_data(t: type) -> bool:
 class _Unhashable:
     """The key of an unhashable static leaf: never equal, so the plan refuses it by name."""
 
-    def __init__(self, value):
+    def __init__(self, value: object) -> None:
         self.value = value
 
 
@@ -141,20 +148,20 @@ def unhashable(slot: Static) -> bool:
 class Structure:
     """How a call's arguments are rebuilt from its traced leaves (part of the cache key)."""
 
-    treedef: Any
-    slots: tuple  # one per leaf of `treedef`: TRACED, Static, Var or Alias
+    treedef: PyTreeDef
+    slots: tuple[Traced | Static | Var | Alias, ...]  # one per leaf of `treedef`
     paths: tuple[str, ...]  # each slot's pytree path, for messages
 
-    def rebuild(self, traced: list) -> tuple[Any, list]:
+    def rebuild(self, traced: list[Any]) -> tuple[Any, list[Any]]:
         """The arguments, and the Variables made afresh for this trace (in order)."""
         it = iter(traced)
         leaves, fresh = [], []
-        for slot in self.slots:
+        for slot in self.slots:  # inside the trace, once: isinstance tells the checker too
             if slot is TRACED:
                 leaves.append(next(it))
-            elif type(slot) is Static:
+            elif isinstance(slot, Static):
                 leaves.append(slot.value)
-            elif type(slot) is Var:
+            elif isinstance(slot, Var):
                 # Made inside the trace that runs the function, so that the
                 # function may write into it (flax refuses writes from another trace).
                 var = slot.treedef.unflatten([next(it) for _ in range(slot.count)])
@@ -170,7 +177,7 @@ class Structure:
         return [i for i, s in enumerate(self.slots) if type(s) is Var]
 
 
-def updates(structure: Structure, tree, fresh: list, traced: list, where: str) -> dict:
+def updates(structure: Structure, tree: Any, fresh: list, traced: list, where: str) -> Updates:
     """What the function wrote into Variables: {variable number: its new leaves}.
 
     A Variable counts as written when any of its leaves is no longer the one
@@ -178,9 +185,9 @@ def updates(structure: Structure, tree, fresh: list, traced: list, where: str) -
     `tree` is the arguments as the function left them: a function that added,
     replaced or removed a Variable (as ``sow`` adds one) is refused.
     """
-    if not fresh:
-        return {}
     is_var = variable_test()
+    if not fresh or is_var is None:  # no Variables (none at all where Flax NNX is not imported)
+        return {}
     now = list(
         {id(x): x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_var) if is_var(x)}.values()
     )
@@ -220,8 +227,8 @@ class Call:
 
     __slots__ = ("key", "leaves", "traced", "tracing", "treedef", "variables")
 
-    def __init__(self, traced: list, key: tuple, treedef, leaves: list, variables: list,
-                 tracing: bool = False):  # fmt: skip
+    def __init__(self, traced: list, key: tuple, treedef: PyTreeDef, leaves: list, variables: list,
+                 tracing: bool = False) -> None:  # fmt: skip
         self.traced = traced
         self.key = key
         self.treedef = treedef
@@ -246,7 +253,7 @@ class Call:
         paths = _paths(self.treedef)
         return Structure(self.treedef, tuple(slots), paths)
 
-    def write_back(self, new: dict, structure: Structure) -> None:
+    def write_back(self, new: Updates, structure: Structure) -> None:
         """Set the caller's Variables to what the function wrote into them."""
         slots = _var_slots(structure)
         for k, leaves in new.items():
@@ -254,7 +261,7 @@ class Call:
             self.variables[k].set_raw_value(fresh.get_raw_value())
 
 
-def partition(tree) -> Call:
+def partition(tree: Any) -> Call:
     """Split a call's pytree into its traced leaves and the key of the call.
 
     The key holds the tree structure, each traced leaf's `leaf_key` and each
@@ -275,7 +282,7 @@ def partition(tree) -> Call:
     return Call(leaves, tuple(key), treedef, leaves, [])
 
 
-def _partition(leaves: list, treedef, is_var) -> Call:
+def _partition(leaves: list, treedef: PyTreeDef, is_var: IsVariable | None) -> Call:
     """`partition` for a call with other leaves than arrays: numbers, objects, Variables."""
     flags = plain(treedef)
     traced, key, variables, tracing = [], [treedef], [], False
@@ -303,7 +310,7 @@ def _partition(leaves: list, treedef, is_var) -> Call:
     return Call(traced, tuple(key), treedef, leaves, variables, tracing)
 
 
-def leaf_key(x):
+def leaf_key(x: Any) -> Hashable:
     """What of a traced leaf a plan depends on: on the hot path, so cheap to read."""
     t = type(x)
     if t in NUMBERS:
@@ -331,7 +338,7 @@ def leaf_key(x):
     return (t, x.shape, x.dtype)
 
 
-def _variable(x, traced: list, variables: list):
+def _variable(x: Any, traced: list[Any], variables: list[Any]) -> tuple[Any, ...]:
     for k, v in enumerate(variables):
         if v is x:
             return ("alias", k)
@@ -346,11 +353,11 @@ def _variable(x, traced: list, variables: list):
 
 
 @functools.lru_cache(maxsize=1024)
-def plain(treedef) -> tuple[bool, ...]:
+def plain(treedef: PyTreeDef) -> tuple[bool, ...]:
     """For each leaf: whether only tuples, lists, dicts and named tuples hold it."""
     out: list[bool] = []
 
-    def walk(node, plain: bool) -> None:
+    def walk(node: PyTreeDef, plain: bool) -> None:
         children = node.children()
         if not children:
             if node.num_leaves == 1:
@@ -366,7 +373,7 @@ def plain(treedef) -> tuple[bool, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _paths(treedef) -> tuple[str, ...]:
+def _paths(treedef: PyTreeDef) -> tuple[str, ...]:
     """Each leaf's pytree path as text."""
     dummy = jax.tree_util.tree_unflatten(treedef, [0] * treedef.num_leaves)
     is_var = variable_test()
@@ -374,7 +381,7 @@ def _paths(treedef) -> tuple[str, ...]:
     return tuple(jax.tree_util.keystr(p) for p, _ in flat)
 
 
-def variable_test():
+def variable_test() -> IsVariable | None:
     """``isinstance(x, nnx.Variable)``, or None where Flax NNX is not imported (no Variables)."""
     nnx = sys.modules.get("flax.nnx")
     cls = getattr(nnx, "Variable", None) if nnx is not None else None
@@ -382,10 +389,10 @@ def variable_test():
 
 
 @functools.cache
-def _instance_test(cls: type):
+def _instance_test(cls: type) -> IsVariable:
     return lambda x: isinstance(x, cls)
 
 
-def _is_variable(x) -> bool:
+def _is_variable(x: object) -> bool:
     test = variable_test()
     return test is not None and test(x)

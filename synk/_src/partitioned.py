@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.tree_util import PyTreeDef
 
 from synk._src import lax as synk_lax
 from synk._src import placement, shards, take
@@ -39,6 +41,10 @@ from synk._src.axis import AXIS
 from synk._src.layout import spec
 from synk._src.roles import Leaf, Role, Source, View
 from synk._src.split import Pad
+
+if TYPE_CHECKING:
+    from synk._src.core import Core
+    from synk._src.steps import Placer, UserCall
 
 # --------------------------------------------------------------------------
 # The plan's parts
@@ -48,10 +54,12 @@ from synk._src.split import Pad
 class Outputs:
     """The output structure, known once the executable has traced the function."""
 
-    treedef: object = None
+    treedef: PyTreeDef = dataclasses.field(
+        default_factory=lambda: jax.tree_util.tree_structure(None)
+    )
 
 
-def check_in_axes(core, descs: list[Leaf]) -> None:
+def check_in_axes(core: Core, descs: list[Leaf]) -> None:
     """'per_device' arguments need the per-device path: refused before anything runs."""
     for d in descs:
         if d.role is Role.PER_DEVICE:
@@ -63,7 +71,7 @@ def check_in_axes(core, descs: list[Leaf]) -> None:
             )
 
 
-def pads(core, descs: list[Leaf], traced: bool) -> dict[int, Pad]:
+def pads(core: Core, descs: list[Leaf], traced: bool) -> dict[int, Pad]:
     """Each sliced leaf's padded layout (eager calls only: inside a trace nothing is padded)."""
     if traced:
         return {}
@@ -71,7 +79,7 @@ def pads(core, descs: list[Leaf], traced: bool) -> dict[int, Pad]:
     for i, d in enumerate(descs):
         if d.role is not Role.SLICED or d.view is View.LOCAL or d.data_layout is not None:
             continue  # not a batch, or the rows of sharded data (`_view_rows` pads those)
-        rows = d.aval.shape[d.axis]
+        rows = d.aval.shape[d.batch_axis]
         # Host arrays are each process's share: each process pads its own rows.
         groups = core.groups if d.host else 1
         out[i] = Pad(rows, len(core.devices), groups)
@@ -82,24 +90,32 @@ def pads(core, descs: list[Leaf], traced: bool) -> dict[int, Pad]:
 # The executable
 
 
-def executable(core, descs: list[Leaf], pad: dict[int, Pad], call_user: Callable, rows,
-               traced: bool, donated: tuple[int, ...], out: Outputs):  # fmt: skip
+def executable(
+    core: Core,
+    descs: list[Leaf],
+    pad: dict[int, Pad],
+    call_user: UserCall,
+    rows: synk_lax.Rows | None,
+    traced: bool,
+    donated: tuple[int, ...],
+    out: Outputs,
+) -> jax.stages.Wrapped:
     """``jit`` of the whole function; the executable's arguments are `slots`' layout."""
     mesh = core.mesh
     views = view_slots(descs)
     batch = {i: NamedSharding(mesh, spec(d)) for i, d in enumerate(descs) if d.role is Role.SLICED}
-    uneven = {i for i in batch if descs[i].aval.shape[descs[i].axis] % mesh.size}
+    uneven = {i for i in batch if descs[i].aval.shape[descs[i].batch_axis] % mesh.size}
     name = getattr(core.fn, "__name__", "fn")
     everywhere = NamedSharding(mesh, P())
 
-    def whole(*args):
+    def whole(*args: Any) -> list[Any]:
         flat = []
         for i, d in enumerate(descs):
             x = args[i]
             if d.view is not None:
                 x = _view_rows(d, x, args[views[i]], mesh)
             if i in pad:
-                x = pad[i].unpad(x, d.axis)
+                x = pad[i].unpad(x, d.batch_axis)
             elif traced and d.view is None and (i not in batch or i in uneven or core.groups > 1):
                 # Inside a trace: broadcast values replicated, and so the derivatives
                 # with respect to them; an uneven batch too, as it enters the
@@ -153,11 +169,11 @@ def slot_specs(descs: list[Leaf]) -> list[P]:
     return specs
 
 
-def _view_rows(d: Leaf, data: jax.Array, index: jax.Array, mesh) -> jax.Array:
+def _view_rows(d: Leaf, data: jax.Array, index: jax.Array, mesh: Mesh) -> jax.Array:
     """The rows a view picks, sharded over the devices, gathered where they lie."""
     if d.view is View.LOCAL:  # each device its own rows of its own shard
 
-        def own(shard, idx):
+        def own(shard: jax.Array, idx: jax.Array) -> jax.Array:
             return jnp.take(shard, idx[0], axis=0, mode="clip")
 
         return _mapped(own, mesh, (P(AXIS), P(AXIS)))(data, index)
@@ -171,14 +187,16 @@ def _view_rows(d: Leaf, data: jax.Array, index: jax.Array, mesh) -> jax.Array:
     requests = padded.reshape(n, per)
     layout = d.data_layout
 
-    def move(shard, req):
+    def move(shard: jax.Array, req: jax.Array) -> jax.Array:
         return shards.rows_from_shards(shard, req, layout)
 
     got = _mapped(move, mesh, (P(AXIS), P()))(data, requests)
     return got[:rows]
 
 
-def _mapped(fn, mesh, in_specs):
+def _mapped(
+    fn: Callable[..., jax.Array], mesh: Mesh, in_specs: tuple[P, ...]
+) -> Callable[..., jax.Array]:
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(AXIS), check_vma=False)
 
 
@@ -186,7 +204,7 @@ def _mapped(fn, mesh, in_specs):
 # Placement of an eager call's leaves
 
 
-def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callable:
+def placer(core: Core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Placer:
     """A function from the call's leaves to the executable's arguments, built once per plan."""
     views = view_slots(descs)
     size = len(descs) + len(set(views.values()))
@@ -198,8 +216,8 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
         if not named and not whole and not moved:
             return list
 
-        def place_traced(leaves: list) -> list:
-            args = [*leaves, *[None] * (size - len(leaves))]
+        def place_traced(leaves: list[Any]) -> list[Any]:
+            args: list[Any] = [*leaves, *[None] * (size - len(leaves))]
             for i in moved:
                 args[i] = placement.onto_mesh(core, leaves[i])
             for i, name in whole:
@@ -215,13 +233,13 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
     shardings = [NamedSharding(core.mesh, s) for s in slot_specs(descs)]
     actions = [_action(core, d, pad.get(i), shardings[i]) for i, d in enumerate(descs)]
     if core.groups == 1 and not (named or whole):
-        moved = [(i, a) for i, a in enumerate(actions) if a is not placement.PASS]
-        if not moved:
+        acting = [(i, a) for i, a in enumerate(actions) if a is not placement.PASS]
+        if not acting:
             return list  # the common case: every leaf goes to jit as it is
-        if all(type(a) is _Padded for _, a in moved):  # an uneven batch: pad it, pass the rest
-            padders = [(i, a.pad) for i, a in moved]
+        if all(type(a) is _Padded for _, a in acting):  # an uneven batch: pad it, pass the rest
+            padders = [(i, a.pad) for i, a in acting if isinstance(a, _Padded)]
 
-            def pad_only(leaves: list) -> list:
+            def pad_only(leaves: list[Any]) -> list[Any]:
                 args = list(leaves)
                 for i, pad in padders:
                     args[i] = pad(leaves[i])
@@ -230,8 +248,8 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
             return pad_only
     shares = frozenset(i for i, d in enumerate(descs) if d.sliced_array and d.host)
 
-    def place(leaves: list) -> list:
-        args = [None] * size
+    def place(leaves: list[Any]) -> list[Any]:
+        args: list[Any] = [None] * size
         for i, (action, x) in enumerate(zip(actions, leaves)):
             action.put(x, args, i)
         for i, name in whole:
@@ -252,39 +270,46 @@ def placer(core, descs: list[Leaf], pad: dict[int, Pad], traced: bool) -> Callab
 class _Padded:
     """A sliced leaf padded evenly for the devices (host rows, or a device array)."""
 
-    pad: Callable
+    pad: Callable[[Any], Any]
 
-    def put(self, x, args: list, i: int) -> None:
+    def put(self, x: Any, args: list[Any], i: int) -> None:
         args[i] = self.pad(x)
 
 
-def _action(core, d: Leaf, pad: Pad | None, target: NamedSharding):
+def _action(
+    core: Core, d: Leaf, pad: Pad | None, target: NamedSharding
+) -> placement.Action | _Padded:
     if d.view is not None or d.source is Source.DATA:
         return placement.PASS  # the placer hands over its data (and a view's index)
-    if d.source is Source.DEVICE and d.role is Role.SLICED:
-        if pad.needed or not d.sharding.is_equivalent_to(target, d.aval.ndim):
+    if d.role is not Role.SLICED or pad is None:  # (an eager call's batches each have a Pad)
+        return placement.action_for_whole(core, d, target)
+    if d.source is Source.DEVICE:
+        if pad.needed or not d.device_sharding.is_equivalent_to(target, d.aval.ndim):
             return _Padded(_device_padder(core, d, pad, target))
         return placement.PASS
-    if d.role is Role.SLICED and pad.needed:
+    if pad.needed:
         return _Padded(_host_padder(pad, d))
     return placement.action_for_whole(core, d, target)
 
 
-def _host_padder(pad: Pad, d: Leaf) -> Callable:
+def _host_padder(pad: Pad, d: Leaf) -> Callable[[Any], np.ndarray]:
     """Host rows padded for the devices: the zero rows are made once, per plan."""
-    axis = d.axis
+    axis = d.batch_axis
     shape = list(d.aval.shape)
     shape[axis] = pad.padded // pad.groups - pad.local_rows
     filler = np.zeros(shape, d.aval.dtype)
 
-    def padded(x) -> np.ndarray:
+    def padded(x: Any) -> np.ndarray:
         return np.concatenate([np.asarray(x), filler], axis=axis)
 
     return padded
 
 
-def _device_padder(core, d: Leaf, pad: Pad, target: NamedSharding):
-    padded = jax.jit(lambda x: pad.device(x, d.axis), out_shardings=target)
+def _device_padder(
+    core: Core, d: Leaf, pad: Pad, target: NamedSharding
+) -> Callable[[jax.Array], jax.Array]:
+    axis = d.batch_axis
+    padded = jax.jit(lambda x: pad.device(x, axis), out_shardings=target)
     if placement.on_mesh_in_order(core, d):
         return padded
     replicated = NamedSharding(core.mesh, P())

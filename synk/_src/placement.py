@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -25,6 +26,10 @@ from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, Source, View
 from synk._src.split import Split, device_parts, host_parts
 
+if TYPE_CHECKING:
+    from synk._src.core import Core
+    from synk._src.steps import Placer
+
 # --------------------------------------------------------------------------
 # What happens to one leaf
 
@@ -32,7 +37,7 @@ from synk._src.split import Split, device_parts, host_parts
 class _Pass:
     """The leaf goes to jit as it is."""
 
-    def put(self, x, jit_args: list, i: int) -> None:
+    def put(self, x: Any, jit_args: list[Any], i: int) -> None:
         jit_args[i] = x
 
 
@@ -42,7 +47,7 @@ class _Reshard:
 
     sharding: NamedSharding
 
-    def put(self, x, jit_args: list, i: int) -> None:
+    def put(self, x: Any, jit_args: list[Any], i: int) -> None:
         jit_args[i] = jax.device_put(x, self.sharding)
 
 
@@ -52,7 +57,7 @@ class _FromEveryProcess:
 
     sharding: NamedSharding
 
-    def put(self, x, jit_args: list, i: int) -> None:
+    def put(self, x: Any, jit_args: list[Any], i: int) -> None:
         jit_args[i] = jax.make_array_from_callback(x.shape, self.sharding, lambda j: x[j])
 
 
@@ -61,9 +66,9 @@ class _Split:
     """An uneven batch: the main block and the padded extra rows, in two slots."""
 
     extra_slot: int
-    parts: Callable
+    parts: Callable[[Any], Sequence[Any]]  # (main block, padded extra rows)
 
-    def put(self, x, jit_args: list, i: int) -> None:
+    def put(self, x: Any, jit_args: list[Any], i: int) -> None:
         jit_args[i], jit_args[self.extra_slot] = self.parts(x)
 
 
@@ -74,9 +79,9 @@ class _ViewIndices:
     slots: tuple[int, ...]
     where: str
     name: str
-    parts: Callable | None  # each device's own requests, or None: the whole index
+    parts: Callable[[np.ndarray], list[np.ndarray]] | None  # each device's own requests, or None
 
-    def put(self, x, jit_args: list, i: int) -> None:
+    def put(self, x: Any, jit_args: list[Any], i: int) -> None:
         jit_args[i] = x.data.live_array(self.where, self.name)
         if jit_args[self.slots[0]] is None:  # not yet sent by a view with equal indices
             parts = self.parts(x.index) if self.parts else [x.index]
@@ -94,15 +99,17 @@ class _DataArray:
     where: str
     name: str
 
-    def put(self, x, jit_args: list, i: int) -> None:
+    def put(self, x: Any, jit_args: list[Any], i: int) -> None:
         jit_args[i] = x.live_array(self.where, self.name)
 
+
+Action = _Pass | _Reshard | _FromEveryProcess | _Split | _ViewIndices | _DataArray
 
 # --------------------------------------------------------------------------
 # The placer
 
 
-def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Callable:
+def placer(core: Core, descs: list[Leaf], split: Split | None, layout: Layout) -> Placer:
     """A function from the call's leaves to the executable's arguments, built once per plan."""
     shardings = [NamedSharding(core.mesh, spec) for spec in layout.specs]
     if layout.traced:
@@ -115,8 +122,8 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
         + [slot for i, slot in layout.extra.items() if descs[i].host]
     )
 
-    def place(leaves: list) -> list:
-        jit_args = [None] * layout.size
+    def place(leaves: list[Any]) -> list[Any]:
+        jit_args: list[Any] = [None] * layout.size
         for i, (action, x) in enumerate(zip(actions, leaves)):
             action.put(x, jit_args, i)
         if core.groups > 1:
@@ -126,7 +133,7 @@ def placer(core, descs: list[Leaf], split: Split | None, layout: Layout) -> Call
     return place
 
 
-def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
+def _traced_placer(core: Core, descs: list[Leaf], layout: Layout) -> Placer:
     """Inside a trace the outer jit places everything; views hand over their data
     array and their index, resolved in the trace (`take.device_index`)."""
     where = core.where
@@ -135,7 +142,7 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     if not views and not whole and not moved:
         return list
 
-    def place(leaves: list) -> list:
+    def place(leaves: list[Any]) -> list[Any]:
         jit_args = [*leaves, *[None] * (layout.size - len(leaves))]
         for i in moved:
             jit_args[i] = onto_mesh(core, leaves[i])
@@ -152,7 +159,7 @@ def _traced_placer(core, descs: list[Leaf], layout: Layout) -> Callable:
     return place
 
 
-def moved_in_trace(core, descs: list[Leaf]) -> list[int]:
+def moved_in_trace(core: Core, descs: list[Leaf]) -> list[int]:
     """The arrays of a traced call that may lie on other devices than the function's (one
     device, a subset, another order), which its jit would refuse: concrete ones
     committed elsewhere, and tracers (whose values an eager jax.grad or vmap holds)."""
@@ -165,7 +172,7 @@ def moved_in_trace(core, descs: list[Leaf]) -> list[int]:
     ]
 
 
-def onto_mesh(core, x):
+def onto_mesh(core: Core, x: Any) -> Any:
     """An array of a traced call, replicated on the function's devices.
 
     A concrete one committed elsewhere moves there (from every process's own
@@ -187,15 +194,24 @@ def onto_mesh(core, x):
     return jax.device_put(x, target)
 
 
-def data_arrays(core, descs: list[Leaf]) -> list[tuple[int, str]]:
+def data_arrays(core: Core, descs: list[Leaf]) -> list[tuple[int, str]]:
     """The leaves that are whole synk.Data, with their names (for an error)."""
     return [(i, d.name) for i, d in enumerate(descs) if d.source is Source.DATA]
 
 
-def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, shardings: list):
-    uneven = split is not None and not split.even
+def _action(
+    core: Core,
+    i: int,
+    d: Leaf,
+    split: Split | None,
+    layout: Layout,
+    shardings: list[NamedSharding],
+) -> Action:
     if d.source is Source.DATA:
         return _DataArray(core.where, d.name)
+    if split is None:  # nothing is sliced (no views either): every leaf travels whole
+        return action_for_whole(core, d, shardings[i])
+    uneven = not split.even
     if d.source is Source.VIEW:
         own = d.view is View.GLOBAL and d.data_layout is None
         parts = functools.partial(shards.host_requests, split=split) if own else None
@@ -203,14 +219,14 @@ def _action(core, i: int, d: Leaf, split: Split | None, layout: Layout, sharding
     if d.role is Role.SLICED and uneven and d.source is Source.DEVICE:
         return _Split(layout.extra[i], _device_splitter(core, d, split, shardings[i]))
     if d.role is Role.SLICED and uneven:
-        return _Split(layout.extra[i], functools.partial(_host_parts, d.axis, split))
+        return _Split(layout.extra[i], functools.partial(_host_parts, d.batch_axis, split))
     return action_for_whole(core, d, shardings[i])
 
 
-def action_for_whole(core, d: Leaf, target: NamedSharding):
+def action_for_whole(core: Core, d: Leaf, target: NamedSharding) -> Action:
     """A leaf that travels whole in one slot: as it is, or moved to `target`."""
-    if d.source is Source.DEVICE and not d.sharding.is_equivalent_to(target, d.aval.ndim):
-        if core.groups > 1 and not d.sharding.device_set >= set(core.devices):
+    if d.source is Source.DEVICE and not d.device_sharding.is_equivalent_to(target, d.aval.ndim):
+        if core.groups > 1 and not d.device_sharding.device_set >= set(core.devices):
             # One process's own array (a key made here, say): the same value on
             # every process, as a host value is; each device takes its part.
             return _FromEveryProcess(target)
@@ -218,17 +234,20 @@ def action_for_whole(core, d: Leaf, target: NamedSharding):
     return PASS
 
 
-def on_mesh_in_order(core, d: Leaf) -> bool:
+def on_mesh_in_order(core: Core, d: Leaf) -> bool:
     """Whether a device leaf lies on the function's devices in their order.
 
     Other devices, or the same in another order (a function's output with
     devices=synk.devices()[::-1]): a jit over the mesh would refuse it.
     """
-    return compat.device_order(d.sharding) == core.devices
+    return compat.device_order(d.device_sharding) == core.devices
 
 
-def _device_splitter(core, d: Leaf, split: Split, target: NamedSharding):
-    parts = jax.jit(lambda x: device_parts(x, d.axis, split), out_shardings=[target, target])
+def _device_splitter(
+    core: Core, d: Leaf, split: Split, target: NamedSharding
+) -> Callable[[jax.Array], list[jax.Array]]:
+    axis = d.batch_axis
+    parts = jax.jit(lambda x: device_parts(x, axis, split), out_shardings=[target, target])
     if on_mesh_in_order(core, d):
         return parts
     replicated = NamedSharding(core.mesh, P())
@@ -236,11 +255,13 @@ def _device_splitter(core, d: Leaf, split: Split, target: NamedSharding):
     return lambda x: parts(jax.device_put(x, replicated))
 
 
-def _host_parts(axis: int, split: Split, x) -> list[np.ndarray]:
+def _host_parts(axis: int, split: Split, x: Any) -> list[np.ndarray]:
     return host_parts(np.asarray(x), axis, split)
 
 
-def to_global(jit_args: list, shardings: list, shares: frozenset, groups: int) -> None:
+def to_global(
+    jit_args: list[Any], shardings: list[NamedSharding], shares: frozenset[int], groups: int
+) -> None:
     """Several processes: turn the host values into global arrays.
 
     Slots in `shares` hold this process's share of the rows (sliced arguments

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import jax
 import numpy as np
 
 from synk._src import agreement, buckets, compat, first, partition, partitioned, placement
@@ -22,8 +23,15 @@ from synk._src import reduce as red
 from synk._src.abstract import check_whole_share, trace_outputs
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, describe_leaves, entries
-from synk._src.signature import Statics
+from synk._src.signature import Dyn, Statics
 from synk._src.split import Split, make_split
+from synk._src.steps import Placer, UserCall
+
+if TYPE_CHECKING:
+    from synk._src.buckets import Policy
+    from synk._src.core import Core
+    from synk._src.options import Options
+
 
 # --------------------------------------------------------------------------
 # The plan
@@ -36,25 +44,34 @@ class Plan:
     path: str  # "whole" (the default) or "per-device" (explicit reductions)
     structure: partition.Structure  # how the arguments are rebuilt from the traced leaves
     outputs: synk_outputs.Outputs  # the outputs' static leaves, from the trace
-    out: Any  # .treedef: the outputs and the in-place updates, as the executable returns them
-    jitted: Any
-    place: Callable
+    # .treedef: the outputs and the in-place updates, as the executable returns them
+    out: synk_outputs.OutPlan | partitioned.Outputs
+    jitted: jax.stages.Wrapped
+    place: Placer
     description: str  # the call as this process sees it, for the cross-process check
     digest: int | None  # its hash, where several processes must agree on every call
     shared: tuple[tuple[int, int], ...]  # (view, view it shares indices with)
     eager: bool  # called with values, not tracers: the CPU in-flight bound applies
     checked: tuple[tuple[int, str], ...] = ()  # leaves whose values the processes compare
 
-    def sharing_holds(self, leaves: list) -> bool:
+    def sharing_holds(self, leaves: list[Any]) -> bool:
         """Whether the views this plan sends one index for still have equal indices."""
         return all(_same_indices(leaves[i], leaves[j]) for i, j in self.shared)
 
-    def values(self, leaves: list) -> list:
+    def values(self, leaves: list[Any]) -> list[tuple[str, Any]]:
         """(argument, value) of the Python numbers and view indices of a call."""
         return agreed_values(self.checked, leaves)
 
     @classmethod
-    def build(cls, core, options, statics, dyn, call: partition.Call, share=True) -> Plan:
+    def build(
+        cls,
+        core: Core,
+        options: Options,
+        statics: tuple,
+        dyn: Dyn,
+        call: partition.Call,
+        share: bool = True,
+    ) -> Plan:
         structure = call.structure()
         leaves = call.traced
         whole = options.reduce is None
@@ -121,14 +138,25 @@ class Plan:
         )  # fmt: skip
 
     @classmethod
-    def _whole(cls, core, structure, outputs, descs, call_user, description, digest, traced,
-               shared, checked):  # fmt: skip
+    def _whole(
+        cls,
+        core: Core,
+        structure: partition.Structure,
+        outputs: synk_outputs.Outputs,
+        descs: list[Leaf],
+        call_user: UserCall,
+        description: str,
+        digest: int | None,
+        traced: bool,
+        shared: tuple[tuple[int, int], ...],
+        checked: tuple[tuple[int, str], ...],
+    ) -> Plan:
         partitioned.check_in_axes(core, descs)
-        rows = batch_rows(core, descs, groups=False)
+        found = batch_rows(core, descs)
         pad = partitioned.pads(core, descs, traced)
         out = partitioned.Outputs()
         donated = () if traced else synk_body.donated(core, descs, None)
-        first = None if rows is None else (lambda: 0, rows)
+        first = None if found is None else (lambda: 0, found[0])
         jitted = partitioned.executable(core, descs, pad, call_user, first, traced, donated, out)
         place = partitioned.placer(core, descs, pad, traced)
         return cls(
@@ -137,13 +165,25 @@ class Plan:
         )  # fmt: skip
 
 
-def _bucketed(core, options, policy, statics, structure, descs, split, call_user, variables,
-              outputs):  # fmt: skip
+def _bucketed(
+    core: Core,
+    options: Options,
+    policy: Policy,
+    statics: tuple,
+    structure: partition.Structure,
+    descs: list[Leaf],
+    split: Split | None,
+    call_user: UserCall,
+    variables: list[str],
+    outputs: synk_outputs.Outputs,
+) -> tuple[jax.stages.Wrapped, Placer, synk_outputs.OutPlan, synk_outputs.Outputs] | None:
     """(jitted, place, out, outputs) of the bucket this call's batch fits, or None.
 
     The bucket's executable is built at its first batch length and reused by
     every other length it holds; each length gets only its own placer.
     """
+    if split is None:  # no batch axis (may_share found one: never)
+        return None
     capacity = policy.capacity(split.rows, split.devices)
     if capacity is None or (split.groups > 1 and any(d.view is not None for d in descs)):
         return None
@@ -176,7 +216,16 @@ def _bucketed(core, options, policy, statics, structure, descs, split, call_user
     return jitted, place, out, bucket_outputs
 
 
-def _first_rows(core, options, structure, descs, call, pairs, call_user, names):
+def _first_rows(
+    core: Core,
+    options: Options,
+    structure: partition.Structure,
+    descs: list[Leaf],
+    call: partition.Call,
+    pairs: tuple[tuple[int, int], ...],
+    call_user: UserCall,
+    names: list[str],
+) -> tuple[jax.stages.Wrapped, Placer, synk_outputs.OutPlan]:
     """(jitted, place, out) for ``synk.first_rows`` batches inside a trace: the bucket of
     their padded length, run on their first ``n`` rows (``n`` traced)."""
     where = core.where
@@ -215,18 +264,24 @@ def _traced_index(structure: partition.Structure) -> dict[int, int]:
     return index
 
 
-def agreed_values(checked, leaves: list) -> list:
+def agreed_values(checked: tuple[tuple[int, str], ...], leaves: list[Any]) -> list[tuple[str, Any]]:
     """The values several processes must pass alike: numbers, and views' indices."""
     return [(name, getattr(leaves[k], "index", leaves[k])) for k, name in checked]
 
 
-def user_call(fn, structure: partition.Structure, statics: tuple, outputs, where: str):
+def user_call(
+    fn: Callable[..., Any],
+    structure: partition.Structure,
+    statics: tuple,
+    outputs: synk_outputs.Outputs,
+    where: str,
+) -> UserCall:
     """The user's function on the traced leaves: (its traced outputs, what it wrote into
     Variables); `outputs` records the static ones."""
 
     rows_of = bool(first.slots(structure.treedef))  # synk.first_rows: the function sees rows
 
-    def call_user(flat):
+    def call_user(flat: list[Any]) -> tuple[Any, partition.Updates]:
         dyn, fresh = structure.rebuild(flat)
         args, kwargs = Statics.merge(statics, dyn)
         if rows_of:
@@ -237,12 +292,12 @@ def user_call(fn, structure: partition.Structure, statics: tuple, outputs, where
     return call_user
 
 
-def _is_traced(x) -> bool:
+def _is_traced(x: object) -> bool:
     """A value inside a trace, or a view whose index is one."""
     return isinstance(x, compat.Tracer) or (type(x) is synk_data.Batch and x.traced)
 
 
-def _same_indices(a, b) -> bool:
+def _same_indices(a: synk_data.Batch, b: synk_data.Batch) -> bool:
     """Whether two views take the same rows. A traced index has no values to compare:
     only the same traced array, resolved against the same length, is the same."""
     if a.traced or b.traced:
@@ -250,10 +305,10 @@ def _same_indices(a, b) -> bool:
     return a.index is b.index or np.array_equal(a.index, b.index)
 
 
-def equal_indices(leaves: list) -> dict[int, int]:
+def equal_indices(leaves: list[Any]) -> dict[int, int]:
     """View leaves whose indices equal an earlier view's of the same kind: {view: earlier}."""
     views = [i for i, x in enumerate(leaves) if type(x) is synk_data.Batch]
-    shared = {}
+    shared: dict[int, int] = {}
     for k, i in enumerate(views):
         a = leaves[i]
         for j in views[:k]:
@@ -270,26 +325,27 @@ def equal_indices(leaves: list) -> dict[int, int]:
 # The batch
 
 
-def batch_split(core, descs: list[Leaf], slices: int) -> Split | None:
+def batch_split(core: Core, descs: list[Leaf], slices: int) -> Split | None:
     """How the sliced leaves' rows are dealt; None when no leaf is sliced."""
-    if not any(d.role is Role.SLICED for d in descs):
+    found = batch_rows(core, descs)
+    if found is None:
         if slices != 1:
             raise ValueError(
                 f"{core.where}: num_slices={slices} needs an argument sliced along a batch "
                 "axis, but every argument is broadcast or per-device."
             )
         return None
-    rows, groups = batch_rows(core, descs)
+    rows, groups = found
     return make_split(rows, len(core.devices), slices, groups=groups, where=core.where)
 
 
-def batch_rows(core, descs: list[Leaf], groups: bool = True):
-    """The global batch length (None if nothing is sliced), and with `groups` the
-    number of process groups that split it; checks that the sliced leaves agree."""
+def batch_rows(core: Core, descs: list[Leaf]) -> tuple[int, int] | None:
+    """The global batch length and the number of process groups that split it (None if
+    nothing is sliced); checks that the sliced leaves agree."""
     sliced = [d for d in descs if d.role is Role.SLICED]
     if not sliced:
         return None
-    lengths = [d.aval.shape[d.axis] for d in sliced]
+    lengths = [d.aval.shape[d.batch_axis] for d in sliced]
     rows = lengths[0]
     if any(n != rows for n in lengths):
         raise ValueError(_lengths_error(core.where, sliced, lengths))
@@ -310,7 +366,7 @@ def batch_rows(core, descs: list[Leaf], groups: bool = True):
             "process's share of it. Use a global batch that is a multiple of the process "
             "count, or pass every batched argument the same way."
         )
-    return (rows, count) if groups else rows
+    return rows, count
 
 
 def _lengths_error(where: str, sliced: list[Leaf], lengths: list[int]) -> str:

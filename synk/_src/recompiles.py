@@ -25,9 +25,9 @@ class Recompiles:
 
     LIMIT = 5
 
-    def __init__(self):
-        self._seen: dict = {}
-        self._warned: set = set()
+    def __init__(self) -> None:
+        self._seen: dict[tuple, set] = {}
+        self._warned: set[tuple] = set()
 
     def note(self, where: str, structure: Structure, names: list[str], call: Call) -> None:
         shapes = ("shapes", tuple(leaf_key(x) for x in call.traced))

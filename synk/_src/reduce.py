@@ -17,17 +17,32 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import DTypeLike
 
 from synk._src import wire
 from synk._src.refusals import Refusals
+
+# The ops by name, as a reduce spec gives them (`OPS` below maps them to the ops).
+ReductionName = Literal["avg", "sum", "max", "min", "prod"]
+OpName = ReductionName | Literal["gather", "per_device"]
+# One op for every output, a pytree prefix of the outputs with an op at each
+# leaf, or None (the whole function under XLA's partitioner). Not any Sequence:
+# a string is one, and a misspelt op name would pass.
+ReduceSpec = OpName | tuple[Any, ...] | list[Any] | Mapping[Any, Any] | None
+# What 'avg' divides by: a count, or a traced one (a bucket's batch length).
+Divisor = int | jax.Array
+# For max/min, each value's tied rows per device, or None (`ties`).
+Counts = list[jax.Array | None]
+AnyOp = TypeVar("AnyOp", bound="Op")
 
 # --------------------------------------------------------------------------
 # The ops
@@ -37,16 +52,16 @@ from synk._src.refusals import Refusals
 class Op:
     """What happens to one output leaf: reduced over devices, gathered, or kept per device."""
 
-    name: str
+    name: OpName
 
     @property
     def reduces(self) -> bool:
         return False
 
-    def check_dtype(self, aval, where: str, label: str) -> None:
+    def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         """Raise before anything runs if this op cannot combine outputs like `aval`."""
 
-    def check(self, aval, where: str, label: str) -> None:
+    def check(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         """`check_dtype`, after what holds for every reduction: keys do not reduce."""
         if self.reduces and jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
             raise TypeError(
@@ -65,7 +80,7 @@ class Op:
 class Gather(Op):
     """One output row per input row, concatenated along axis 0 in input order."""
 
-    def check_dtype(self, aval, where: str, label: str) -> None:
+    def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         if aval.ndim == 0:
             raise ValueError(
                 f"{where}: {label} is a scalar and has reduce 'gather', which concatenates "
@@ -89,18 +104,18 @@ class Reduction(Op):
     def reduces(self) -> bool:
         return True
 
-    def check_dtype(self, aval, where: str, label: str) -> None:
+    def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         if np.dtype(aval.dtype) == np.bool_:
             raise TypeError(
                 f"{where}: {label} is boolean and has reduce {self.name!r}; reductions need "
                 "numbers. Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
             )
 
-    def acc_dtype(self, dtype) -> np.dtype:
+    def acc_dtype(self, dtype: DTypeLike) -> np.dtype:
         """The dtype the local accumulation and the collective run in."""
         return wire.widened(dtype)
 
-    def identity(self, aval) -> jax.Array:
+    def identity(self, aval: jax.ShapeDtypeStruct) -> jax.Array:
         """The neutral value: what a device with no rows contributes."""
         return jnp.zeros(aval.shape, self.acc_dtype(aval.dtype))
 
@@ -111,11 +126,13 @@ class Reduction(Op):
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return acc + value
 
-    def prepare(self, acc: jax.Array, divisor: int, comm_dtype) -> jax.Array:
+    def prepare(self, acc: jax.Array, divisor: Divisor, comm_dtype: DTypeLike | None) -> jax.Array:
         """The local value as it goes into the collective."""
         return acc
 
-    def collective(self, values: list[jax.Array], comm_dtype, mesh, counts) -> list[jax.Array]:
+    def collective(
+        self, values: list[jax.Array], comm_dtype: DTypeLike | None, mesh: Mesh, counts: Counts
+    ) -> list[jax.Array]:
         """Every device's local values (axis 0, one entry per device) reduced over the devices.
 
         `counts`: for max/min, each value's tied rows per device, or None (`ties`).
@@ -125,7 +142,9 @@ class Reduction(Op):
             wire.decode(wire.over_devices(lax.reduce_sum, s), v.dtype) for s, v in zip(sent, values)
         ]
 
-    def finish(self, total: jax.Array, divisor: int, comm_dtype, dtype) -> jax.Array:
+    def finish(
+        self, total: jax.Array, divisor: Divisor, comm_dtype: DTypeLike | None, dtype: DTypeLike
+    ) -> jax.Array:
         """The combined value as the user sees it, in the output's own `dtype`."""
         return wire.cast(total, dtype)
 
@@ -139,7 +158,7 @@ class Sum(Reduction):
 class Avg(Reduction):
     """Outputs are means over rows: weighted by the rows each piece really had."""
 
-    def check_dtype(self, aval, where: str, label: str) -> None:
+    def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         dtype = np.dtype(aval.dtype)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
@@ -153,12 +172,14 @@ class Avg(Reduction):
         value = wire.cast(value, self.acc_dtype(value.dtype))
         return value if rows == 1 else value * jnp.asarray(rows, value.dtype)
 
-    def prepare(self, acc: jax.Array, divisor: int, comm_dtype) -> jax.Array:
+    def prepare(self, acc: jax.Array, divisor: Divisor, comm_dtype: DTypeLike | None) -> jax.Array:
         # A sum of weighted means can leave a narrow comm_dtype's range (float16
         # ends at 65504) where the mean does not: compressed, divide first.
         return acc if comm_dtype is None else acc / jnp.asarray(divisor, acc.dtype)
 
-    def finish(self, total: jax.Array, divisor: int, comm_dtype, dtype) -> jax.Array:
+    def finish(
+        self, total: jax.Array, divisor: Divisor, comm_dtype: DTypeLike | None, dtype: DTypeLike
+    ) -> jax.Array:
         # Uncompressed, divide once after the sum, as a hand-written pmean does.
         mean = total / jnp.asarray(divisor, total.dtype) if comm_dtype is None else total
         return wire.cast(mean, dtype)
@@ -179,7 +200,7 @@ class Extremum(Reduction):
 
     largest: bool = True
 
-    def check_dtype(self, aval, where: str, label: str) -> None:
+    def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         dtype = np.dtype(aval.dtype)
         if dtype == np.bool_:
             return  # any (max) or all (min), as jnp.max of bools
@@ -191,24 +212,28 @@ class Extremum(Reduction):
                 "or use reduce 'gather' and pick on the host."
             )
 
-    def acc_dtype(self, dtype) -> np.dtype:
+    def acc_dtype(self, dtype: DTypeLike) -> np.dtype:
         # Exact in any dtype: no widening. Bools travel as bytes (XLA's max
         # all-reduce takes no booleans), 1 for True: max is any, min is all.
         return np.dtype(np.uint8) if np.dtype(dtype) == np.bool_ else np.dtype(dtype)
 
-    def identity(self, aval) -> jax.Array:
+    def identity(self, aval: jax.ShapeDtypeStruct) -> jax.Array:
         dtype = self.acc_dtype(aval.dtype)
         return jnp.full(aval.shape, wire.end(dtype, low=self.largest), dtype)
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return jnp.maximum(acc, value) if self.largest else jnp.minimum(acc, value)
 
-    def collective(self, values: list[jax.Array], comm_dtype, mesh, counts) -> list[jax.Array]:
+    def collective(
+        self, values: list[jax.Array], comm_dtype: DTypeLike | None, mesh: Mesh, counts: Counts
+    ) -> list[jax.Array]:
         return _extremum(self.largest, comm_dtype, list(values), list(counts))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _extremum(largest: bool, comm_dtype, values: list, counts: list) -> list:
+def _extremum(
+    largest: bool, comm_dtype: DTypeLike | None, values: list[jax.Array], counts: Counts
+) -> list[jax.Array]:
     """The max (or min) over axis 0 (the devices) of `values`, NaN winning, as integers.
 
     `counts` (None or, per device, its rows tied at its own extreme) weighs the
@@ -217,9 +242,11 @@ def _extremum(largest: bool, comm_dtype, values: list, counts: list) -> list:
     return _extremum_and_winners(largest, comm_dtype, values)[0]
 
 
-def _extremum_and_winners(largest: bool, comm_dtype, values: list) -> tuple[list, list]:
+def _extremum_and_winners(
+    largest: bool, comm_dtype: DTypeLike | None, values: list[jax.Array]
+) -> tuple[list[jax.Array], list[jax.Array]]:
     """The results, and which devices hold them (compared as they travelled)."""
-    sent = [wire.encode(v, comm_dtype) for v in values]
+    sent = [wire.encode_real(v, comm_dtype) for v in values]
     keys = [wire.ordered(s, nan_wins_high=largest) for s in sent]
     got = [(lax.reduce_max if largest else lax.reduce_min)(k, (0,)) for k in keys]
     back = [wire.from_ordered(k, s.dtype) for k, s in zip(got, sent, strict=True)]
@@ -228,33 +255,42 @@ def _extremum_and_winners(largest: bool, comm_dtype, values: list) -> tuple[list
 
 
 @_extremum.defjvp
-def _extremum_jvp(largest: bool, comm_dtype, primals, tangents):
+def _extremum_jvp(
+    largest: bool,
+    comm_dtype: DTypeLike | None,
+    primals: tuple[list[jax.Array], Counts],
+    tangents: tuple[list[jax.Array], Any],
+) -> tuple[list[jax.Array], list[Any]]:
     # As jnp.max's own rule: the tangent of the winner, split among the tied
     # rows: each winning device's tangent (the mean over its tied rows) weighs
     # its count of them. The integer keys would silently give a zero gradient.
     (values, counts), (dots, _) = primals, tangents
     out, winners = _extremum_and_winners(largest, comm_dtype, values)
-    out_dots = [np.zeros(o.shape, jax.dtypes.float0) for o in out]  # integers: no tangent
+    # Integers: no tangent (float0 zeros); floats: an array.
+    out_dots: list[Any] = [np.zeros(o.shape, jax.dtypes.float0) for o in out]
     for i, v in enumerate(values):
         if jnp.issubdtype(v.dtype, jnp.inexact):
             # Equal as floats (-0.0 ties 0.0, as under jnp.max) or as keys (NaN).
             tied = winners[i] | (v == out[i][None].astype(v.dtype))
             hits = tied.astype(dots[i].dtype)
-            if counts[i] is not None:
-                hits = hits * counts[i].astype(dots[i].dtype)
+            count = counts[i]
+            if count is not None:
+                hits = hits * count.astype(dots[i].dtype)
             out_dots[i] = lax.reduce_sum(dots[i] * hits, (0,)) / lax.reduce_sum(hits, (0,))
     return out, out_dots
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Prod(Reduction):
-    def identity(self, aval) -> jax.Array:
+    def identity(self, aval: jax.ShapeDtypeStruct) -> jax.Array:
         return jnp.ones(aval.shape, self.acc_dtype(aval.dtype))
 
     def accumulate(self, acc: jax.Array, value: jax.Array) -> jax.Array:
         return acc * value
 
-    def collective(self, values: list[jax.Array], comm_dtype, mesh, counts) -> list[jax.Array]:
+    def collective(
+        self, values: list[jax.Array], comm_dtype: DTypeLike | None, mesh: Mesh, counts: Counts
+    ) -> list[jax.Array]:
         # Every device's product on every device (an all-gather of what travels),
         # multiplied in the accumulation dtype in device order: exact, as
         # serial as a product over devices can be.
@@ -279,7 +315,7 @@ OPS: dict[str, Op] = {**REDUCTIONS, "gather": GATHER, "per_device": PER_DEVICE}
 # Validation: one place for op names and comm_dtype
 
 
-def parse_op(op: Any, where: str, path: str = "", *, ops: dict[str, Op] = OPS) -> Op:
+def parse_op(op: object, where: str, path: str = "", *, ops: Mapping[str, AnyOp] = OPS) -> AnyOp:
     """The op object for a name; a clear error for anything else."""
     if isinstance(op, str) and op in ops:
         return ops[op]
@@ -328,9 +364,9 @@ def parse_comm_dtype(comm_dtype: Any, where: str) -> np.dtype | None:
 
 
 def combine(
-    ops: list[Reduction], values: list, divisor: int, comm_dtype, dtypes: list, mesh,
-    counts: dict | None = None,
-) -> list:  # fmt: skip
+    ops: list[Reduction], values: list[jax.Array], divisor: Divisor, comm_dtype: DTypeLike | None,
+    dtypes: list[np.dtype], mesh: Mesh, counts: dict[int, jax.Array] | None = None,
+) -> list[jax.Array]:  # fmt: skip
     """Reduce the devices' local values into one value each, replicated on `mesh`.
 
     Runs outside the per-device body, on global arrays: `values` hold every

@@ -8,7 +8,7 @@ them all, so that a call with three bad arguments takes one run to fix.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 R = TypeVar("R")
 
@@ -22,11 +22,11 @@ class Refused(TypeError, ValueError, IndexError):
 class Refusals:
     """The refusals of one check, over every leaf it looks at."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str) -> None:
         self.where = where
         self.errors: list[Exception] = []
 
-    def run(self, fn: Callable[..., R], *args) -> R | None:
+    def run(self, fn: Callable[..., R], *args: Any) -> R | None:
         """``fn(*args)``; what it refuses is kept for `raise_all` (and None returned)."""
         try:
             return fn(*args)

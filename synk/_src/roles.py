@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
+from jax.sharding import Sharding
 
 from synk._src import compat, partition
 from synk._src import data as synk_data
 from synk._src.refusals import Refusals
-from synk._src.signature import PER_DEVICE, leaf_entries
+from synk._src.signature import PER_DEVICE, Dyn, InAxis, leaf_entries
+
+if TYPE_CHECKING:
+    from synk._src.core import Core
+    from synk._src.shards import ShardLayout
+
+# (name, leaf, in_axes entry) of each traced leaf: what `describe` reads.
+Entry = tuple[str, Any, InAxis]
 
 SCALARS = (int, float, bool, complex)
 
@@ -54,10 +62,22 @@ class Leaf:
     axis: int | None  # the batch axis of a sliced leaf
     aval: jax.ShapeDtypeStruct  # global shape, canonical dtype
     source: Source
-    sharding: Any = None  # a DEVICE leaf's sharding
+    sharding: Sharding | None = None  # a DEVICE leaf's sharding
     view: View | None = None  # a VIEW leaf's kind of indexing
-    data_layout: Any = None  # a view of sharded data: how its rows are dealt (ShardLayout)
+    data_layout: ShardLayout | None = None  # a view of sharded data: how its rows are dealt
     shares: int | None = None  # a view whose indices equal those of view leaf `shares`
+
+    @property
+    def batch_axis(self) -> int:
+        """The batch axis of a sliced leaf (which always has one)."""
+        assert self.axis is not None, f"{self.name} is not sliced"
+        return self.axis
+
+    @property
+    def device_sharding(self) -> Sharding:
+        """The sharding of a leaf on the devices (a DEVICE leaf always has one)."""
+        assert self.sharding is not None, f"{self.name} is not on the devices"
+        return self.sharding
 
     @property
     def host(self) -> bool:
@@ -70,14 +90,17 @@ class Leaf:
         return self.role is Role.SLICED and self.view is None
 
 
-def entries(core, dyn, call: partition.Call, structure: partition.Structure):
+def entries(
+    core: Core, dyn: Dyn, call: partition.Call, structure: partition.Structure
+) -> tuple[list[Entry], list[str]]:
     """(name, leaf, in_axes entry) of every traced leaf, and every slot's name.
 
     A Variable's value is traced and broadcast; its in_axes entry must be
     None. An unhashable static leaf is refused here, by name.
     """
     every = leaf_entries(core.in_axes, core.signature, dyn, core.where, partition.variable_test())
-    traced, refusals = [], Refusals(core.where)
+    traced: list[Entry] = []
+    refusals = Refusals(core.where)
     for (name, leaf, entry), slot in zip(every, structure.slots, strict=True):
         if slot is partition.TRACED:
             traced.append((name, leaf, entry))
@@ -94,7 +117,7 @@ def entries(core, dyn, call: partition.Call, structure: partition.Structure):
     return traced, [name for name, _, _ in every]
 
 
-def describe_leaves(core, traced_entries: list, traced: bool = False) -> list[Leaf]:
+def describe_leaves(core: Core, traced_entries: list[Entry], traced: bool = False) -> list[Leaf]:
     """Every traced leaf's record, in tree_flatten's order; bad input raises here.
 
     `traced`: the call is inside a trace (jax.jit, grad, vmap); every value is
@@ -103,10 +126,10 @@ def describe_leaves(core, traced_entries: list, traced: bool = False) -> list[Le
     refusals = Refusals(core.where)
     leaves = [refusals.run(describe, core, *entry, traced) for entry in traced_entries]
     refusals.raise_all()
-    return leaves
+    return cast("list[Leaf]", leaves)  # none refused: raise_all raised otherwise
 
 
-def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
+def describe(core: Core, name: str, leaf: Any, entry: InAxis, traced: bool = False) -> Leaf:
     where, n = core.where, len(core.devices)
     if type(leaf) is synk_data.Batch:
         return _describe_view(core, name, leaf, entry, traced)
@@ -158,7 +181,9 @@ def describe(core, name: str, leaf, entry, traced: bool = False) -> Leaf:
     return Leaf(name, Role.SLICED, axis, aval, source, sharding)
 
 
-def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) -> Leaf:
+def _describe_view(
+    core: Core, name: str, view: synk_data.Batch, entry: InAxis, traced: bool
+) -> Leaf:
     where, data = core.where, view.data
     array = data.live_array(where, name)
     if traced and not (array.is_fully_addressable or array.is_fully_replicated):
@@ -180,7 +205,7 @@ def _describe_view(core, name: str, view: synk_data.Batch, entry, traced: bool) 
     return Leaf(name, Role.SLICED, 0, aval, Source.VIEW, view=kind, data_layout=data.layout)
 
 
-def _describe_data(core, name: str, data: synk_data.Data, entry) -> Leaf:
+def _describe_data(core: Core, name: str, data: synk_data.Data, entry: InAxis) -> Leaf:
     """A whole synk.Data: broadcast, its device array used as it lies (no transfer)."""
     where = core.where
     array = data.live_array(where, name)
@@ -208,7 +233,7 @@ def _describe_data(core, name: str, data: synk_data.Data, entry) -> Leaf:
 # Error text
 
 
-def _other_devices_error(where: str, name: str, data, core) -> str:
+def _other_devices_error(where: str, name: str, data: synk_data.Data, core: Core) -> str:
     return (
         f"{where}: argument `{name}` is a batch of a synk.Data on {len(data.devices)} "
         f"devices, but this function runs on {len(core.devices)} devices "
@@ -247,7 +272,7 @@ def _spanning_data_error(where: str, name: str) -> str:
     )
 
 
-def _unhashable_error(where: str, name: str, leaf) -> str:
+def _unhashable_error(where: str, name: str, leaf: object) -> str:
     return (
         f"{where}: argument `{name}` is a {type(leaf).__name__}, which is neither an array "
         "nor hashable. Non-array leaves are static (part of the compile cache key), so "
@@ -256,7 +281,7 @@ def _unhashable_error(where: str, name: str, leaf) -> str:
     )
 
 
-def _sliced_state_error(where: str, name: str, entry) -> str:
+def _sliced_state_error(where: str, name: str, entry: InAxis) -> str:
     return (
         f"{where}: argument `{name}` is a Flax NNX Variable (module state), and its in_axes "
         f"entry is {entry!r}; state is broadcast, every device sees all of it, and what "
@@ -266,7 +291,7 @@ def _sliced_state_error(where: str, name: str, entry) -> str:
     )
 
 
-def _concrete_sharding(leaf):
+def _concrete_sharding(leaf: Any) -> Sharding | None:
     """A concrete array's sharding in a traced call (None: numpy, or not committed)."""
     if not getattr(leaf, "committed", False):
         return None  # numpy, or uncommitted: jit puts it where it is needed

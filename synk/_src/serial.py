@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -17,9 +18,13 @@ import numpy as np
 from synk._src import lax as synk_lax
 from synk._src import take
 from synk._src.outputs import Outputs
-from synk._src.partition import Structure, is_batch, is_data
+from synk._src.partition import Call, Structure, is_batch, is_data
 from synk._src.plan import user_call
 from synk._src.roles import entries
+from synk._src.signature import Dyn, InAxis
+
+if TYPE_CHECKING:
+    from synk._src.core import Core
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +36,7 @@ class Serial:
     outputs: Outputs
 
     @classmethod
-    def build(cls, core, statics: tuple, dyn, call) -> Serial:
+    def build(cls, core: Core, statics: tuple, dyn: Dyn, call: Call) -> Serial:
         structure = call.structure()
         traced, _ = entries(core, dyn, call, structure)
         rows = rows_of(traced)
@@ -39,7 +44,7 @@ class Serial:
         outputs = Outputs()
         call_user = user_call(core.fn, structure, statics, outputs, core.where)
 
-        def serial(arrays):
+        def serial(arrays: list[Any]) -> Any:
             # synk's device axis bound at size 1: synk.lax acts as on one device.
             with synk_lax.tracing(rows=first):
                 return synk_lax.on_one_device(call_user, arrays)
@@ -47,7 +52,7 @@ class Serial:
         return cls(jax.jit(serial), structure, outputs)
 
 
-def as_array(x):
+def as_array(x: Any) -> Any:
     """A traced leaf as one device takes it: a synk.Data batch as its rows, a whole
     synk.Data as its value (on the host, or gathered in the trace for a traced index)."""
     t = type(x)
@@ -58,7 +63,7 @@ def as_array(x):
     return x
 
 
-def rows_of(traced: list) -> int | None:
+def rows_of(traced: list[tuple[str, Any, InAxis]]) -> int | None:
     """The batch length of a call: the rows of its first sliced leaf (None if none)."""
     for _, leaf, entry in traced:
         shape = getattr(leaf, "shape", ())

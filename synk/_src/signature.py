@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import jax
 
 from synk._src.refusals import Refusals
 
-PER_DEVICE = "per_device"
+PerDevice = Literal["per_device"]
+PER_DEVICE: PerDevice = "per_device"
+# One in_axes entry: slice along that axis, broadcast (None), or one entry per device.
+InAxis = int | PerDevice | None
+# An entry for every positional argument, or a pytree prefix of the arguments.
+InAxes = InAxis | tuple[Any, ...] | list[Any] | Mapping[Any, Any]
+# A call's traced part: (positional arguments, keyword arguments), statics taken out.
+Dyn = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 # --------------------------------------------------------------------------
@@ -28,7 +35,7 @@ class Signature:
     kwonly: tuple[str, ...]
 
     @classmethod
-    def of(cls, fn) -> Signature:
+    def of(cls, fn: Callable[..., Any]) -> Signature:
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -42,7 +49,7 @@ class Signature:
         kwonly = tuple(p.name for p in params if p.kind == kinds.KEYWORD_ONLY)
         return cls(sig, positional, varargs, kwonly)
 
-    def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Dyn:
         """The call's arguments by position and name, as the caller passed them.
 
         Parameters left to their defaults stay out: the function sees its own
@@ -53,7 +60,7 @@ class Signature:
         bound = self.sig.bind(*args, **kwargs)
         return bound.args, bound.kwargs
 
-    def check(self, args: tuple, kwargs: dict, where: str) -> None:
+    def check(self, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> None:
         """Refuse a call that does not fit the signature, before anything is traced."""
         if self.sig is None:
             return
@@ -83,7 +90,13 @@ class Statics:
     keywords: tuple[str, ...] = ()  # every static's name, as a call may pass it by keyword
 
     @classmethod
-    def of(cls, signature: Signature, argnums, argnames, where: str) -> Statics:
+    def of(
+        cls,
+        signature: Signature,
+        argnums: int | Sequence[int] | None,
+        argnames: str | Sequence[str] | None,
+        where: str,
+    ) -> Statics:
         pos = set()
         for i in as_tuple(argnums):
             if isinstance(i, bool) or not isinstance(i, int):
@@ -110,7 +123,9 @@ class Statics:
         named = tuple(signature.positional[i] for i in sorted(pos) if i < len(signature.positional))
         return cls(frozenset(pos), tuple(kw), (*kw, *named))
 
-    def split(self, args: tuple, kwargs: dict, signature: Signature, where: str):
+    def split(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], signature: Signature, where: str
+    ) -> tuple[tuple[Any, ...], Dyn]:
         """(statics, dyn): hashable static values (part of the key), and the traced pytree."""
         if not self.positions and not self.names:
             return (), (args, kwargs)
@@ -129,7 +144,7 @@ class Statics:
         return statics, (dyn_args, dyn_kw)
 
     @staticmethod
-    def merge(statics: tuple, dyn) -> tuple[tuple, dict]:
+    def merge(statics: tuple[Any, ...], dyn: Dyn) -> Dyn:
         """The call's arguments again: the traced pytree with the statics put back."""
         args, kwargs = dyn
         if not statics:
@@ -150,7 +165,7 @@ def _unfit_call_error(where: str, sig: inspect.Signature, error: TypeError) -> s
     )
 
 
-def _raise_unhashable(statics: tuple, signature: Signature, where: str):
+def _raise_unhashable(statics: tuple[Any, ...], signature: Signature, where: str) -> None:
     refusals = Refusals(where)
     for name, _, value in statics:
         try:
@@ -161,7 +176,7 @@ def _raise_unhashable(statics: tuple, signature: Signature, where: str):
     refusals.raise_all()
 
 
-def _unhashable_static_error(where: str, label: str, value) -> str:
+def _unhashable_static_error(where: str, label: str, value: object) -> str:
     return (
         f"{where}: static argument `{label}` is a {type(value).__name__}, which is not "
         "hashable; static arguments are part of the compile cache key. Pass a tuple "
@@ -169,7 +184,7 @@ def _unhashable_static_error(where: str, label: str, value) -> str:
     )
 
 
-def as_tuple(x) -> tuple:
+def as_tuple(x: object) -> tuple[Any, ...]:
     if x is None:
         return ()
     return tuple(x) if isinstance(x, Sequence) and not isinstance(x, str) else (x,)
@@ -194,8 +209,12 @@ def check_in_axes(in_axes: Any, where: str) -> None:
 
 
 def leaf_entries(
-    in_axes, signature: Signature, dyn, where: str, is_leaf=None
-) -> list[tuple[str, Any, Any]]:
+    in_axes: InAxes,
+    signature: Signature,
+    dyn: Dyn,
+    where: str,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> list[tuple[str, Any, InAxis]]:
     """(name, leaf, in_axes entry) for every leaf of the call, in tree_flatten's order.
 
     The name is the argument as the user wrote it, with its pytree path.

@@ -19,6 +19,9 @@ talk about single rows): those keep an equal share per winning device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -26,8 +29,25 @@ from jax import lax
 from synk._src import reduce as red
 from synk._src.axis import AXIS
 
+if TYPE_CHECKING:
+    from synk._src.outputs import OutPlan
+    from synk._src.split import Split
 
-def leaves(body) -> list[int]:
+
+class Body(Protocol):
+    """What of the per-device body (`body.Body`) its tie counts read."""
+
+    ops: list[red.Reduction]  # the ops of the reduced outputs
+    reduced: list[int]  # the reduced outputs' positions among all outputs
+    out: OutPlan
+
+    @property
+    def batch(self) -> Split: ...
+
+    def __call__(self, *flat: jax.Array) -> tuple[list[jax.Array], ...]: ...
+
+
+def leaves(body: Body) -> list[int]:
     """The positions, among the body's reduced outputs, of floating max/min outputs."""
     return [
         k
@@ -36,7 +56,7 @@ def leaves(body) -> list[int]:
     ]
 
 
-def counted(body, ties: list[int]):
+def counted(body: Body, ties: list[int]) -> Callable[..., Any]:
     """`body`, with one more output: each tie leaf's count of tied rows on this device.
 
     The counts are ones on a plain call; under differentiation they are the
@@ -44,12 +64,14 @@ def counted(body, ties: list[int]):
     """
 
     @jax.custom_jvp
-    def call(*flat):
+    def call(*flat: jax.Array) -> tuple[Any, ...]:
         out = body(*flat)
         return (*out, [jnp.ones_like(out[0][k], jnp.float32) for k in ties])
 
     @call.defjvp
-    def call_jvp(primals, tangents):
+    def call_jvp(
+        primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
+    ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         out, dout = jax.jvp(body, primals, tangents)
         local, dlocal = list(out[0]), list(dout[0])
         counts = [jnp.ones_like(local[k], jnp.float32) for k in ties]
@@ -70,7 +92,9 @@ def counted(body, ties: list[int]):
     return call
 
 
-def _row_stats(body, ties: list[int], primals, tangents) -> list[tuple]:
+def _row_stats(
+    body: Body, ties: list[int], primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
+) -> list[tuple[jax.Array, jax.Array]]:
     """Per tie leaf: (tied rows on this device, the sum of their derivatives), each (1, ...)."""
     (values, valid), (dvalues, _) = jax.jvp(
         lambda *flat: _row_values(body, ties, flat), primals, tangents
@@ -79,7 +103,9 @@ def _row_stats(body, ties: list[int], primals, tangents) -> list[tuple]:
     for j, k in enumerate(ties):
         v, dv = values[j], dvalues[j]
         ok = valid.reshape((-1,) + (1,) * (v.ndim - 1))
-        largest = body.ops[k].largest
+        op = body.ops[k]
+        assert isinstance(op, red.Extremum)  # a tie leaf is a max or min output (`leaves`)
+        largest = op.largest
         end = -jnp.inf if largest else jnp.inf
         masked = jnp.where(ok, v, jnp.asarray(end, v.dtype))
         extreme = masked.max(0) if largest else masked.min(0)
@@ -90,14 +116,17 @@ def _row_stats(body, ties: list[int], primals, tangents) -> list[tuple]:
     return stats
 
 
-def _row_values(body, ties: list[int], flat) -> tuple[list, jax.Array]:
+def _row_values(
+    body: Body, ties: list[int], flat: tuple[jax.Array, ...]
+) -> tuple[list[jax.Array], jax.Array]:
     """The tie leaves' values for each row of this device, and which rows are real."""
     base, extras = body.inputs(flat)
-    split, wanted = body.split, [body.reduced[k] for k in ties]
+    split, wanted = body.batch, [body.reduced[k] for k in ties]
 
-    def one(j):
+    def one(j: jax.Array) -> list[jax.Array]:
         piece = {
-            i: lax.dynamic_slice_in_dim(base[i], j, 1, axis=body.descs[i].axis) for i in body.sliced
+            i: lax.dynamic_slice_in_dim(base[i], j, 1, axis=body.descs[i].batch_axis)
+            for i in body.sliced
         }
         outs = body.run(base, piece, (lambda: body.first_row() + j, 1))
         return [outs[i] for i in wanted]

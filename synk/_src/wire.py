@@ -11,14 +11,20 @@ as integers in IEEE total order, so that NaN wins on every backend
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding
+from jax.typing import DTypeLike
+
+# A value as it travels: one array, or a complex one's (real, imaginary) parts.
+Encoded = jax.Array | tuple[jax.Array, jax.Array]
 
 
-def widened(dtype) -> np.dtype:
+def widened(dtype: DTypeLike) -> np.dtype:
     """float16, bfloat16 (and narrower floats) accumulate in float32; the rest as they are."""
     dtype = np.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
@@ -26,32 +32,39 @@ def widened(dtype) -> np.dtype:
     return dtype
 
 
-def cast(x: jax.Array, dtype) -> jax.Array:
+def cast(x: jax.Array, dtype: DTypeLike) -> jax.Array:
     """`x` in `dtype`; no op at all when it already is, so the float32 path gains none."""
     return x if x.dtype == dtype else x.astype(dtype)
 
 
-def over_devices(reduction, x):
+def over_devices(
+    reduction: Callable[[jax.Array, tuple[int, ...]], jax.Array], x: Encoded
+) -> Encoded:
     """`x` (or each part of an encoded complex value) reduced over axis 0, the devices."""
     return jax.tree.map(lambda part: reduction(part, (0,)), x)
 
 
-def replicated(x, sharding: NamedSharding):
+def replicated(x: Encoded, sharding: NamedSharding) -> Encoded:
     """`x` (or each part of it) gathered onto every device."""
     return jax.tree.map(lambda part: lax.with_sharding_constraint(part, sharding), x)
 
 
-def encode(x: jax.Array, comm_dtype):
+def encode(x: jax.Array, comm_dtype: DTypeLike | None) -> Encoded:
     """`x` as it travels: floats in comm_dtype, complex as (real, imag) in comm_dtype."""
-    if comm_dtype is None or not jnp.issubdtype(x.dtype, jnp.inexact):
-        return x
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    if comm_dtype is not None and jnp.issubdtype(x.dtype, jnp.complexfloating):
         # A cast of complex to a real dtype drops the imaginary part.
         return cast(jnp.real(x), comm_dtype), cast(jnp.imag(x), comm_dtype)
+    return encode_real(x, comm_dtype)
+
+
+def encode_real(x: jax.Array, comm_dtype: DTypeLike | None) -> jax.Array:
+    """`encode` of a value that is not complex (max and min refuse those): one array."""
+    if comm_dtype is None or not jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
     return cast(x, comm_dtype)
 
 
-def decode(y, dtype) -> jax.Array:
+def decode(y: Encoded, dtype: DTypeLike) -> jax.Array:
     """`_encode`'s value back in `dtype`."""
     if isinstance(y, tuple):
         part = np.finfo(dtype).dtype  # complex64 -> float32
@@ -59,7 +72,7 @@ def decode(y, dtype) -> jax.Array:
     return cast(y, dtype)
 
 
-def end(dtype, *, low: bool):
+def end(dtype: DTypeLike, *, low: bool) -> float | int:
     """The lowest (or highest) value of a dtype: -inf/inf for floats."""
     if jnp.issubdtype(dtype, jnp.inexact):
         return -jnp.inf if low else jnp.inf
@@ -85,7 +98,7 @@ def ordered(x: jax.Array, *, nan_wins_high: bool) -> jax.Array:
     return jnp.where(jnp.isnan(x), end(key_dtype, low=not nan_wins_high), key)
 
 
-def from_ordered(key: jax.Array, dtype) -> jax.Array:
+def from_ordered(key: jax.Array, dtype: DTypeLike) -> jax.Array:
     """`ordered`'s integers back to floats; the integer ends decode to NaN."""
     if not jnp.issubdtype(dtype, jnp.floating):
         return key
