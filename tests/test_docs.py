@@ -1,15 +1,21 @@
-"""Every public name is importable and documented; every docstring example runs."""
+"""Every public name is importable and documented; every docstring example runs; one
+version everywhere."""
 
 import doctest
 import importlib
 import inspect
 import pkgutil
+import re
+import tomllib
+from pathlib import Path
 
 import pytest
 from helpers import single_process
 
 import synk
 import synk._src
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Every module under synk/_src, found by walking the package: a new module's
 # examples run without a list to edit.
@@ -61,3 +67,19 @@ def test_docstring_examples_run(module):
     if module in PUBLIC_HOMES:
         assert result.attempted > 0, f"{module} defines public names but has no examples"
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {module}"
+
+
+# --------------------------------------------------------------------------
+# One version
+
+
+def test_one_version_everywhere():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.M)
+    assert released, "CHANGELOG.md names no released version (## [x.y.z] - YYYY-MM-DD)"
+    assert project["version"] == synk.__version__ == released[0], (
+        project["version"],
+        synk.__version__,
+        released[0],
+    )
