@@ -17,7 +17,7 @@ NEWEST_STAMP := $(NEWEST)/.installed-stamp
 JOBS   ?= 2
 
 .PHONY: demo test lint test-single test-mpi test-examples test-notebooks test-runs \
-	test-newest device-check-smoke \
+	test-newest device-check-smoke notebook-outputs \
 	bench clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -76,6 +76,11 @@ test-notebooks: $(STAMP)
 test-newest: $(NEWEST_STAMP)
 	$(NEWEST)/bin/python -c "import jax, sys; print('newest: jax', jax.__version__, 'on python', sys.version.split()[0])"
 	$(NEWEST)/bin/python -m pytest -p no:cacheprovider -n $(JOBS) --dist loadfile -m "not alone" tests
+
+# docs/notebooks/*.ipynb afresh from a run of each notebook, after changing a
+# notebook or what it prints (notebooks/test_notebooks.py checks them each run).
+notebook-outputs: $(STAMP)
+	SYNK_STORE_NOTEBOOKS=1 $(PYTEST) -q -n $(JOBS) notebooks/test_notebooks.py -k test_notebook_runs
 
 bench: $(STAMP)
 	SYNK_CPU_DEVICES=8 $(BIN)/python -m synk bench overhead

@@ -1,5 +1,6 @@
-"""Every public name is importable and documented; every docstring example runs; one
-version everywhere."""
+"""Every public name is importable and documented; every docstring example runs; the
+docs' notebooks hold the outputs of one run of the notebooks as they are; one version
+everywhere."""
 
 import doctest
 import importlib
@@ -9,6 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import nbformat
 import pytest
 from helpers import single_process
 
@@ -16,6 +18,7 @@ import synk
 import synk._src
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 
 # Every module under synk/_src, found by walking the package: a new module's
 # examples run without a list to edit.
@@ -67,6 +70,36 @@ def test_docstring_examples_run(module):
     if module in PUBLIC_HOMES:
         assert result.attempted > 0, f"{module} defines public names but has no examples"
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {module}"
+
+
+# --------------------------------------------------------------------------
+# The docs' notebooks: the outputs of a run, stored (the docs build executes nothing)
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_docs_notebook_is_an_executed_copy(path):
+    """docs/notebooks/NAME holds notebooks/NAME's cells as they are, run top to bottom.
+
+    notebooks/test_notebooks.py compares each run's outputs with the copy's (as
+    far as numbers that vary allow) and writes the copy afresh under
+    ``make notebook-outputs``.
+    """
+    copy_path = DOCS / "notebooks" / path.name
+    assert copy_path.exists(), f"{copy_path} is missing: run make notebook-outputs"
+    source, stored = nbformat.read(path, as_version=4), nbformat.read(copy_path, as_version=4)
+    stale = f"{copy_path.relative_to(ROOT)} is stale: run make notebook-outputs"
+    assert [(c.cell_type, c.source) for c in stored.cells] == [
+        (c.cell_type, c.source) for c in source.cells
+    ], stale
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"{stale}: not one run top to bottom"
+    empty = [i for i, c in enumerate(code) if not c.outputs]
+    assert not empty, f"{copy_path.name}: code cells {empty} have no stored output"
+    errors = [i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs)]
+    assert not errors, f"{copy_path.name}: code cells {errors} stored an error"
 
 
 # --------------------------------------------------------------------------
