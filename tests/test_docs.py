@@ -1,10 +1,15 @@
-"""Every public name is importable and documented; every docstring example runs; the
-docs' notebooks hold the outputs of one run of the notebooks as they are; one version
-everywhere."""
+"""The documentation: every public name importable, documented and on the API page;
+every docstring example and every Python block of the docs pages runs (and prints
+what the page says it prints); the docs' notebooks hold the outputs of one run of
+the notebooks as they are; one version everywhere.
+"""
 
+import contextlib
 import doctest
 import importlib
 import inspect
+import io
+import linecache
 import pkgutil
 import re
 import tomllib
@@ -13,12 +18,14 @@ from pathlib import Path
 import nbformat
 import pytest
 from helpers import single_process
+from pages import assert_prints, python_examples
 
 import synk
 import synk._src
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
 
 # Every module under synk/_src, found by walking the package: a new module's
 # examples run without a list to edit.
@@ -70,6 +77,48 @@ def test_docstring_examples_run(module):
     if module in PUBLIC_HOMES:
         assert result.attempted > 0, f"{module} defines public names but has no examples"
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {module}"
+
+
+# --------------------------------------------------------------------------
+# The docs pages
+
+
+def test_the_api_page_documents_every_public_name():
+    text = (DOCS / "api.md").read_text()
+    documented = set(re.findall(r"^\.\. auto\w+:: (synk[\w.]*)", text, flags=re.M))
+    public = {f"synk.{name}" for name in synk.__all__} | {
+        f"synk.lax.{name}" for name in synk.lax.__all__
+    }
+    missing = public - documented
+    assert not missing, f"docs/api.md has no autodoc entry for {sorted(missing)}"
+
+
+def run_page(path: Path) -> None:
+    """Run a page's Python blocks in order in one namespace, as a reader would paste them."""
+    namespace = {"__name__": f"page_{path.stem}"}
+    for code, expected, line in python_examples(path):
+        name = f"{path.relative_to(ROOT)}:{line}"
+        linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # tracebacks
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, name, "exec"), namespace)
+        if expected is not None:
+            assert_prints(expected, out.getvalue(), f"the block at {name}")
+
+
+PAGES_WITH_CODE = [p for p in PAGES if python_examples(p)]
+
+
+def test_the_pages_have_code_to_run():
+    names = {p.name for p in PAGES_WITH_CODE}
+    assert {"getting_started.md", "how_a_call_works.md"} <= names, names
+
+
+@single_process("the pages are one-process scripts on 8 simulated devices")
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: p.name)
+def test_page_code_runs(page, monkeypatch):
+    monkeypatch.setenv("SYNK_CPU_DEVICES", "8")  # as the pages run: synk.init() finds 8
+    run_page(page)
 
 
 # --------------------------------------------------------------------------
