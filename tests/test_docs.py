@@ -1,7 +1,7 @@
 """The documentation: every public name importable, documented and on the API page;
-every docstring example and every Python block of the docs pages runs (and prints
-what the page says it prints); the docs' notebooks hold the outputs of one run of
-the notebooks as they are; one version everywhere.
+every docstring example and every Python block of the docs pages and the README runs
+(and prints what the page says it prints); the docs' notebooks hold the outputs of
+one run of the notebooks as they are; one version everywhere.
 """
 
 import contextlib
@@ -80,7 +80,7 @@ def test_docstring_examples_run(module):
 
 
 # --------------------------------------------------------------------------
-# The docs pages
+# The docs pages and the README
 
 
 def test_the_api_page_documents_every_public_name():
@@ -106,12 +106,12 @@ def run_page(path: Path) -> None:
             assert_prints(expected, out.getvalue(), f"the block at {name}")
 
 
-PAGES_WITH_CODE = [p for p in PAGES if python_examples(p)]
+PAGES_WITH_CODE = [p for p in [*PAGES, ROOT / "README.md"] if python_examples(p)]
 
 
 def test_the_pages_have_code_to_run():
     names = {p.name for p in PAGES_WITH_CODE}
-    assert {"getting_started.md", "how_a_call_works.md"} <= names, names
+    assert {"README.md", "getting_started.md", "how_a_call_works.md"} <= names, names
 
 
 @single_process("the pages are one-process scripts on 8 simulated devices")
@@ -119,6 +119,19 @@ def test_the_pages_have_code_to_run():
 def test_page_code_runs(page, monkeypatch):
     monkeypatch.setenv("SYNK_CPU_DEVICES", "8")  # as the pages run: synk.init() finds 8
     run_page(page)
+
+
+def test_readme_links_resolve():
+    """The README's relative links (into docs/, as GitHub shows them) name files that exist."""
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    assert sum(link.startswith("docs/") for link in links) >= 10, links
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, missing
+
+
+def test_readme_is_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines; the rest belongs in docs/"
 
 
 # --------------------------------------------------------------------------
