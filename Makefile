@@ -1,9 +1,9 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   make .venv, install synk, run examples/quickstart.py on every device
 #   make test   make .venv, install synk, run lint, the suite (one process, with
-#               the device check's smoke run in tests/test_bench.py; then
-#               mpiexec -n 2), every example end to end and every notebook, the
-#               docs build; then
+#               the device check's smoke run in tests/test_bench.py and a clean
+#               virtualenv that follows docs/getting_started.md; then mpiexec -n 2),
+#               every example end to end and every notebook, the docs build; then
 #               the one-process suite again on the newest jax (.venv-newest)
 #   make docs   the docs site (docs/ -> docs/_build/html), warnings as errors
 PYTHON ?= python3
@@ -74,10 +74,11 @@ test-notebooks: $(STAMP)
 	$(PYTEST) -q -n $(JOBS) notebooks/test_notebooks.py
 
 # The one-process suite on the newest jax release (pyproject.toml's range says
-# which releases CI tests: the pinned one and the newest).
+# which releases CI tests: the pinned one and the newest). The clean-virtualenv
+# test (slow) ran in test-single; pip's choice of jax there is its own.
 test-newest: $(NEWEST_STAMP)
 	$(NEWEST)/bin/python -c "import jax, sys; print('newest: jax', jax.__version__, 'on python', sys.version.split()[0])"
-	$(NEWEST)/bin/python -m pytest -p no:cacheprovider -n $(JOBS) --dist loadfile -m "not alone" tests
+	$(NEWEST)/bin/python -m pytest -p no:cacheprovider -n $(JOBS) --dist loadfile -m "not alone and not slow" tests
 
 # The docs site: MyST pages, the notebooks with their stored outputs (nothing
 # executes here), the API from the docstrings. -E: every page is read again, so
