@@ -39,9 +39,11 @@ myst_heading_anchors = 3
 nb_execution_mode = "off"
 nb_merge_streams = True
 
-# autodoc reads the Google-style docstrings; signatures as written in the code.
+# autodoc reads the Google-style docstrings.
 autodoc_member_order = "bysource"
+autodoc_preserve_defaults = True  # defaults as written (a sentinel by its name)
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"  # types of what the docstring names
 autodoc_typehints_format = "short"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -75,5 +77,14 @@ def _reexported_attribute_doc(app, what, name, obj, options, lines):
         lines[:] = list(docs["", attr])
 
 
+def _no_constructor_signature(app, what, name, obj, options, signature, return_annotation):
+    """synk's classes are made by functions (``synk.function``, ``synk.data``, ``X[idx]``),
+    not by calling them: show a class without its constructor's private arguments."""
+    if what == "class" and name.startswith("synk."):
+        return "", return_annotation
+    return None
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", _reexported_attribute_doc)
+    app.connect("autodoc-process-signature", _no_constructor_signature)
