@@ -30,7 +30,7 @@ extensions = [
 ]
 
 root_doc = "index"
-exclude_patterns = ["_build", "README.md", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 suppress_warnings = []
 
 # MyST: Markdown pages, notebooks with their stored outputs.
