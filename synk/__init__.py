@@ -28,7 +28,7 @@ from synk._src.runtime import process_count as process_count
 from synk._src.runtime import process_index as process_index
 from synk._src.runtime import process_share as process_share
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Batch",

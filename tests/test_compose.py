@@ -255,7 +255,7 @@ def test_a_loop_of_fused_steps_that_never_blocks_completes():
 
 def test_a_loop_of_fused_steps_that_waits_now_and_then_completes_under_any_processes():
     # Under several processes on CPUs (gloo) a loop that never waits stalls once
-    # about a hundred steps are queued; the README's one-liner bounds the queue.
+    # about a hundred steps are queued; the one-liner in docs/sharp_bits.md bounds the queue.
     _fused_loop(1000, wait_every=32)
 
 

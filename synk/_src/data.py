@@ -127,7 +127,7 @@ class Data:
 
     @property
     def rows_per_device(self) -> tuple[int, ...]:
-        """Rows each device holds: all of them, or its shard (shards differ by at most 1)."""
+        """The rows each device holds (all of them, or its shard; shards differ by at most 1)."""
         self.live_array()
         if self._sharded:
             return ShardLayout.of(self._rows, len(self._devices)).held
@@ -239,7 +239,7 @@ class Data:
 
     @property
     def local(self) -> _LocalIndexer:
-        """``X.local[idx]``: each device indexes its own shard (sharded data only)."""
+        """Local views ``X.local[idx]``, each device indexing its own shard (sharded data only)."""
         self.live_array()
         if not self._sharded:
             raise ValueError(

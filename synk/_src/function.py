@@ -280,9 +280,12 @@ class Function:
 
     @property
     def path(self) -> str:
-        """How a call runs: ``'whole'`` (no reduce: the whole function under XLA's
-        partitioner, exact for any function) or ``'per-device'`` (explicit reductions:
-        the function on each device's rows, outputs combined by their ops)."""
+        """How a call runs, ``'whole'`` or ``'per-device'``.
+
+        ``'whole'`` with no reduce (the whole function under XLA's partitioner, exact
+        for any function); ``'per-device'`` with explicit reductions (the function on
+        each device's rows, outputs combined by their ops).
+        """
         return "whole" if self._options.reduce is None else "per-device"
 
     @compat.api_boundary

@@ -228,7 +228,7 @@ def process_share(x, axis: int = 0):
 
 
 def global_batch(x, axis: int = 0):
-    """Global ``jax.Array``s of this process's share of a batch, for your own ``jax.jit``.
+    """Global ``jax.Array`` values of this process's share of a batch, for your own ``jax.jit``.
 
     Inside ``jax.jit`` every value is global: under ``mpiexec`` a batch passed
     to a jitted step must be the whole batch, on every process, where a
@@ -244,7 +244,7 @@ def global_batch(x, axis: int = 0):
       axis: the batch axis (default 0).
 
     Returns:
-      The same pytree of global ``jax.Array``s on synk's devices.
+      The same pytree of global ``jax.Array`` values on synk's devices.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, synk
