@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, cast, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import jax
 from jax.typing import DTypeLike
@@ -76,35 +76,28 @@ from synk._src.throttle import throttle
 # The decorator
 
 
+if TYPE_CHECKING:  # the overloads' keywords, for type checkers only
+    from typing_extensions import TypedDict, Unpack
+
+    class FunctionOptions(TypedDict, total=False, closed=True):
+        """The keyword arguments of `function` (see its docstring)."""
+
+        in_axes: InAxes
+        reduce: ReduceSpec
+        num_slices: int
+        static_argnums: int | Sequence[int]
+        static_argnames: str | Sequence[str]
+        donate_argnums: int | Sequence[int]
+        devices: Sequence[jax.Device] | int | None
+        comm_dtype: DTypeLike | None
+        buckets: Buckets
+
+
+@overload
+def function(fn: Callable[..., Any], /, **options: Unpack[FunctionOptions]) -> Function: ...
 @overload
 def function(
-    fn: Callable[..., Any],
-    /,
-    *,
-    in_axes: InAxes = 0,
-    reduce: ReduceSpec = None,
-    num_slices: int = 1,
-    static_argnums: int | Sequence[int] = (),
-    static_argnames: str | Sequence[str] = (),
-    donate_argnums: int | Sequence[int] = (),
-    devices: Sequence[jax.Device] | int | None = None,
-    comm_dtype: DTypeLike | None = None,
-    buckets: Buckets = "geometric",
-) -> Function: ...
-@overload
-def function(
-    fn: None = None,
-    /,
-    *,
-    in_axes: InAxes = 0,
-    reduce: ReduceSpec = None,
-    num_slices: int = 1,
-    static_argnums: int | Sequence[int] = (),
-    static_argnames: str | Sequence[str] = (),
-    donate_argnums: int | Sequence[int] = (),
-    devices: Sequence[jax.Device] | int | None = None,
-    comm_dtype: DTypeLike | None = None,
-    buckets: Buckets = "geometric",
+    fn: None = None, /, **options: Unpack[FunctionOptions]
 ) -> Callable[[Callable[..., Any]], Function]: ...
 
 
@@ -348,22 +341,7 @@ class Function:
           >>> bool(np.isclose(f(x), f.serial(x)))
           True
         """
-        core = self._core
-        statics, dyn = core.bind(args, kwargs)
-        call = partition(dyn)
-        key = (statics, call.key)
-        one = core.serials.get(key)
-        if one is None:
-            core.signature.check(args, kwargs, core.where)
-            if first.slots(call.treedef):  # synk.first_rows: the function sees the rows
-                if first.traced_count(call):
-                    raise TypeError(first.traced_serial_error(core.where))
-                return self.serial(*first.concrete(args), **first.concrete(kwargs))
-            one = core.serials[key] = serial.Serial.build(core, statics, dyn, call)
-        result, new = one.jitted([serial.as_array(x) for x in call.traced])
-        if new:
-            call.write_back(new, one.structure)
-        return one.outputs.restore(result)
+        return serial.call(self._core, args, kwargs)
 
     @compat.api_boundary
     def lower(self, *args: Any, **kwargs: Any) -> jax.stages.Lowered:

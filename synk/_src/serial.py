@@ -15,16 +15,35 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from synk._src import first, take
 from synk._src import lax as synk_lax
-from synk._src import take
 from synk._src.outputs import Outputs
-from synk._src.partition import Call, Structure, is_batch, is_data
+from synk._src.partition import Call, Structure, is_batch, is_data, partition
 from synk._src.plan import user_call
 from synk._src.roles import entries
 from synk._src.signature import Dyn, InAxis
 
 if TYPE_CHECKING:
     from synk._src.core import Core
+
+
+def call(core: Core, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``f.serial(*args, **kwargs)``: built once per call signature, keyed as a call is."""
+    statics, dyn = core.bind(args, kwargs)
+    bound = partition(dyn)
+    key = (statics, bound.key)
+    one = core.serials.get(key)
+    if one is None:
+        core.signature.check(args, kwargs, core.where)
+        if first.slots(bound.treedef):  # synk.first_rows: the function sees the rows
+            if first.traced_count(bound):
+                raise TypeError(first.traced_serial_error(core.where))
+            return call(core, first.concrete(args), first.concrete(kwargs))
+        one = core.serials[key] = Serial.build(core, statics, dyn, bound)
+    result, new = one.jitted([as_array(x) for x in bound.traced])
+    if new:
+        bound.write_back(new, one.structure)
+    return one.outputs.restore(result)
 
 
 @dataclasses.dataclass(frozen=True)
