@@ -212,36 +212,30 @@ class BucketBody(Body):
         sizes, most = self.sizes, c
         if sizes[0] == c:  # a full device runs once, on its rows as they came
             with jax.named_scope("synk_full"):
-                acc, done = self._full(base, acc, done, count, start)
+                acc, done = self._full(base, (acc, done), count, start)
             sizes, most = sizes[1:], c - 1
         for size in sizes:
             with jax.named_scope(f"synk_pieces_of_{size}"):
-                acc, done = self._pieces(base, acc, done, count, start, size, most // size)
+                acc, done = self._pieces(base, (acc, done), count, start, size, most // size)
             most = size - 1
         return [jnp.expand_dims(x, 0) for x in acc], [], [], []
 
     def _full(
-        self,
-        base: list[jax.Array],
-        acc: list[jax.Array],
-        done: jax.Array,
-        count: jax.Array,
-        start: jax.Array,
+        self, base: list[jax.Array], state: Progress, count: jax.Array, start: jax.Array
     ) -> Progress:
         """The whole capacity as one piece, where a device's rows fill it."""
-        size = self.batch.main
+        size, (acc, done) = self.batch.main, state
 
         def full(_: None) -> Progress:
             outs = self.run(base, {}, (lambda: start, size))
             return self.fold(acc, outs, size), done + size
 
-        return lax.cond(count == size, full, lambda _: (acc, done), None)
+        return lax.cond(count == size, full, lambda _: state, None)
 
     def _pieces(
         self,
         base: list[jax.Array],
-        acc: list[jax.Array],
-        done: jax.Array,
+        state: Progress,
         count: jax.Array,
         start: jax.Array,
         size: int,
@@ -253,8 +247,8 @@ class BucketBody(Body):
         as a loop with a traced trip count is not.
         """
         if most == 0:
-            return acc, done
-        wanted = (count - done) // size
+            return state
+        wanted = (count - state[1]) // size
 
         def step(i: jax.Array, carry: Progress) -> Progress:
             def piece(carry: Progress) -> Progress:
@@ -268,7 +262,7 @@ class BucketBody(Body):
 
             return lax.cond(i < wanted, piece, lambda carry: carry, carry)
 
-        return lax.fori_loop(0, most, step, (acc, done))
+        return lax.fori_loop(0, most, step, state)
 
 
 def executable(
