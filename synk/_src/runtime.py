@@ -295,7 +295,7 @@ def pick_devices(requested, where: str) -> tuple[jax.Device, ...]:
                 f"expected 1 <= devices <= {len(everything)} (the first that many are used)."
             )
         return tuple(everything[:requested])
-    picked = tuple(requested)
+    picked = () if isinstance(requested, bool) else tuple(requested)  # a bool is no count
     if not picked or not all(isinstance(d, jax.Device) for d in picked):
         raise TypeError(
             f"{where}: devices must be a non-empty sequence of jax devices (e.g. "
