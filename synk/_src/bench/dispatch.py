@@ -127,6 +127,7 @@ def _variants(devices) -> tuple:
 
 def host_seconds(call: Callable, total: int, calls: int) -> float:
     """Seconds of this thread's CPU time per call (device threads and waits excluded)."""
+    out = None  # set by the loop: total >= calls >= 1
     t0 = time.thread_time()
     for _ in range(total // calls):
         for _ in range(calls):

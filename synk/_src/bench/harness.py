@@ -29,6 +29,7 @@ def check_close(name: str, got, want, rtol: float = 1e-4, atol: float = 1e-5) ->
 
 def time_block(call: Callable, calls: int) -> float:
     """Seconds per call of ``calls`` calls, then one ``block_until_ready`` on the last."""
+    out = None  # set by the loop: calls >= 1
     t0 = time.perf_counter()
     for _ in range(calls):
         out = call()

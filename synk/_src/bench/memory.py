@@ -99,7 +99,7 @@ def run(args) -> dict:
         print("checked: every variant gives the serial loss and grads", file=sys.stderr)
     base = next((r for r in results if r["num_slices"] == 1), None)
     for r in results:
-        r["temp_vs_slices_1"] = _ratio(r["temp_bytes"], base and base["temp_bytes"])
+        r["temp_vs_slices_1"] = _ratio(r["temp_bytes"], base["temp_bytes"] if base else None)
     target = _target(results)
     _print(args, n, rows, results, target)
     return {

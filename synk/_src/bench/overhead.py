@@ -226,6 +226,7 @@ def _cases(devices, procs: int, sizes: Sizes) -> list[Case]:
 
 def _conv_cases(mesh, procs: int, sizes: Sizes) -> list[Case]:
     """The conv net's step, by synk and by hand, on numpy batches."""
+    assert sizes.conv_rows is not None  # only with --conv (`_cases`)
     params = global_arrays(init_cnn(sizes.conv_image, sizes.conv_channels), replicated(mesh))
     x, y = make_images(sizes.conv_rows, sizes.conv_image, seed=5)
     xs, ys = synk.process_share((x, y))
@@ -245,7 +246,8 @@ def _hand_call(mesh, procs: int, jitted: Callable) -> Callable:
 
     def hand(p, *batch):
         if isinstance(batch[0], np.ndarray):
-            batch = [jax.make_array_from_process_local_data(rows_sharding, b) for b in batch]
+            placed = [jax.make_array_from_process_local_data(rows_sharding, b) for b in batch]
+            return jitted(p, *placed)
         return jitted(p, *batch)
 
     return hand

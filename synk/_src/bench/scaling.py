@@ -56,7 +56,7 @@ def run(args) -> dict:
         desc="scaling",
         quiet=args.quiet,
     )
-    t1 = stats(samples["1"])["median_us"] if "1" in samples else None
+    t1 = stats(samples["1"])["median_us"]  # counts start at 1 device
     results = []
     for k in counts:
         st = stats(samples[str(k)])
