@@ -163,6 +163,11 @@ def test_devices_out_of_range():
         synk.function(never_called, devices=N + 1)
 
 
+def test_devices_given_as_a_bool_is_neither_a_count_nor_devices():
+    with pytest.raises(TypeError, match="devices must be a non-empty sequence of jax devices"):
+        synk.function(never_called, devices=True)
+
+
 @pytest.mark.parametrize(
     "make",
     [

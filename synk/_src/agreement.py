@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
 from synk._src import allgather, compat, partition
+from synk._src.options import Options
+from synk._src.roles import Entry
 
 
 def _check_enabled() -> bool:
@@ -25,7 +29,14 @@ CHECK_CALLS = _check_enabled()
 """Compare every call's signature across processes (SYNK_CHECK=0 switches it off)."""
 
 
-def describe_call(options, statics, names, structure, traced_entries, shared: dict) -> str:
+def describe_call(
+    options: Options,
+    statics: tuple[Any, ...],
+    names: list[str],
+    structure: partition.Structure,
+    traced_entries: list[Entry],
+    shared: dict[int, int],
+) -> str:
     """A call's structure, shapes, statics and options: the same text in every process
     that makes the same call (its hash is what `agree` compares)."""
     parts = []
@@ -47,7 +58,7 @@ def describe_call(options, statics, names, structure, traced_entries, shared: di
     return "; ".join(parts)
 
 
-def _lives(leaf) -> str:
+def _lives(leaf: object) -> str:
     """Where an array argument lives: it decides whether it is a share or global."""
     if isinstance(leaf, compat.Tracer):
         return "a traced value"
@@ -56,7 +67,7 @@ def _lives(leaf) -> str:
     return "a jax.Array of this process" if leaf.is_fully_addressable else "a global jax.Array"
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     simple = isinstance(value, int | float | str | bool | type(None) | tuple)
     return repr(value) if simple else str(type(value))
 
@@ -66,7 +77,9 @@ def signature_hash(description: str) -> int:
     return zlib.crc32(description.encode())
 
 
-def agree(where: str, description: str, digest: int, values: list | tuple = ()) -> None:
+def agree(
+    where: str, description: str, digest: int, values: Sequence[tuple[str, object]] = ()
+) -> None:
     """Raise on every process if the processes are not making the same call.
 
     A call is collective: processes that disagree on shapes or structure would
@@ -104,7 +117,7 @@ def agree(where: str, description: str, digest: int, values: list | tuple = ()) 
     )
 
 
-def _show_value(value) -> str:
+def _show_value(value: object) -> str:
     """A value as the agreement compares it: a number as it prints, indices by a hash."""
     if isinstance(value, np.ndarray):
         return f"{value.size} indices, crc32 {zlib.crc32(value.tobytes()):08x}"

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import TYPE_CHECKING, Any, overload
 
 import jax
 import numpy as np
 
 from synk._src import compat, partition
+from synk._src.signature import InAxis
+
+if TYPE_CHECKING:  # importing MPI starts it: only where mpiexec launched us (`_world`)
+    from mpi4py import MPI
 
 
-def values(value) -> list:
+@overload
+def values(value: int) -> list[int]: ...
+@overload
+def values(value: str) -> list[str]: ...
+def values(value: int | str) -> list[int] | list[str]:
     """Every process's `value` (an int; a str on the error path), in process order."""
     comm = _world()
     if comm is not None:
@@ -42,7 +51,7 @@ def values(value) -> list:
     return [int(v) for v in np.asarray(got).reshape(-1)]
 
 
-def shares(where: str, traced_entries: list) -> list:
+def shares(where: str, traced_entries: list[tuple[str, Any, InAxis]]) -> list[Any]:
     """A call's traced leaves, with each process's share of a batch gathered whole.
 
     For an eager jax.grad or jax.vmap under several processes: there host
@@ -82,7 +91,7 @@ def rows(share: np.ndarray, axis: int) -> np.ndarray:
 
 
 @functools.cache
-def _world():
+def _world() -> MPI.Intracomm | None:
     """MPI's world communicator when mpiexec launched us (mpi4py present), else None."""
     try:
         from mpi4py import MPI

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import DTypeLike
+from numpy.typing import ArrayLike
 
 from synk._src import compat, indices, runtime, wire
 from synk._src.axis import AXIS
@@ -34,7 +36,7 @@ def _fmt_bytes(n: float) -> str:
 class Data:
     """A data set put on the devices once; index it to pass batches. See `synk.data`."""
 
-    def __init__(self, value, *, sharded: bool = False):
+    def __init__(self, value: ArrayLike, *, sharded: bool = False) -> None:
         self._sharded = bool(sharded)
         self._devices = tuple(runtime.devices())
         self._mesh = runtime.mesh(self._devices)
@@ -44,7 +46,7 @@ class Data:
 
     # ---------------------------------------------------------------- storage
 
-    def _as_host(self, value, where: str) -> np.ndarray:
+    def _as_host(self, value: ArrayLike, where: str) -> np.ndarray:
         if isinstance(value, Data):
             value = np.asarray(value)
         array = np.asarray(value)
@@ -142,7 +144,7 @@ class Data:
         self.live_array()
         return self._rows
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         array = self.live_array()
         if not array.is_fully_addressable:
             from jax.experimental import multihost_utils
@@ -156,7 +158,7 @@ class Data:
             )
         return out if dtype is None else out.astype(dtype)
 
-    def set_value(self, value) -> None:
+    def set_value(self, value: ArrayLike) -> None:
         """Replace the data (same or new shape). On any error the old value stays intact.
 
         A batch view holds indices, not rows: one made before ``set_value``
@@ -194,7 +196,7 @@ class Data:
             self._array.delete()
             self._array = None
 
-    def __getitem__(self, idx) -> Batch:
+    def __getitem__(self, idx: slice | ArrayLike) -> Batch:
         """A lazy batch of global rows: a slice (step 1) or 1-D int indices.
 
         Outside a trace the indices are checked here: out-of-range, float or
@@ -265,10 +267,10 @@ class Data:
 
 
 class _LocalIndexer:
-    def __init__(self, data: Data):
+    def __init__(self, data: Data) -> None:
         self._data = data
 
-    def __getitem__(self, idx) -> Batch:
+    def __getitem__(self, idx: slice | ArrayLike) -> Batch:
         data = self._data
         if isinstance(idx, slice) and indices.every_row(idx) and len(set(data.rows_per_device)) > 1:
             # Every row of every shard: the shards are the data's rows in order,
@@ -286,7 +288,7 @@ class Batch:
     """A lazy batch view of a `Data`: rows picked on the devices at the call."""
 
     data: Data
-    index: np.ndarray  # int32, read-only, never the caller's array: (k,) global rows,
+    index: np.ndarray | jax.Array  # int32, read-only, never the caller's array: (k,) global rows,
     # or (n_devices, k) rows of each shard. Inside a trace, the caller's traced index
     # as given, (k,), or (k,) or (n_devices, k) for local rows: `take.device_index` resolves it.
     local: bool
@@ -312,13 +314,13 @@ class Batch:
         return (rows, *self.data.shape[1:])
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         return self.data.dtype
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         """The rows this batch picks, on the host: what a function sees of it, whole."""
         if self.traced:
             raise TypeError(
@@ -332,7 +334,9 @@ class Batch:
             )
         rows = np.asarray(self.data)
         if self.local:  # device d's rows idx[d] of its shard, in device order
-            starts = np.asarray(self.data.layout.starts)[:, None]
+            layout = self.data.layout
+            assert layout is not None  # local views are of sharded data only
+            starts = np.asarray(layout.starts)[:, None]
             out = rows[(starts + self.index).reshape(-1)]
         else:
             out = rows[self.index]
@@ -343,7 +347,7 @@ class Batch:
         return f"synk.Data batch of {len(self)} {kind}, shape={self.shape}, dtype={self.dtype}"
 
 
-def data(value, *, sharded: bool = False) -> Data:
+def data(value: ArrayLike, *, sharded: bool = False) -> Data:
     """Put a data set on the devices once; pass batches of it as indices.
 
     Args:

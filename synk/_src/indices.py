@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from numpy.typing import ArrayLike
 
 from synk._src import compat
 
 
-def as_index_array(idx, what: str) -> np.ndarray:
+def as_index_array(idx: ArrayLike, what: str) -> np.ndarray:
     if isinstance(idx, bool | np.bool_):
         raise TypeError(f"{what}: a boolean index; pass integer row indices.")
     if isinstance(idx, int | np.integer):
@@ -46,7 +47,7 @@ def check_range(array: np.ndarray, rows: int, what: str) -> np.ndarray:
     return frozen(array)
 
 
-def global_index(idx, rows: int) -> np.ndarray:
+def global_index(idx: slice | ArrayLike, rows: int) -> np.ndarray:
     if isinstance(idx, slice):
         traced_slice(idx, local=False)
         if idx.step not in (None, 1):
@@ -64,7 +65,7 @@ def global_index(idx, rows: int) -> np.ndarray:
     return check_range(array, rows, "X[idx]")
 
 
-def traced_index(idx, *, local: bool, devices: int):
+def traced_index(idx: compat.Tracer, *, local: bool, devices: int) -> compat.Tracer:
     """A traced index, checked for what its aval shows (dtype, shape); values later."""
     data = "X.local" if local else "X"
     what = f"{data}[idx]"
@@ -115,7 +116,7 @@ def every_row(idx: slice) -> bool:
     return idx.start in (None, 0) and idx.stop is None and idx.step in (None, 1)
 
 
-def local_index(idx, rows_per_device: tuple[int, ...]) -> np.ndarray:
+def local_index(idx: slice | ArrayLike, rows_per_device: tuple[int, ...]) -> np.ndarray:
     n, held = len(rows_per_device), np.array(rows_per_device)
     if isinstance(idx, slice):
         traced_slice(idx, local=True)

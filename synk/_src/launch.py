@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from types import TracebackType
+from typing import TypedDict
 
 import jax
 
@@ -24,6 +26,13 @@ def launched_ranks() -> int:
     return 1
 
 
+class _Settings(TypedDict, total=False):
+    """What `start_distributed` passes to jax.distributed.initialize beyond its timeouts."""
+
+    cluster_detection_method: str
+    local_device_ids: list[int]
+
+
 def start_distributed() -> None:
     if jax.distributed.is_initialized():
         return
@@ -32,7 +41,7 @@ def start_distributed() -> None:
     # local_device_ids defaults to one device per process under MPI/Slurm
     # detection; we keep that default (one process per GPU) unless the user
     # sets SYNK_LOCAL_DEVICES=all (one process per node driving all its GPUs).
-    kwargs = {}
+    kwargs: _Settings = {}
     try:
         import mpi4py  # noqa: F401
 
@@ -93,7 +102,7 @@ def _end_at_once_on_error() -> None:
     """
     previous = sys.excepthook
 
-    def hook(kind, value, tb):
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         previous(kind, value, tb)
         sys.stderr.write(
             f"synk: process {jax.process_index()} raised {kind.__name__}; ending it now so "

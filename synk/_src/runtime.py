@@ -9,11 +9,15 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.tree_util import KeyPath
+from numpy.typing import ArrayLike
 
 from synk._src import allgather, compat, launch
 from synk._src.axis import AXIS
@@ -95,11 +99,11 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
         _state.update(request)
 
 
-def _fmt(request: dict) -> str:
+def _fmt(request: Mapping[str, object]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in request.items())
 
 
-def _check_late_request(request: dict) -> None:
+def _check_late_request(request: Mapping[str, object]) -> None:
     """The backend is up: accept the request only if it already holds."""
     wanted = request["cpu_devices"]
     if wanted is not None and jax.default_backend() == "cpu":
@@ -174,7 +178,7 @@ def process_count() -> int:
     return jax.process_count()
 
 
-def process_share(x, axis: int = 0):
+def process_share(x: Any, axis: int = 0) -> Any:
     """This process's share of a global batch: the whole of ``x`` in one process.
 
     Under ``mpiexec -n P`` a sliced host argument is each process's own share
@@ -203,7 +207,7 @@ def process_share(x, axis: int = 0):
     """
     count, rank = process_count(), process_index()
 
-    def cut(path, leaf):
+    def cut(path: KeyPath, leaf: ArrayLike) -> np.ndarray:
         leaf = np.asarray(leaf)
         if count == 1:
             return leaf
@@ -227,7 +231,7 @@ def process_share(x, axis: int = 0):
     return jax.tree_util.tree_map_with_path(cut, x)
 
 
-def global_batch(x, axis: int = 0):
+def global_batch(x: Any, axis: int = 0) -> Any:
     """Global ``jax.Array`` values of this process's share of a batch, for your own ``jax.jit``.
 
     Inside ``jax.jit`` every value is global: under ``mpiexec`` a batch passed
@@ -260,7 +264,7 @@ def global_batch(x, axis: int = 0):
     mesh_ = mesh(tuple(devices()))
     local = jax.local_device_count()
 
-    def build(path, leaf):
+    def build(path: KeyPath, leaf: ArrayLike) -> jax.Array:
         leaf = np.asarray(leaf)
         if leaf.ndim == 0 or not -leaf.ndim <= axis < leaf.ndim:
             raise ValueError(
@@ -270,7 +274,7 @@ def global_batch(x, axis: int = 0):
             )
         ax = axis % leaf.ndim
         if leaf.shape[ax] % local == 0:  # each process's rows on its own devices
-            spec = [None] * leaf.ndim
+            spec: list[str | None] = [None] * leaf.ndim
             spec[ax] = AXIS
             shape = list(leaf.shape)
             shape[ax] *= count
@@ -283,7 +287,9 @@ def global_batch(x, axis: int = 0):
     return jax.tree_util.tree_map_with_path(build, x)
 
 
-def pick_devices(requested, where: str) -> tuple[jax.Device, ...]:
+def pick_devices(
+    requested: Sequence[jax.Device] | int | None, where: str
+) -> tuple[jax.Device, ...]:
     """The devices a synk.function runs on: all, the first N, or the ones given."""
     everything = devices()
     if requested is None:
@@ -295,7 +301,7 @@ def pick_devices(requested, where: str) -> tuple[jax.Device, ...]:
                 f"expected 1 <= devices <= {len(everything)} (the first that many are used)."
             )
         return tuple(everything[:requested])
-    picked = tuple(requested)
+    picked = () if isinstance(requested, bool) else tuple(requested)  # a bool is no count
     if not picked or not all(isinstance(d, jax.Device) for d in picked):
         raise TypeError(
             f"{where}: devices must be a non-empty sequence of jax devices (e.g. "

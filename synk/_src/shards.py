@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,9 @@ from jax import lax
 
 from synk._src.axis import AXIS
 from synk._src.split import Split
+
+# Indices on the host (numpy) or traced (inside the body): `requests` keeps the kind.
+Index = TypeVar("Index", np.ndarray, jax.Array)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +55,7 @@ class ShardLayout:
     def starts(self) -> tuple[int, ...]:
         return tuple(int(s) for s in np.cumsum((0, *self.held[:-1])))
 
-    def owner(self, rows):
+    def owner(self, rows: np.ndarray | jax.Array) -> tuple[jax.Array, jax.Array]:
         """The device holding each global row, and the row's position in its shard (traced)."""
         q, r = divmod(self.rows, self.devices)
         big = r * (q + 1)  # rows held by the devices with q + 1 rows
@@ -63,7 +67,7 @@ class ShardLayout:
         return owner, pos
 
 
-def requests(index, split: Split) -> tuple:
+def requests(index: Index, split: Split) -> tuple[Index, Index | None]:
     """Every device's main-block and extra-row indices, from the global index.
 
     Returns arrays of shape (n, q) and (n, 1) (None if the split is even): row
@@ -93,7 +97,7 @@ def host_requests(index: np.ndarray, split: Split) -> list[np.ndarray]:
     return [main.reshape(-1)] + ([] if extra is None else [extra.reshape(-1)])
 
 
-def rows_from_shards(data: jax.Array, requests: jax.Array, layout: ShardLayout):
+def rows_from_shards(data: jax.Array, requests: jax.Array, layout: ShardLayout) -> jax.Array:
     """This device's rows of sharded data, given every device's requests (n, k) (in shard_map)."""
     # Each device sends every other device the rows it owns of that device's
     # request; one all_to_all moves them. Selecting the owner's copy

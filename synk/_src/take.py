@@ -15,7 +15,7 @@ import numpy as np
 from synk._src.data import Batch
 
 
-def device_index(view: Batch):
+def device_index(view: Batch) -> np.ndarray | jax.Array:
     """The view's indices as the executable takes them: in range, int32.
 
     An index checked on the host already is. A traced one is resolved in the

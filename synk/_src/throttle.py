@@ -24,10 +24,10 @@ import jax
 # thread CPU on an oversubscribed machine, happens once per 12 calls at most.
 _MAX_IN_FLIGHT = 16
 _KEEP = 4
-_in_flight: collections.deque = collections.deque()
+_in_flight: collections.deque[jax.Array] = collections.deque()
 
 
-def throttle(leaf, platform: str) -> None:
+def throttle(leaf: jax.Array | None, platform: str) -> None:
     """Bound the number of collective calls in flight on the CPU backend."""
     if platform != "cpu" or leaf is None:
         return
@@ -43,6 +43,8 @@ def throttle(leaf, platform: str) -> None:
     lo, hi = 0, len(held)
     while lo < hi:
         mid = (lo + hi) // 2
+        # jax.Array's stub lacks is_ready, which every concrete array (ArrayImpl) has.
+        # pyrefly: ignore[missing-attribute]
         if not held[mid].is_deleted() and held[mid].is_ready():
             lo = mid + 1
         else:

@@ -19,7 +19,7 @@ talk about single rows): those keep an equal share per winning device.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
@@ -28,6 +28,8 @@ from jax import lax
 
 from synk._src import reduce as red
 from synk._src.axis import AXIS
+from synk._src.lax import Rows
+from synk._src.roles import Leaf
 
 if TYPE_CHECKING:
     from synk._src.outputs import OutPlan
@@ -40,11 +42,23 @@ class Body(Protocol):
     ops: list[red.Reduction]  # the ops of the reduced outputs
     reduced: list[int]  # the reduced outputs' positions among all outputs
     out: OutPlan
+    descs: list[Leaf]
+    sliced: list[int]
 
     @property
     def batch(self) -> Split: ...
 
     def __call__(self, *flat: jax.Array) -> tuple[list[jax.Array], ...]: ...
+
+    def inputs(self, flat: Sequence[jax.Array]) -> tuple[list[jax.Array], dict[int, jax.Array]]: ...
+
+    def run(
+        self, base: list[jax.Array], piece: dict[int, jax.Array], rows: Rows | None = None
+    ) -> list[jax.Array]: ...
+
+    def first_row(self) -> jax.Array: ...
+
+    def extra_row_index(self) -> jax.Array: ...
 
 
 def leaves(body: Body) -> list[int]:

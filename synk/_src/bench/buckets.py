@@ -26,12 +26,14 @@ Each variant is checked against the serial step first. Called by ``cli``
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, timing
@@ -40,6 +42,8 @@ from synk._src.bench.report import draw_sweep, machine, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
+    HeldParams,
+    LossAndGrads,
     global_arrays,
     hand_written_padded,
     init_mlp,
@@ -60,7 +64,7 @@ TARGETS = {  # (ratio, op, limit)
 PLOT = draw_sweep  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing(parser, rounds=20, calls=10)
     parser.add_argument(
         "--lengths", type=positive_int, default=30, help="distinct batch lengths swept"
@@ -78,7 +82,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the lengths")
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     devices = synk.devices()
     n = len(devices)
     mesh = mesh_of(devices)
@@ -190,7 +194,7 @@ def run(args) -> dict:
     }
 
 
-def _hand(mesh, params, x, y):
+def _hand(mesh: Mesh, params: HeldParams, x: np.ndarray, y: np.ndarray) -> LossAndGrads:
     """The hand-written step made anew: it compiles for this length."""
     jitted, pad = hand_written_padded(mesh, x.shape[0], 1)
     return jitted(params, pad(x), pad(y))
@@ -202,7 +206,17 @@ def _timed(call: Callable) -> float:
     return time.perf_counter() - start
 
 
-def _print(n, lengths, args, figures, executables, hands, st, ratios, firsts) -> None:
+def _print(
+    n: int,
+    lengths: list[int],
+    args: argparse.Namespace,
+    figures: dict[str, float],
+    executables: int,
+    hands: dict[str, int],
+    st: dict[str, dict[str, float]],
+    ratios: dict[str, float],
+    firsts: dict[str, list[float]],
+) -> None:
     print(
         f"\n{n} devices; value_and_grad of an MLP {D_IN}-{args.hidden}-{D_OUT}, reduce='avg'; "
         f"{len(lengths)} lengths from {min(lengths)} to {max(lengths)}"

@@ -24,6 +24,7 @@ import importlib.util
 import io
 import json
 import sys
+from types import ModuleType
 
 import jax
 
@@ -91,6 +92,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _module(name: str):
+def _module(name: str) -> ModuleType:
     """The module of subcommand ``name``: ``synk._src.bench.<name>``."""
     return importlib.import_module(f"{__package__}.{name}")

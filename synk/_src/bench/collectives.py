@@ -12,8 +12,9 @@ synk: these are the links' figures, not synk's).
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ SEVERAL_PROCESSES = True  # also under mpiexec: every process runs it, the first
 PLOT = draw_bandwidth  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing(parser, rounds=5, calls=10)
     parser.add_argument(
         "--max-bytes",
@@ -44,7 +45,7 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Time, algbw and busbw of each collective over powers of two of message size."""
     devices = synk.devices()
     n = len(devices)
@@ -77,7 +78,9 @@ def run(args) -> dict:
     }
 
 
-def _variants(mesh: Mesh, ops, sizes: list[int], max_calls: int) -> tuple[dict, dict, dict]:
+def _variants(
+    mesh: Mesh, ops: Sequence[str], sizes: list[int], max_calls: int
+) -> tuple[dict, dict, dict]:
     """({key: call}, {key: calls per sample}, {key: (op, size, bytes)}), each checked."""
     n = mesh.size
     fns = collective_fns(mesh) if n > 1 else {"copy": jax.jit(jnp.copy)}
@@ -105,7 +108,8 @@ def _variants(mesh: Mesh, ops, sizes: list[int], max_calls: int) -> tuple[dict, 
 def collective_fns(mesh: Mesh) -> dict[str, Callable]:
     """One cached jit(shard_map) per collective; per-device inputs sharded P('d')."""
 
-    def broadcast(x):  # no one-to-all primitive in shard_map: a masked all-reduce
+    # no one-to-all primitive in shard_map: a masked all-reduce
+    def broadcast(x: jax.Array) -> jax.Array:
         return lax.psum(jnp.where(lax.axis_index(AXIS) == 0, x, jnp.zeros_like(x)), AXIS)
 
     bodies = {
@@ -153,7 +157,9 @@ def bus_factor(op: str, n: int) -> float:
     return 1.0
 
 
-def _print(args, n: int, ops, sizes: list[int], results: list[dict]) -> None:
+def _print(
+    args: argparse.Namespace, n: int, ops: Sequence[str], sizes: list[int], results: list[dict]
+) -> None:
     by = {(r["op"], r["size"]): r for r in results}
     headers = ["size"]
     for op in ops:

@@ -13,10 +13,11 @@ tables, and cProfile.
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import pstats
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 
@@ -58,14 +59,14 @@ REPEATS = (
 OWN = "synk/_src/"  # the frames of synk's own functions in the profile
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing(parser, rounds=5, calls=10)
     parser.add_argument(
         "--total", type=positive_int, default=10_000, help="calls profiled (and timed per variant)"
     )
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Host CPU time per call, synk vs hand-written, and a profile of synk's calls."""
     devices = synk.devices()
     n = len(devices)
@@ -105,7 +106,7 @@ def run(args) -> dict:
     }
 
 
-def _variants(devices) -> tuple:
+def _variants(devices: Sequence[jax.Device]) -> tuple:
     """(params, x, y, {name: call}), each call checked against the serial step."""
     mesh = mesh_of(devices)
     params = global_arrays(init_mlp([D_IN, 8, D_OUT]), replicated(mesh))
@@ -127,6 +128,7 @@ def _variants(devices) -> tuple:
 
 def host_seconds(call: Callable, total: int, calls: int) -> float:
     """Seconds of this thread's CPU time per call (device threads and waits excluded)."""
+    out = None  # set by the loop: total >= calls >= 1
     t0 = time.thread_time()
     for _ in range(total // calls):
         for _ in range(calls):
@@ -141,6 +143,7 @@ def _profiled(call: Callable, total: int, calls: int) -> dict:
     profile.enable()
     host_seconds(call, total, calls)
     profile.disable()
+    # pyrefly: ignore[missing-attribute]  # the raw table, which typeshed's Stats leaves out
     return pstats.Stats(profile).stats
 
 
@@ -169,7 +172,17 @@ def _own_functions(table: dict, calls: int) -> list[tuple[float, str]]:
     )[:8]
 
 
-def _print(args, n, per_round, total, host, extra, repeats, first, own) -> None:
+def _print(
+    args: argparse.Namespace,
+    n: int,
+    per_round: int,
+    total: int,
+    host: dict[str, dict[str, float]],
+    extra: dict[str, float],
+    repeats: dict[str, float],
+    first: dict[str, float],
+    own: list[tuple[float, str]],
+) -> None:
     print_stats(
         f"Host CPU time per call (this thread only), {n} devices, value_and_grad of an MLP "
         f"16-8-4 on {8 * n} rows; {args.rounds} rounds x {per_round} calls, blocks of "

@@ -7,6 +7,8 @@ beside its ``run``; ``cli`` adds the output flags every subcommand has.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 CPU_MAX_CALLS = 20  # XLA's CPU collectives abort past ~50 un-blocked calls in flight
 
@@ -22,8 +24,11 @@ def timing(parser: argparse.ArgumentParser, rounds: int, calls: int) -> None:
     )
 
 
-def _positive(kind):
-    def parse(text: str):
+Number = TypeVar("Number", int, float)
+
+
+def _positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
+    def parse(text: str) -> Number:
         try:
             value = kind(text)
         except ValueError:
@@ -38,7 +43,7 @@ def _positive(kind):
 positive_int, positive_float = _positive(int), _positive(float)
 
 
-def sizes(count: int | None = None):
+def sizes(count: int | None = None) -> Callable[[str], list[int]]:
     """A parser of comma-separated positive integers (exactly ``count`` of them, if given)."""
 
     def parse(text: str) -> list[int]:

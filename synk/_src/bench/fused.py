@@ -26,13 +26,16 @@ for the tables.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, timing
@@ -41,6 +44,7 @@ from synk._src.bench.report import draw_per_call, machine, print_stats, print_ta
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
+    HeldParams,
     global_arrays,
     init_mlp,
     make_batch,
@@ -49,6 +53,9 @@ from synk._src.bench.workloads import (
     replicated,
     sharded,
 )
+
+if TYPE_CHECKING:  # optax comes with the examples extra, not with synk
+    from optax import GradientTransformation, OptState
 
 EXTRA_ROWS = 3  # the uneven batch has this many rows more than the even one
 LEARNING_RATE = 1e-3
@@ -66,18 +73,18 @@ ALL_REDUCE = re.compile(r"\sall-reduce(-start)?\(")
 class Forms(NamedTuple):
     """The step ``(params, state, x, y) -> (params, state)`` in every form, and its parts."""
 
-    fused: Callable
+    fused: jax.stages.Wrapped
     two_calls: Callable
-    hand: Callable
-    serial: Callable  # one device, no synk: the reference
+    hand: jax.stages.Wrapped
+    serial: jax.stages.Wrapped  # one device, no synk: the reference
     grads: synk.Function  # the two calls' first call
-    update: Callable  # ... and their second (jitted)
+    update: jax.stages.Wrapped  # ... and their second (jitted)
 
 
 PLOT = draw_per_call  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing(parser, rounds=20, calls=10)
     parser.add_argument(
         "--batch", type=positive_int, help="rows of the even batch (default 32/device)"
@@ -91,7 +98,7 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Time the fused step against the two calls, even and uneven batches, and the ratios."""
     try:
         import optax
@@ -133,14 +140,14 @@ def run(args) -> dict:
     return _result(args, rows, sizes, st, ratios, samples, counts, gaps)
 
 
-def _optimizer(optax, name: str):
+def _optimizer(optax: ModuleType, name: str) -> GradientTransformation:
     if name == "adam":
         return optax.adam(LEARNING_RATE)
     return optax.sgd(LEARNING_RATE, momentum=0.9)
 
 
-def _forms(optax, optimizer, mesh) -> Forms:
-    def update(params, state, grads):
+def _forms(optax: ModuleType, optimizer: GradientTransformation, mesh: Mesh) -> Forms:
+    def update(params: Any, state: OptState, grads: Any) -> tuple[Any, OptState]:
         updates, state = optimizer.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -160,7 +167,7 @@ def _forms(optax, optimizer, mesh) -> Forms:
 
 def _cases(forms: Forms, divides: bool) -> dict[str, tuple[Callable, str]]:
     """{variant: (step, batch kind)}, in the order of the table."""
-    cases = {}
+    cases: dict[str, tuple[Callable, str]] = {}
     for kind in ("even", "uneven"):
         cases[f"{FUSED}, {kind}"] = (forms.fused, kind)
         cases[f"{TWO_CALLS}, {kind}"] = (forms.two_calls, kind)
@@ -193,25 +200,31 @@ def _check(forms: Forms, cases: dict, batches: dict, start: tuple, host_start: t
     }
 
 
-def _count(forms: Forms, step: Callable, params, state, x, y) -> dict[str, int]:
+def _count(
+    forms: Forms, step: Callable, params: HeldParams, state: OptState, x: np.ndarray, y: np.ndarray
+) -> dict[str, int]:
     """The executables one step runs, and the all-reduces they hold (compiled HLO)."""
     if step is forms.two_calls:
         grads = forms.grads(params, x, y)
         texts = [forms.grads.lower(params, x, y), forms.update.lower(params, state, grads)]
     else:
+        # pyrefly: ignore[missing-attribute]  # every step but the two calls is jitted
         texts = [step.lower(params, state, x, y)]
     hlo = [lowered.compile().as_text() for lowered in texts]
     return {
         "executables": len(hlo),
+        # pyrefly: ignore[no-matching-overload]  # as_text() is None only without an HLO printer
         "all_reduces": sum(len(ALL_REDUCE.findall(text)) for text in hlo),
     }
 
 
-def _looped(step: Callable, params, state, x, y) -> Callable:
+def _looped(
+    step: Callable, params: HeldParams, state: OptState, x: np.ndarray, y: np.ndarray
+) -> Callable:
     """One training step per call, each fed the parameters and state of the one before."""
     carry = [params, state]
 
-    def call():
+    def call() -> object:
         carry[:] = step(*carry, x, y)
         return carry[0]
 
@@ -239,7 +252,15 @@ def _met(ratio: dict) -> bool | None:
     return ratio["value"] <= limit if op == "<=" else ratio["value"] < limit
 
 
-def _print(args, n: int, rows: int, sizes: list[int], st: dict, ratios: list, counts: dict):
+def _print(
+    args: argparse.Namespace,
+    n: int,
+    rows: int,
+    sizes: list[int],
+    st: dict,
+    ratios: list,
+    counts: dict,
+) -> None:
     print_stats(
         f"Time per training step ({args.optimizer} on the gradient of an MLP "
         f"{'-'.join(map(str, sizes))}), {n} devices; {rows} rows (uneven {rows + EXTRA_ROWS}); "
@@ -253,7 +274,7 @@ def _print(args, n: int, rows: int, sizes: list[int], st: dict, ratios: list, co
         [[k, str(c["executables"]), str(c["all_reduces"])] for k, c in counts.items()],
     )
 
-    def verdict(r):
+    def verdict(r: dict) -> list[str]:
         met = _met(r)
         if met is None:
             return ["", ""]
@@ -266,7 +287,16 @@ def _print(args, n: int, rows: int, sizes: list[int], st: dict, ratios: list, co
     )
 
 
-def _result(args, rows, sizes, st, ratios, samples, counts, gaps) -> dict:
+def _result(
+    args: argparse.Namespace,
+    rows: int,
+    sizes: list[int],
+    st: dict[str, dict[str, float]],
+    ratios: list[dict],
+    samples: dict[str, list[float]],
+    counts: dict[str, dict[str, int]],
+    gaps: dict[str, float],
+) -> dict:
     return {
         "machine": machine(),
         "config": {

@@ -13,12 +13,13 @@ import importlib.util
 import sys
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 
 
-def check_close(name: str, got, want, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+def check_close(name: str, got: Any, want: Any, rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """Same tree, same values (``assert_allclose`` per leaf), or AssertionError."""
     got_leaves, got_tree = jax.tree_util.tree_flatten(jax.device_get(got))
     want_leaves, want_tree = jax.tree_util.tree_flatten(jax.device_get(want))
@@ -29,6 +30,7 @@ def check_close(name: str, got, want, rtol: float = 1e-4, atol: float = 1e-5) ->
 
 def time_block(call: Callable, calls: int) -> float:
     """Seconds per call of ``calls`` calls, then one ``block_until_ready`` on the last."""
+    out = None  # set by the loop: calls >= 1
     t0 = time.perf_counter()
     for _ in range(calls):
         out = call()
@@ -75,7 +77,15 @@ def measure(
     return samples
 
 
-def progress(total: int, desc: str, quiet: bool):
+class Bar(Protocol):
+    """A progress bar: tqdm's, or `_NoBar`."""
+
+    def update(self, n: int = 1) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def progress(total: int, desc: str, quiet: bool) -> Bar:
     """A tqdm bar on stderr (nothing if ``quiet`` or tqdm is missing)."""
     if quiet or importlib.util.find_spec("tqdm") is None:
         return _NoBar()

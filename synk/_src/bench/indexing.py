@@ -35,14 +35,16 @@ the mesh, ``harness`` to check and time, ``report`` for the table, and
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, sizes, timing
@@ -50,6 +52,7 @@ from synk._src.bench.harness import check_close, measure, stats
 from synk._src.bench.report import draw_per_batch, fmt_bytes, machine, print_table
 from synk._src.bench.workloads import (
     CLASSES,
+    HeldParams,
     by_rows,
     classifier_step,
     init_classifier,
@@ -83,7 +86,7 @@ HEADERS = [
 PLOT = draw_per_batch  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing(parser, rounds=40, calls=10)
     parser.add_argument("--rows", type=positive_int, default=200_000, help="rows of the data set")
     parser.add_argument("--features", type=positive_int, default=64, help="float32 columns of x")
@@ -97,13 +100,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for data, params, indices")
 
 
-def check_arguments(args) -> str | None:
+def check_arguments(args: argparse.Namespace) -> str | None:
     if max(args.batches) > args.rows:
         return f"--batches: every batch must be at most --rows ({args.rows}), got {args.batches}"
     return None
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Per-call time of a step fed by indices into synk.data, by numpy batches, and references."""
     devices = synk.devices()
     mesh = mesh_of(devices)
@@ -148,7 +151,9 @@ def run(args) -> dict:
     }
 
 
-def _calls(mesh, params, x, y, views: dict, pools: dict) -> dict[tuple[int, str], Callable]:
+def _calls(
+    mesh: Mesh, params: HeldParams, x: np.ndarray, y: np.ndarray, views: dict, pools: dict
+) -> dict[tuple[int, str], Callable]:
     """{(batch, variant): call of one index array}, each checked against the serial step."""
     f = synk.function(classifier_step, in_axes=(None, 0, 0))
     serial = jax.jit(classifier_step)
@@ -178,7 +183,7 @@ def _next_index(call: Callable, pool: list[np.ndarray]) -> Callable[[], object]:
     return lambda: call(next(following))
 
 
-def _table(args, n: int, st: dict) -> list[dict]:
+def _table(args: argparse.Namespace, n: int, st: dict) -> list[dict]:
     """One row per batch size: medians (us), (a)/(c), and the bytes each sends to the devices."""
     med = {k: s["median_us"] for k, s in st.items()}
     row_bytes = args.features * 4 + 4
@@ -196,7 +201,15 @@ def _table(args, n: int, st: dict) -> list[dict]:
     ]
 
 
-def _print(args, n: int, nbytes: int, views: dict, table: list[dict], put: dict, timing_s):
+def _print(
+    args: argparse.Namespace,
+    n: int,
+    nbytes: int,
+    views: dict,
+    table: list[dict],
+    put: dict,
+    timing_s: float,
+) -> None:
     for data_x, _ in views.values():  # how x lies on the devices, replicated and sharded
         print(data_x)
     print_table(
@@ -230,7 +243,7 @@ def _fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 10_000 else f"{us:.0f} us"
 
 
-def _config(args, devices, nbytes: int) -> dict:
+def _config(args: argparse.Namespace, devices: Sequence[jax.Device], nbytes: int) -> dict:
     return {
         "rows": args.rows,
         "features": args.features,

@@ -21,6 +21,7 @@ hand-written form, ``harness`` to check the variants, ``report`` for the table.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import jax
@@ -51,7 +52,7 @@ FIELDS = {
 PLOT = draw_memory  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rows-per-device", type=positive_int, default=256, help="rows of the batch per device"
     )
@@ -70,7 +71,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for data and params")
 
 
-def check_arguments(args) -> str | None:
+def check_arguments(args: argparse.Namespace) -> str | None:
     if max(args.slices) > args.rows_per_device:
         return (
             f"--slices: every num_slices must be at most --rows-per-device "
@@ -79,7 +80,7 @@ def check_arguments(args) -> str | None:
     return None
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Per-device temp, argument and output bytes of the compiled step at each num_slices."""
     devices = synk.devices()
     n, rows = len(devices), args.rows_per_device * len(devices)
@@ -99,7 +100,7 @@ def run(args) -> dict:
         print("checked: every variant gives the serial loss and grads", file=sys.stderr)
     base = next((r for r in results if r["num_slices"] == 1), None)
     for r in results:
-        r["temp_vs_slices_1"] = _ratio(r["temp_bytes"], base and base["temp_bytes"])
+        r["temp_vs_slices_1"] = _ratio(r["temp_bytes"], base["temp_bytes"] if base else None)
     target = _target(results)
     _print(args, n, rows, results, target)
     return {
@@ -119,7 +120,7 @@ def run(args) -> dict:
     }
 
 
-def _row(variant: str, slices: int | None, lowered) -> dict:
+def _row(variant: str, slices: int | None, lowered: jax.stages.Lowered) -> dict:
     stats = lowered.compile().memory_analysis()  # None where the backend has no analysis
     row = {"variant": variant, "num_slices": slices}
     for key, field in FIELDS.items():
@@ -127,7 +128,7 @@ def _row(variant: str, slices: int | None, lowered) -> dict:
     return row
 
 
-def _ratio(a, b) -> float | None:
+def _ratio(a: int | None, b: int | None) -> float | None:
     return None if a is None or not b else a / b
 
 
@@ -146,7 +147,9 @@ def _target(results: list[dict]) -> dict | None:
     }
 
 
-def _print(args, n: int, rows: int, results: list[dict], target: dict | None) -> None:
+def _print(
+    args: argparse.Namespace, n: int, rows: int, results: list[dict], target: dict | None
+) -> None:
     c1, c2 = args.channels
     print_table(
         f"Memory per device of value_and_grad of a conv net (conv {c1} -> conv {c2} -> dense), "

@@ -21,14 +21,16 @@ the tables.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, sizes, timing
@@ -37,6 +39,7 @@ from synk._src.bench.report import draw_per_call, machine, print_stats, print_ta
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
+    HeldParams,
     by_rows,
     cnn_step,
     global_arrays,
@@ -120,7 +123,7 @@ SEVERAL_PROCESSES = True  # also under mpiexec: every process runs it, the first
 PLOT = draw_per_call  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing(parser, rounds=20, calls=10)
     parser.add_argument(
         "--batch", type=positive_int, help="rows of the even batch (default 32/device)"
@@ -148,7 +151,7 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Per-call time of synk.function against jit(shard_map) and pmap, and ratios."""
     devices = synk.devices()
     procs = synk.process_count()
@@ -168,7 +171,7 @@ def run(args) -> dict:
     return _result(args, sizes, st, ratios, samples)
 
 
-def _sizes(args, n: int, procs: int) -> Sizes:
+def _sizes(args: argparse.Namespace, n: int, procs: int) -> Sizes:
     rows = args.batch if args.batch is not None else 32 * n
     big_rows = args.compute_batch if args.compute_batch is not None else 256 * n
     conv_rows = None
@@ -190,7 +193,7 @@ def _sizes(args, n: int, procs: int) -> Sizes:
     )
 
 
-def _cases(devices, procs: int, sizes: Sizes) -> list[Case]:
+def _cases(devices: Sequence[jax.Device], procs: int, sizes: Sizes) -> list[Case]:
     """Every variant, in the order of the table."""
     mesh = mesh_of(devices)
     params = global_arrays(init_mlp(sizes.small), replicated(mesh))
@@ -224,8 +227,9 @@ def _cases(devices, procs: int, sizes: Sizes) -> list[Case]:
     ]
 
 
-def _conv_cases(mesh, procs: int, sizes: Sizes) -> list[Case]:
+def _conv_cases(mesh: Mesh, procs: int, sizes: Sizes) -> list[Case]:
     """The conv net's step, by synk and by hand, on numpy batches."""
+    assert sizes.conv_rows is not None  # only with --conv (`_cases`)
     params = global_arrays(init_cnn(sizes.conv_image, sizes.conv_channels), replicated(mesh))
     x, y = make_images(sizes.conv_rows, sizes.conv_image, seed=5)
     xs, ys = synk.process_share((x, y))
@@ -237,26 +241,30 @@ def _conv_cases(mesh, procs: int, sizes: Sizes) -> list[Case]:
     ]
 
 
-def _hand_call(mesh, procs: int, jitted: Callable) -> Callable:
+def _hand_call(mesh: Mesh, procs: int, jitted: Callable) -> Callable:
     """A hand-written step; under several processes it makes global arrays of the shares."""
     if procs == 1:
         return jitted
     rows_sharding = by_rows(mesh)
 
-    def hand(p, *batch):
+    def hand(p: HeldParams, *batch: np.ndarray | jax.Array) -> Any:
         if isinstance(batch[0], np.ndarray):
-            batch = [jax.make_array_from_process_local_data(rows_sharding, b) for b in batch]
+            placed = [jax.make_array_from_process_local_data(rows_sharding, b) for b in batch]
+            return jitted(p, *placed)
         return jitted(p, *batch)
 
     return hand
 
 
-def _pmap_case(devices, params, x, y) -> Case:
+def _pmap_case(
+    devices: Sequence[jax.Device], params: HeldParams, x: np.ndarray, y: np.ndarray
+) -> Case:
     call = pmapped(devices)
     return ("pmap, numpy", lambda: call(params, x, y), (params, x, y))
 
 
-def _resident_cases(mesh, procs: int, f, hand, params, x, y) -> list[Case]:
+def _resident_cases(mesh: Mesh, procs: int, f: synk.Function, hand: Callable,
+                    params: HeldParams, x: np.ndarray, y: np.ndarray) -> list[Case]:  # fmt: skip
     """Batches already on the devices, and rows picked by index from data on every device."""
     rows = x.shape[0]
     x_dev, y_dev = global_arrays((x, y), by_rows(mesh))
@@ -266,7 +274,8 @@ def _resident_cases(mesh, procs: int, f, hand, params, x, y) -> list[Case]:
     hand_indexed = hand_written_indexed(mesh)
     resident_x, resident_y = global_arrays((pool_x, pool_y), replicated(mesh))
 
-    def global_idx():  # one process: jit places numpy; several: a global array, per call
+    # one process: jit places numpy; several: a global array, per call
+    def global_idx() -> np.ndarray | jax.Array:
         return idx if procs == 1 else global_arrays(idx, by_rows(mesh))
 
     picked = (params, pool_x[idx], pool_y[idx])
@@ -305,7 +314,9 @@ def _ratios(samples: dict[str, list[float]], st: dict[str, dict]) -> list[Ratio]
     ]
 
 
-def _print(args, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio]):
+def _print(
+    args: argparse.Namespace, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio]
+) -> None:
     print_stats(
         f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es)"
         + (f" ({_call_check()})" if procs > 1 else "")
@@ -347,7 +358,9 @@ def _verdict(ratio: Ratio) -> list[str]:
     return [f"{op} {limit}", "yes" if met else "no"]
 
 
-def _result(args, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict) -> dict:
+def _result(
+    args: argparse.Namespace, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict
+) -> dict:
     return {
         "machine": machine(),
         "config": {

@@ -12,7 +12,10 @@ for the table.
 
 from __future__ import annotations
 
+import argparse
+
 import jax
+import numpy as np
 
 import synk
 from synk._src.bench import scaling
@@ -24,7 +27,7 @@ from synk._src.bench.workloads import D_IN, D_OUT, init_mlp, make_batch, train_s
 PLOT = draw_speedup  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     scaling.add_arguments(parser)
     parser.add_argument(
         "--compute-ms", type=positive_float, help="one-device step time (default: measure)"
@@ -37,13 +40,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-measure", action="store_true", help="do not run scaling beside it")
 
 
-def check_arguments(args) -> str | None:
+def check_arguments(args: argparse.Namespace) -> str | None:
     if args.latency_us < 0:
         return f"--latency-us must be >= 0, got {args.latency_us}"
     return None
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Predicted step time and speedup for 1..N devices, beside measured figures."""
     devices = synk.devices()
     sizes = [D_IN, args.hidden, args.hidden, D_OUT]
@@ -77,7 +80,9 @@ def run(args) -> dict:
     }
 
 
-def _compute_seconds(args, device, params) -> tuple[float, str]:
+def _compute_seconds(
+    args: argparse.Namespace, device: jax.Device, params: dict[str, np.ndarray]
+) -> tuple[float, str]:
     """The one-device step time, and where it comes from."""
     if args.compute_ms is not None:
         return args.compute_ms / 1e3, "--compute-ms"
@@ -94,7 +99,9 @@ def _compute_seconds(args, device, params) -> tuple[float, str]:
     return stats(samples["compute"])["median_us"] / 1e6, "measured"
 
 
-def _prediction(args, k: int, compute_s: float, grad_bytes: int, measured: dict | None) -> dict:
+def _prediction(
+    args: argparse.Namespace, k: int, compute_s: float, grad_bytes: int, measured: dict | None
+) -> dict:
     """One row: the predicted step on k devices, and the measured one if there is one."""
     link = args.link_gbps * 1e9 / 8  # Gbit/s -> bytes/s
     comm = allreduce_seconds(k, grad_bytes, link, args.latency_us * 1e-6)
@@ -120,7 +127,14 @@ def allreduce_seconds(n: int, nbytes: float, bytes_per_s: float, latency_s: floa
     return 2 * (n - 1) / n * nbytes / bytes_per_s + latency_s
 
 
-def _print(args, sizes, compute_s: float, compute_from: str, grad_bytes: int, results) -> None:
+def _print(
+    args: argparse.Namespace,
+    sizes: list[int],
+    compute_s: float,
+    compute_from: str,
+    grad_bytes: int,
+    results: list[dict],
+) -> None:
     print_table(
         f"Prediction: MLP {'-'.join(map(str, sizes))}, batch {args.batch}; compute "
         f"{compute_s * 1e3:.3f} ms on one device ({compute_from}); gradients "

@@ -12,17 +12,22 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 
 import synk
+
+if TYPE_CHECKING:  # matplotlib is imported only to plot
+    from matplotlib.axes import Axes
 
 
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
     """A plain-text table: first column left-aligned, the others right-aligned."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
-    def line(cells):
+    def line(cells: list[str]) -> str:
         first = f"{cells[0]:<{widths[0]}}"
         return "  ".join([first, *(f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:]))])
 
@@ -69,7 +74,7 @@ def machine() -> dict:
     }
 
 
-def shared_cores_note(devices) -> str:
+def shared_cores_note(devices: Sequence[jax.Device]) -> str:
     """On simulated CPU devices, why measured speedups stay near 1 (empty elsewhere)."""
     if devices[0].platform != "cpu" or len(devices) == 1:
         return ""
@@ -83,7 +88,7 @@ def shared_cores_note(devices) -> str:
 # Plots (matplotlib, imported only when asked for)
 
 
-def plot(result: dict, path: str, draw) -> None:
+def plot(result: dict, path: str, draw: Callable[[Axes, dict], None]) -> None:
     """Write one figure of the result to ``path``: ``draw(ax, result)``, the module's ``PLOT``."""
     import matplotlib
 
@@ -97,7 +102,7 @@ def plot(result: dict, path: str, draw) -> None:
     plt.close(fig)
 
 
-def draw_per_call(ax, result: dict) -> None:
+def draw_per_call(ax: Axes, result: dict) -> None:
     names = list(result["stats_us"])
     med = [result["stats_us"][k]["median_us"] for k in names]
     ax.barh(names, med)
@@ -105,7 +110,7 @@ def draw_per_call(ax, result: dict) -> None:
     ax.set_xlabel("median time per call (us)")
 
 
-def draw_bandwidth(ax, result: dict) -> None:
+def draw_bandwidth(ax: Axes, result: dict) -> None:
     for op in dict.fromkeys(r["op"] for r in result["results"]):
         rs = [r for r in result["results"] if r["op"] == op]
         ax.loglog([r["size"] for r in rs], [r["busbw_gbs"] for r in rs], "o-", label=op)
@@ -114,7 +119,7 @@ def draw_bandwidth(ax, result: dict) -> None:
     ax.legend()
 
 
-def draw_memory(ax, result: dict) -> None:
+def draw_memory(ax: Axes, result: dict) -> None:
     """Temp, argument and output bytes per device, one group of bars per variant."""
     rows = [r for r in result["rows"] if r["temp_bytes"] is not None]
     names = [
@@ -130,7 +135,7 @@ def draw_memory(ax, result: dict) -> None:
     ax.legend()
 
 
-def draw_per_batch(ax, result: dict) -> None:
+def draw_per_batch(ax: Axes, result: dict) -> None:
     """Time per call over batch size, one line per way of feeding the batch."""
     for v in ("a", "b", "c", "r", "h"):
         rows = [r for r in result["table"] if r[v] == r[v]]  # nan: not measured
@@ -142,7 +147,7 @@ def draw_per_batch(ax, result: dict) -> None:
     ax.legend()
 
 
-def draw_speedup(ax, result: dict) -> None:
+def draw_speedup(ax: Axes, result: dict) -> None:
     """Speedup over devices: measured (scaling), or predicted beside measured (predict)."""
     rs = result["results"]
     ks = [r["devices"] for r in rs]
@@ -166,7 +171,7 @@ def draw_speedup(ax, result: dict) -> None:
     ax.legend()
 
 
-def draw_sweep(ax, result: dict) -> None:
+def draw_sweep(ax: Axes, result: dict) -> None:
     """Each call of the buckets sweep (compile included) over its batch length, per variant."""
     lengths = result["config"]["lengths"]
     for (name, seconds), marker in zip(result["sweep_call_s"].items(), "o^s", strict=False):

@@ -10,9 +10,12 @@ to check and time it, and ``report`` for the table.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 
 import jax
+import numpy as np
 
 import synk
 from synk._src.bench.flags import positive_int, timing
@@ -31,7 +34,7 @@ from synk._src.bench.workloads import (
 PLOT = draw_speedup  # what --plot draws
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of scaling, and of predict, which runs it beside its prediction."""
     timing(parser, rounds=8, calls=5)
     parser.add_argument("--batch", type=positive_int, default=2048, help="rows per step")
@@ -40,7 +43,7 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Step time, speedup and efficiency of a compute-bound step on 1, 2, 4, ... devices."""
     devices = synk.devices()
     sizes = [D_IN, args.hidden, args.hidden, D_OUT]
@@ -56,7 +59,7 @@ def run(args) -> dict:
         desc="scaling",
         quiet=args.quiet,
     )
-    t1 = stats(samples["1"])["median_us"] if "1" in samples else None
+    t1 = stats(samples["1"])["median_us"]  # counts start at 1 device
     results = []
     for k in counts:
         st = stats(samples[str(k)])
@@ -84,7 +87,12 @@ def device_counts(n: int) -> list[int]:
     return counts if counts[-1] == n else [*counts, n]
 
 
-def _variants(devices, counts: list[int], params, batch) -> dict:
+def _variants(
+    devices: Sequence[jax.Device],
+    counts: list[int],
+    params: dict[str, np.ndarray],
+    batch: tuple[np.ndarray, np.ndarray],
+) -> dict:
     """{k: one step on the first k devices}, each checked against the serial step."""
     x, y = batch
     want = jax.jit(train_step)(params, x, y)
@@ -97,7 +105,7 @@ def _variants(devices, counts: list[int], params, batch) -> dict:
     return variants
 
 
-def _print(args, sizes: list[int], results: list[dict]) -> None:
+def _print(args: argparse.Namespace, sizes: list[int], results: list[dict]) -> None:
     print_table(
         f"Scaling: value_and_grad of an MLP {'-'.join(map(str, sizes))}, batch {args.batch}, "
         f"numpy x, y; {args.rounds} rounds x {args.calls} calls",

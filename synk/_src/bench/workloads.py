@@ -9,7 +9,8 @@ use no synk at all.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +18,18 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 
 AXIS = "d"  # the hand-written variants' mesh axis
 D_IN, D_OUT = 16, 4
 CLASSES = 10  # of the classifier
+
+# A step's parameters by name, as the step sees them: traced.
+Params = Mapping[str, jax.Array]
+# ... as a benchmark holds them: numpy arrays on the host, or jax.Arrays on the devices.
+HeldParams = Mapping[str, ArrayLike]
+# What a step returns: (the mean loss, its gradient by parameter name).
+LossAndGrads = tuple[jax.Array, dict[str, jax.Array]]
 
 
 # --------------------------------------------------------------------------
@@ -43,12 +52,12 @@ def make_batch(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.standard_normal((rows, D_OUT), dtype=np.float32)
 
 
-def train_step(params, x, y):
+def train_step(params: Params, x: jax.Array, y: jax.Array) -> LossAndGrads:
     """The single-device step: (mean loss, its gradients) over the rows."""
     return jax.value_and_grad(mlp_loss)(params, x, y)
 
 
-def mlp_loss(params, x, y):
+def mlp_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean squared error of a tanh MLP over the rows of ``x``."""
     layers = len(params) // 2
     h = x
@@ -73,12 +82,12 @@ def init_classifier(key: jax.Array, features: int, hidden: int) -> dict[str, jax
     }
 
 
-def classifier_step(params, x, y):
+def classifier_step(params: Params, x: jax.Array, y: jax.Array) -> LossAndGrads:
     """The single-device step: (mean loss, its gradients) over the rows; y holds classes."""
     return jax.value_and_grad(classifier_loss)(params, x, y)
 
 
-def classifier_loss(params, x, y):
+def classifier_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     h = jax.nn.relu(x @ params["w1"] + params["b1"])
     logits = h @ params["w2"] + params["b2"]
     logp = jax.nn.log_softmax(logits)
@@ -96,7 +105,7 @@ def init_cnn(image: int, channels: tuple[int, int], seed: int = 0) -> dict[str, 
     half = -(-image // 2)  # a stride-2 "SAME" convolution's output side: ceil(side / 2)
     side = -(-half // 2)
 
-    def normal(*shape):  # scaled by the fan-in
+    def normal(*shape: int) -> np.ndarray:  # scaled by the fan-in
         return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
 
     return {
@@ -116,12 +125,12 @@ def make_images(rows: int, image: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     return x, rng.integers(0, CLASSES, rows).astype(np.int32)
 
 
-def cnn_step(params, x, y):
+def cnn_step(params: Params, x: jax.Array, y: jax.Array) -> LossAndGrads:
     """The single-device step: (mean loss, its gradients) over the images; y holds classes."""
     return jax.value_and_grad(cnn_loss)(params, x, y)
 
 
-def cnn_loss(params, x, y):
+def cnn_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     """Softmax cross-entropy of conv(3x3, stride 2) -> relu -> conv -> relu -> dense."""
     dims = ("NHWC", "HWIO", "NHWC")
     h = x
@@ -137,7 +146,7 @@ def cnn_loss(params, x, y):
 # Meshes and global arrays, as hand-written JAX builds them
 
 
-def mesh_of(devices) -> Mesh:
+def mesh_of(devices: Sequence[jax.Device]) -> Mesh:
     return Mesh(np.array(devices, dtype=object), (AXIS,))
 
 
@@ -149,7 +158,7 @@ def by_rows(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(AXIS))
 
 
-def global_arrays(tree, sharding: NamedSharding):
+def global_arrays(tree: Any, sharding: NamedSharding) -> Any:
     """Global arrays of host values that every process holds whole (any process count)."""
     return jax.tree_util.tree_map(
         lambda a: jax.make_array_from_callback(a.shape, sharding, lambda i: a[i]), tree
@@ -160,18 +169,20 @@ def global_arrays(tree, sharding: NamedSharding):
 # The same step written by hand
 
 
-def hand_written(mesh: Mesh, step: Callable = train_step):
+def hand_written(mesh: Mesh, step: Callable = train_step) -> jax.stages.Wrapped:
     """The whole step under XLA's partitioner: jit with in_shardings (jit places numpy)."""
     return jax.jit(step, in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)))
 
 
-def hand_written_padded(mesh: Mesh, rows: int, groups: int):
+def hand_written_padded(
+    mesh: Mesh, rows: int, groups: int
+) -> tuple[jax.stages.Wrapped, Callable[[np.ndarray], np.ndarray]]:
     """`hand_written` for a batch the devices do not divide: each process pads its
     share (host rows) with zeros to an even split, and the jit cuts the real rows back."""
     local, per_group = rows // groups, mesh.size // groups
     padded = -(-local // per_group) * per_group  # rows of each process's padded share
 
-    def cut(x):
+    def cut(x: jax.Array) -> jax.Array:
         parts = [x[g * padded : g * padded + local] for g in range(groups)]
         return parts[0] if groups == 1 else jnp.concatenate(parts)
 
@@ -180,14 +191,14 @@ def hand_written_padded(mesh: Mesh, rows: int, groups: int):
         in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh)),
     )
 
-    def pad(x):
+    def pad(x: np.ndarray) -> np.ndarray:
         extra = np.zeros((padded - x.shape[0], *x.shape[1:]), x.dtype)
         return np.concatenate([x, extra])
 
     return jitted, pad
 
 
-def hand_written_shard_map(mesh: Mesh, step: Callable = train_step):
+def hand_written_shard_map(mesh: Mesh, step: Callable = train_step) -> jax.stages.Wrapped:
     """The per-device form: jit(shard_map) with in_shardings (jit places numpy)."""
     return jax.jit(
         sharded(mesh, step), in_shardings=(replicated(mesh), by_rows(mesh), by_rows(mesh))
@@ -197,7 +208,7 @@ def hand_written_shard_map(mesh: Mesh, step: Callable = train_step):
 def sharded(mesh: Mesh, step: Callable) -> Callable:
     """``step(params, x, y)`` under shard_map: rows split, outputs ``pmean``'d; not jitted."""
 
-    def body(params, x, y):
+    def body(params: Params, x: jax.Array, y: jax.Array) -> Any:
         # Without the cast, the gradient w.r.t. the replicated params would be
         # psum'd implicitly by shard_map's transpose: n times too large.
         params = jax.tree_util.tree_map(lambda p: lax.pcast(p, AXIS, to="varying"), params)
@@ -206,18 +217,20 @@ def sharded(mesh: Mesh, step: Callable) -> Callable:
     return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
 
 
-def hand_written_indexed(mesh: Mesh):
+def hand_written_indexed(mesh: Mesh) -> jax.stages.Wrapped:
     """The hand-written step on rows picked by index from data already on every device."""
     everywhere, rows = replicated(mesh), by_rows(mesh)
 
-    def picked(params, data_x, data_y, idx):  # idx sharded: each device its rows
+    def picked(
+        params: Params, data_x: jax.Array, data_y: jax.Array, idx: jax.Array
+    ) -> LossAndGrads:  # idx sharded: each device its rows
         x, y = (jnp.take(d, idx, axis=0, mode="clip") for d in (data_x, data_y))
         return train_step(params, x, y)
 
     return jax.jit(picked, in_shardings=(everywhere, everywhere, everywhere, rows))
 
 
-def pmapped(devices) -> Callable:
+def pmapped(devices: Sequence[jax.Device]) -> Callable:
     """The step under ``jax.pmap``: a global batch, split into one block of rows per device.
 
     Its outputs are one identical copy per device.
@@ -230,7 +243,7 @@ def pmapped(devices) -> Callable:
         devices=devices,
     )
 
-    def call(p, x, y):
+    def call(p: HeldParams, x: np.ndarray, y: np.ndarray) -> Any:
         return mapped(p, x.reshape(n, -1, *x.shape[1:]), y.reshape(n, -1, *y.shape[1:]))
 
     return call
