@@ -1,5 +1,16 @@
 """synk's implementation; the public names are in `synk`. Its frames are left
-out of the tracebacks of errors that reach the user (`compat.hide_frames`)."""
+out of the tracebacks of errors that reach the user (`compat.hide_frames`).
+
+The map of a call, one module per step, is `function`'s docstring. Beside a call: what a
+Function and its ``with_options`` variants share, validated once (`core`, `options`); devices,
+processes and the mesh (`runtime`, with `launch` starting jax.distributed, `allgather` for host
+gathers between processes and `axis` the mesh axis name); ``f.serial`` (`serial`);
+device-resident data and its batch views (`data`, `shards`, `indices`, and `take` for rows taken
+on the devices); collectives on per-device values (`collectives`) and inside a function (`lax`);
+every private JAX access (`compat`); ``synk bench`` (`bench`). A check that refuses several
+leaves names them all in one error (`refusals`), and synk's frames are left out of its traceback
+(`compat.api_boundary`).
+"""
 
 import os
 

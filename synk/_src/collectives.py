@@ -1,9 +1,9 @@
 """Collectives on per-device values, outside any synk.function.
 
-A per-device value is a ``jax.Array`` whose leading axis has one entry per
-device (``device_count()``), entry i living on device i: what
-``reduce="per_device"`` returns and ``in_axes="per_device"`` takes. Each
-collective accepts a pytree of them and is compiled once per shape.
+A per-device value is a ``jax.Array`` whose leading axis has one entry per device
+(``device_count()``, n below), entry i living on device i: what ``reduce="per_device"`` returns
+and ``in_axes="per_device"`` takes. Each collective accepts a pytree of them and is compiled
+once per shape; one that is not a per-device value is refused with a ValueError.
 """
 
 from __future__ import annotations
@@ -72,10 +72,9 @@ def _to_devices(x: ArrayLike, sharding: NamedSharding) -> jax.Array:
 def _on_mesh(x: jax.Array, sharding: NamedSharding) -> jax.Array:
     """A device array as it is if it is on the mesh's devices in the mesh's order, else moved.
 
-    A jit whose out_shardings lie on the mesh refuses an argument committed to
-    other devices, or to the same ones in another order ("incompatible
-    devices"): an array on one device, or a synk.Function's output with
-    devices in another order.
+    A jit whose out_shardings lie on the mesh refuses an argument committed to other devices, or
+    to the same ones in another order ("incompatible devices"): an array on one device, or a
+    synk.Function's output with devices in another order.
     """
     if compat.device_order(x.sharding) == tuple(sharding.mesh.devices.flat):
         return x
@@ -112,6 +111,12 @@ def _mapped(body: Callable[..., list[jax.Array]], out_spec: P) -> Callable[..., 
 def broadcast(x: Any) -> Any:
     """Every device gets a copy of ``x`` (a pytree): a per-device value.
 
+    Args:
+      x: a pytree of arrays.
+
+    Returns:
+      Per-device values of shape ``(n, ...)`` (entry i is ``x``, on device i).
+
     Example:
       >>> import numpy as np, synk
       >>> w = synk.broadcast(np.array([1.0, 2.0]))
@@ -139,6 +144,12 @@ def _broadcast_fn(sharding: NamedSharding) -> Callable[[jax.Array], jax.Array]:
 @compat.api_boundary
 def scatter(x: Any) -> Any:
     """Split axis 0 of ``x`` (a pytree) into ``device_count()`` equal parts, one per device.
+
+    Args:
+      x: a pytree of arrays whose axis 0 has a multiple of n rows, ``n * k``.
+
+    Returns:
+      Per-device values of shape ``(n, k, ...)``: entry i is rows ``[i * k, (i + 1) * k)``.
 
     Raises:
       ValueError: axis 0 does not divide by the device count.
@@ -188,8 +199,10 @@ def gather(x: Any, *, concat: bool = False) -> Any:
       concat: concatenate the entries along their axis 0 instead of stacking.
 
     Returns:
-      numpy arrays, on every process: shape ``(n, ...)``, or ``(n * k, ...)``
-      with ``concat``.
+      numpy arrays, on every process: shape ``(n, ...)``, or ``(n * k, ...)`` with ``concat``.
+
+    Raises:
+      ValueError: ``x`` is not a per-device value.
 
     Example:
       >>> import numpy as np, synk
@@ -215,6 +228,16 @@ def gather(x: Any, *, concat: bool = False) -> Any:
 def get_value(x: Any, i: int) -> Any:
     """Entry ``i`` of a per-device value (a pytree), as numpy arrays.
 
+    Args:
+      x: per-device values.
+      i: the device's index, ``-n <= i < n``.
+
+    Returns:
+      numpy arrays, on every process: entry ``i`` of each leaf.
+
+    Raises:
+      IndexError, ValueError: ``i`` is not a device index; ``x`` is not a per-device value.
+
     Example:
       >>> import numpy as np, synk
       >>> x = synk.broadcast(np.float32(7))
@@ -239,6 +262,18 @@ def get_value(x: Any, i: int) -> Any:
 @compat.api_boundary
 def set_value(x: Any, i: int, v: Any) -> Any:
     """A copy of the per-device value ``x`` (a pytree) whose entry ``i`` is ``v``.
+
+    Args:
+      x: per-device values.
+      i: the device's index, ``-n <= i < n``.
+      v: the new entry: the structure and shapes of one entry of ``x`` (cast to its dtypes).
+
+    Returns:
+      Per-device values; ``x`` itself is unchanged.
+
+    Raises:
+      IndexError, ValueError: ``i`` is not a device index; ``x`` is not per-device, or ``v``
+        does not fit one entry of it.
 
     Example:
       >>> import numpy as np, synk
@@ -279,9 +314,16 @@ def _set_fn(sharding: NamedSharding) -> Callable[[jax.Array, int, jax.Array], ja
 def all_gather(x: Any, *, concat: bool = False) -> Any:
     """Every device gets every device's entry of ``x`` (a pytree of per-device values).
 
+    Args:
+      x: per-device values.
+      concat: concatenate the entries along their axis 0 instead of stacking.
+
     Returns:
-      per-device values of shape ``(n, n, ...)`` (entry i holds all n entries),
-      or ``(n, n * k, ...)`` with ``concat``.
+      per-device values of shape ``(n, n, ...)`` (entry i holds all n entries), or
+      ``(n, n * k, ...)`` with ``concat``.
+
+    Raises:
+      ValueError: ``x`` is not a per-device value.
 
     Example:
       >>> import numpy as np, synk
@@ -312,20 +354,20 @@ def reduce(x: Any, op: red.ReductionName, *, comm_dtype: DTypeLike | None = None
 
     Args:
       x: per-device values.
-      op: ``"avg"``, ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``; ``"avg"``
-        weighs every device equally. float16 and bfloat16 entries are
-        combined in float32 and cast back; a NaN in any entry makes
-        ``"max"``/``"min"`` NaN, as in numpy.
-      comm_dtype: floating entries travel in this dtype (e.g. ``jnp.bfloat16``)
-        and are cast back; complex entries travel as their real and imaginary
-        parts in it. ``"avg"`` divides before the cast.
+      op: ``"avg"``, ``"sum"``, ``"max"``, ``"min"`` or ``"prod"``; ``"avg"`` weighs every device
+        equally. float16 and bfloat16 entries are combined in float32 and cast back; a NaN in
+        any entry makes ``"max"``/``"min"`` NaN, as in numpy.
+      comm_dtype: floating entries travel in this dtype (e.g. ``jnp.bfloat16``) and are cast
+        back; complex entries travel as their real and imaginary parts in it. ``"avg"`` divides
+        before the cast.
 
     Returns:
       The reduced value (without the device axis), replicated on every device.
 
     Raises:
-      TypeError: boolean entries, integer entries with ``"avg"``, complex
-        entries with ``"max"``/``"min"``.
+      ValueError: an unknown ``op``; ``x`` is not a per-device value.
+      TypeError: a ``comm_dtype`` that is not floating; entries ``op`` cannot combine (booleans;
+        integers with ``"avg"``; complex numbers with ``"max"``/``"min"``).
 
     Example:
       >>> import numpy as np, synk
@@ -341,9 +383,15 @@ def reduce(x: Any, op: red.ReductionName, *, comm_dtype: DTypeLike | None = None
 def all_reduce(x: Any, op: red.ReductionName, *, comm_dtype: DTypeLike | None = None) -> Any:
     """Every device gets the combination of every device's entry of ``x`` (a pytree).
 
-    The result is a per-device value whose entries are all equal, fit to feed
-    back through ``in_axes="per_device"`` (e.g. model averaging in local SGD).
-    Arguments as for `synk.reduce`.
+    Args:
+      x, op, comm_dtype: as for `synk.reduce`.
+
+    Returns:
+      Per-device values whose entries are all equal, fit to feed back through
+      ``in_axes="per_device"`` (e.g. model averaging in local SGD).
+
+    Raises:
+      ValueError, TypeError: as `synk.reduce` does.
 
     Example:
       >>> import numpy as np, synk

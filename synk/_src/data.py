@@ -1,11 +1,10 @@
 """synk.data: data sets that live on the devices, and batches passed as indices.
 
-A `Data` is put on the devices once. ``X[idx]`` and ``X.local[idx]`` are lazy
-batch views: a `synk.Function` receives them in place of arrays, only the
-indices travel from host to device, and each device gathers its own rows on
-the device, traced inside the function's body (a ``jnp.take`` from its copy,
-or `shards.rows_from_shards` for sharded data). `take` resolves a view's index
-as the executable takes it, and takes its rows for ``f.serial``.
+A `Data` is put on the devices once. ``X[idx]`` and ``X.local[idx]`` are lazy batch views: a
+`synk.Function` receives them in place of arrays, only the indices travel from host to device,
+and each device gathers its own rows on the device, traced inside the function's body (a
+``jnp.take`` from its copy, or `shards.rows_from_shards` for sharded data). `take` resolves a
+view's index as the executable takes it, and takes its rows for ``f.serial``.
 """
 
 from __future__ import annotations
@@ -34,7 +33,14 @@ def _fmt_bytes(n: float) -> str:
 
 
 class Data:
-    """A data set put on the devices once; index it to pass batches. See `synk.data`."""
+    """A data set put on the devices once; index it to pass batches. See `synk.data`.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> X = synk.data(np.zeros((10, 2), np.float32), sharded=True)
+      >>> X.rows_per_device, X.nbytes  # 10 rows dealt over 8 devices, 2 floats a row
+      ((2, 2, 1, 1, 1, 1, 1, 1), 16)
+    """
 
     def __init__(self, value: ArrayLike, *, sharded: bool = False) -> None:
         self._sharded = bool(sharded)
@@ -96,8 +102,23 @@ class Data:
         return self._array
 
     def live_array(self, where: str = "", argument: str = "") -> jax.Array:
-        """`array`; once deleted (`delete`), a RuntimeError that starts with `where`
-        and names the `argument` that holds this data, if given."""
+        """`array`, refused once the data is deleted.
+
+        Args:
+          where: what the error starts with (the caller's name), if given.
+          argument: the argument that holds this data, named in the error if given.
+
+        Returns:
+          The ``jax.Array`` on the devices (shards padded to equal length).
+
+        Raises:
+          RuntimeError: the data was deleted (`delete`).
+
+        Example:
+          >>> import numpy as np, synk
+          >>> synk.data(np.zeros((4, 2))).live_array().shape
+          (4, 2)
+        """
         if self._array is None:
             raise RuntimeError(_deleted_error(where, argument))
         return self._array
@@ -109,10 +130,12 @@ class Data:
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype on the devices (64-bit values as 32-bit unless JAX's 64-bit types are on)."""
         return self.live_array().dtype
 
     @property
     def ndim(self) -> int:
+        """The number of axes, rows first."""
         return self.live_array().ndim
 
     @property
@@ -161,15 +184,19 @@ class Data:
     def set_value(self, value: ArrayLike) -> None:
         """Replace the data (same or new shape). On any error the old value stays intact.
 
-        A batch view holds indices, not rows: one made before ``set_value``
-        reads the new value's rows at its indices. Negative indices were
-        resolved against the length the data had when the view was made. A
-        view whose indices no longer fit the new length (the data shrank
-        below them) is refused at the call, before anything runs; views
-        whose indices all still fit stay valid.
+        A batch view holds indices, not rows: one made before ``set_value`` reads the new value's
+        rows at its indices. Negative indices were resolved against the length the data had when
+        the view was made. A view whose indices no longer fit the new length (the data shrank
+        below them) is refused at the call, before anything runs; views whose indices all still
+        fit stay valid.
+
+        Args:
+          value: the new data set, an array of shape (rows, ...), as `synk.data` takes.
 
         Raises:
           TypeError: the new value's dtype cannot be cast safely to this data's dtype.
+          ValueError: a scalar, or values that this data's dtype cannot hold.
+          RuntimeError: the data was deleted.
 
         Example:
           >>> import numpy as np, synk
@@ -191,7 +218,14 @@ class Data:
         self._place(host.astype(dtype, copy=False))
 
     def delete(self) -> None:
-        """Free the device memory. Later use is an error."""
+        """Free the device memory. Later use is an error.
+
+        Example:
+          >>> import numpy as np, synk
+          >>> X = synk.data(np.zeros((4, 2)))
+          >>> X.delete(); X
+          synk.Data(<deleted>)
+        """
         if self._array is not None:
             self._array.delete()
             self._array = None
@@ -199,26 +233,30 @@ class Data:
     def __getitem__(self, idx: slice | ArrayLike) -> Batch:
         """A lazy batch of global rows: a slice (step 1) or 1-D int indices.
 
-        Outside a trace the indices are checked here: out-of-range, float or
-        boolean indices, stepped slices and scalars raise, and negative
-        indices count from the end.
+        Outside a trace the indices are checked here: out-of-range, float or boolean indices,
+        stepped slices and scalars raise, and negative indices count from the end.
 
-        Inside a trace (``jax.jit``, ``lax.scan``, ``jax.vmap``) `idx` may be a
-        traced 1-D int array. Its values are not known until the executable
-        runs, so they cannot be range-checked; they are read as ``x[idx]``
-        reads a ``jax.Array`` under ``jax.jit``: a negative index counts from
-        the end (once), then an index still out of range is clamped to the
-        first or last row (``jnp.take(x, idx, mode="clip")`` after wrapping).
-        A slice needs bounds known when tracing (its length fixes the
-        batch's shape); for a traced start, pass ``X[start + jnp.arange(k)]``.
-        The data array is then a constant of the traced function, which JAX
-        embeds in the program: sharded data spread over several processes is
-        refused there (no process holds every row).
+        Inside a trace (``jax.jit``, ``lax.scan``, ``jax.vmap``) `idx` may be a traced 1-D int
+        array. Its values are not known until the executable runs, so they cannot be
+        range-checked; they are read as ``x[idx]`` reads a ``jax.Array`` under ``jax.jit``: a
+        negative index counts from the end (once), then an index still out of range is clamped
+        to the first or last row (``jnp.take(x, idx, mode="clip")`` after wrapping). A slice
+        needs bounds known when tracing (its length fixes the batch's shape); for a traced
+        start, pass ``X[start + jnp.arange(k)]``. The data array is then a constant of the
+        traced function, which JAX embeds in the program: sharded data spread over several
+        processes is refused there (no process holds every row).
+
+        Args:
+          idx: a slice with step 1, or 1-D int row indices in any order, repeats allowed.
+
+        Returns:
+          A `synk.Batch`, to pass wherever a `synk.Function` slices an argument.
 
         Raises:
           IndexError: an index out of range (outside a trace).
-          TypeError, ValueError: float, boolean or scalar indices, an index
-            array that is not 1-D, a slice with a step or with traced bounds.
+          TypeError, ValueError: float, boolean or scalar indices, an index array that is not
+            1-D, a slice with a step or with traced bounds.
+          RuntimeError: the data was deleted.
 
         Example:
           >>> import jax, jax.numpy as jnp, numpy as np, synk
@@ -241,7 +279,12 @@ class Data:
 
     @property
     def local(self) -> _LocalIndexer:
-        """Local views ``X.local[idx]``, each device indexing its own shard (sharded data only)."""
+        """Local views ``X.local[idx]``, each device indexing its own shard (sharded data only).
+
+        ``X.local[idx]`` is a `synk.Batch` of rows ``idx`` of each device's own shard (a slice,
+        int indices of shape (k,) for every device, or (devices, k), a row of them per device),
+        no rows moving between devices; replicated data raises a ValueError.
+        """
         self.live_array()
         if not self._sharded:
             raise ValueError(
@@ -285,7 +328,13 @@ class _LocalIndexer:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
-    """A lazy batch view of a `Data`: rows picked on the devices at the call."""
+    """A lazy batch view of a `Data`: rows picked on the devices at the call.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> synk.data(np.zeros((8, 2), np.float32))[2:5]
+      synk.Data batch of 3 rows, shape=(3, 2), dtype=float32
+    """
 
     data: Data
     index: np.ndarray | jax.Array  # int32, read-only, never the caller's array: (k,) global rows,
@@ -298,23 +347,35 @@ class Batch:
     def fits(self) -> bool:
         """Whether every index is still in range for the data's current length (hot path).
 
-        Always true for a traced index (reach 0): its values are unknown, and
-        the trace holds the data array it was made with.
+        Always true for a traced index (reach 0): its values are unknown, and the trace holds the
+        data array it was made with.
+
+        Returns:
+          False once `Data.set_value` has shrunk the data below one of the view's indices.
+
+        Example:
+          >>> import numpy as np, synk
+          >>> X = synk.data(np.zeros((8, 2))); view = X[6:8]
+          >>> X.set_value(np.zeros((4, 2))); view.fits()
+          False
         """
         return self.reach <= self.data._rows
 
     @property
     def traced(self) -> bool:
+        """Whether the index is traced (the view was made inside ``jax.jit``, grad or vmap)."""
         return type(self.index) is not np.ndarray
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the batch the view picks, rows first."""
         # Local rows: k per device (a traced local index may be one (k,) for all).
         rows = self.index.shape[-1] * (len(self.data.devices) if self.local else 1)
         return (rows, *self.data.shape[1:])
 
     @property
     def dtype(self) -> np.dtype:
+        """The data's dtype."""
         return self.data.dtype
 
     def __len__(self) -> int:
@@ -351,19 +412,21 @@ def data(value: ArrayLike, *, sharded: bool = False) -> Data:
     """Put a data set on the devices once; pass batches of it as indices.
 
     Args:
-      value: an array of shape (rows, ...): numpy, jax, or anything
-        ``np.asarray`` accepts. Under several processes, every process passes
-        the same value.
-      sharded: False (default): every device holds all rows (fast indexing,
-        memory per device = the whole set). True: the rows are split across
-        devices (for data larger than one device); global indices then move
-        rows between devices with one ``all_to_all`` per call.
+      value: an array of shape (rows, ...): numpy, jax, or anything ``np.asarray`` accepts.
+        Under several processes, every process passes the same value.
+      sharded: False (default): every device holds all rows (fast indexing, memory per device =
+        the whole set). True: the rows are split across devices (for data larger than one
+        device); global indices then move rows between devices with one ``all_to_all`` per call.
 
     Returns:
-      A `synk.Data`. ``X[idx]`` (a slice with step 1, or 1-D int indices in any
-      order, repeats allowed) is a lazy batch a `synk.Function` accepts
-      wherever it slices an argument; ``X.local[idx]`` (sharded data) indexes
-      each device's own shard with no communication.
+      A `synk.Data`. ``X[idx]`` (a slice with step 1, or 1-D int indices in any order, repeats
+      allowed) is a lazy batch a `synk.Function` accepts wherever it slices an argument;
+      ``X.local[idx]`` (sharded data) indexes each device's own shard with no communication.
+
+    Raises:
+      ValueError: a scalar, or values that JAX's dtype on the devices cannot hold (int64
+        beyond int32 with 64-bit types off, say).
+      TypeError: an array of Python objects.
 
     Example:
       >>> import numpy as np, synk

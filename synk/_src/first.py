@@ -68,6 +68,10 @@ def first_rows(x: jax.Array | np.ndarray, n: Count) -> FirstRows:
       reductions: the function sees the first ``n`` rows only. Inside
       ``jax.jit`` the program depends on ``x``'s padded length, not on ``n``.
 
+    Raises:
+      TypeError: ``x`` has no batch axis, or ``n`` is not an integer.
+      ValueError: a concrete ``n`` outside 1 to ``x.shape[0]``.
+
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, synk
       >>> mean = synk.function(lambda x: x.mean(), reduce="avg")

@@ -2,54 +2,38 @@
 
 The map of a call, one module per step, in call order:
 
-1. `function` (here): ``Function.__call__`` binds the arguments to the wrapped
-   function's signature and takes out the statics (`signature`), partitions
-   the rest into traced leaves and the call's key by one rule (`partition`:
-   arrays and plain Python numbers traced, the fields of objects static,
-   Flax NNX Variables as state), and looks up a plan by the key.
+1. `function` (here): ``Function.__call__`` binds the arguments to the wrapped function's
+   signature and takes out the statics (`signature`), partitions the rest into traced leaves and
+   the call's key by one rule (`partition`: arrays and plain Python numbers traced, the fields of
+   objects static, Flax NNX Variables as state), and looks up a plan by the key.
 2. On a miss, `plan.Plan.build`:
    - several processes agree on the call (`agreement`);
-   - each traced leaf gets its role, sliced, broadcast or per-device (`roles`);
-     a static number that keeps changing is warned about (`recompiles`);
-   - with no ``reduce`` (the default path, `partitioned`): the whole function
-     is compiled for the whole batch, sharded over the devices, an uneven
-     batch padded (`split.Pad`), and XLA's partitioner places the collectives;
-   - with explicit reductions: the batch is split over the devices and
-     num_slices (`split`); the function is traced abstractly and the reduce
-     spec matched to its outputs (`abstract`, `outputs`); the executable's
-     arguments are laid out (`layout`) and the per-device body compiled as
-     one ``jit(shard_map(body))`` followed, in the same jit, by the reduction
-     of each output over the devices (`body`, `reduce`, with the dtypes that
-     travel from `wire` and the derivatives of max/min at ties from `ties`);
-     how each leaf reaches the executable is decided (`placement`);
-   - with explicit reductions and a batch that can share a bucket
-     (`buckets`): the bucket's executable, built at its first length, runs
-     each device's real rows as pieces of a fixed ladder; a new length gets
-     only its own placer, which deals and pads the rows. Inside a trace,
-     ``synk.first_rows`` batches (`first`) take a bucket's executable too.
+   - each traced leaf gets its role, sliced, broadcast or per-device (`roles`); a static number
+     that keeps changing is warned about (`recompiles`);
+   - with no ``reduce`` (the default path, `partitioned`): the whole function is compiled for the
+     whole batch, sharded over the devices, an uneven batch padded (`split.Pad`), and XLA's
+     partitioner places the collectives;
+   - with explicit reductions: the batch is split over the devices and num_slices (`split`); the
+     function is traced abstractly and the reduce spec matched to its outputs (`abstract`,
+     `outputs`); the executable's arguments are laid out (`layout`) and the per-device body
+     compiled as one ``jit(shard_map(body))`` followed, in the same jit, by the reduction of each
+     output over the devices (`body`, `reduce`, with the dtypes that travel from `wire` and the
+     derivatives of max/min at ties from `ties`); `placement` decides how each leaf reaches the
+     executable;
+   - with explicit reductions and a batch that can share a bucket (`buckets`): the bucket's
+     executable, built at its first length, runs each device's real rows as pieces of a fixed
+     ladder; a new length gets only its own placer, which deals and pads the rows. Inside a
+     trace, ``synk.first_rows`` batches (`first`) take a bucket's executable too.
 3. A hit with several processes agrees on the call (one hash, `agreement`).
-4. ``plan.place`` carries out what was decided per leaf: host arrays go to
-   jit as they are (its in_shardings place them), or padded; device arrays
-   already laid out pass through; synk.Data views hand over their data and
-   indices.
-5. The executable runs; on CPU, `throttle` bounds the calls in flight.
-   What the function wrote into NNX Variables is written back to the caller's
-   (`partition.Call.write_back`), and static outputs are put back
-   (`outputs.Outputs`).
+4. ``plan.place`` carries out what was decided per leaf: host arrays go to jit as they are (its
+   in_shardings place them), or padded; device arrays already laid out pass through; synk.Data
+   views hand over their data and indices.
+5. The executable runs; on CPU, `throttle` bounds the calls in flight. What the function wrote
+   into NNX Variables is written back to the caller's (`partition.Call.write_back`), and static
+   outputs are put back (`outputs.Outputs`).
 
-A repeated call costs one ``tree_flatten`` and a pass over its leaves, one
-dict lookup, the placement, one jit dispatch and one ``tree_unflatten``.
-
-Beside a call: what a Function and its ``with_options`` variants share,
-validated once (`core`, `options`); devices, processes and the mesh
-(`runtime`, with `launch` starting jax.distributed, `allgather` for host
-gathers between processes and `axis` the mesh axis name); ``f.serial``
-(`serial`); device-resident data and its batch views (`data`, `shards`,
-`indices`, and `take` for rows taken on the devices); collectives on per-device values
-(`collectives`) and inside a function (`lax`); every private JAX access
-(`compat`); ``synk bench`` (`bench`). A check that refuses several leaves names
-them all in one error (`refusals`), and synk's frames are left out of its
-traceback (`compat.api_boundary`).
+A repeated call costs one ``tree_flatten`` and a pass over its leaves, one dict lookup, the
+placement, one jit dispatch and one ``tree_unflatten``. The modules beside a call: `synk._src`.
 """
 
 from __future__ import annotations
@@ -118,65 +102,53 @@ def function(
 ) -> Function | Callable[[Callable[..., Any]], Function]:
     """Replicate a single-device function over every device, exactly.
 
-    The wrapped function is written for one device and a whole batch. synk
-    slices the sliced arguments along their batch axis across the devices so
-    that the result equals ``fn(*args)`` on one device, for any batch size.
-    With no ``reduce`` (the default) the whole function runs under XLA's
-    partitioner, exact for any function; with explicit reductions it runs on
-    each device's rows and its outputs are combined by their ops.
+    The wrapped function is written for one device and a whole batch; synk slices its batch over
+    the devices so that the result equals ``fn(*args)`` on one device, for any batch size. With
+    no ``reduce`` (the default) the whole function runs under XLA's partitioner, exact for any
+    function; with explicit reductions it runs on each device's rows and combines their outputs.
 
     Args:
       fn: the function. Use ``@synk.function`` bare or ``@synk.function(...)``.
-      in_axes: for each positional argument (a pytree prefix of them, like
-        ``jax.vmap``): an int, slice along that axis (default 0); ``None``,
-        broadcast (every device sees the whole value); ``'per_device'``, the
-        value has a leading axis of length ``device_count()`` and device i sees
-        entry i. Python numbers and 0-d arrays are always broadcast.
-        Keyword-only arguments take a single (non-tuple) ``in_axes``, else
-        they are broadcast.
-      reduce: None (default): outputs as the function returns them on one
-        device, for any function (batch statistics, root mean squares,
-        dropout from one key, per-row outputs). Or explicit reductions, the
-        statement that outputs combine over rows, one op or a pytree prefix
-        of the outputs: ``'avg'`` (outputs are means over rows; weighted by
-        rows), ``'sum'``, ``'max'``, ``'min'``, ``'prod'``, ``'gather'`` (one
-        row per input row, concatenated in input order), ``'per_device'``
-        (no reduction). ``num_slices``, ``comm_dtype``, ``'per_device'``
-        in_axes and collectives across devices need them.
-      num_slices: each device runs its rows as this many sequential pieces and
-        accumulates them: less memory per step, the same result (explicit
-        reductions only).
+      in_axes: for each positional argument (a pytree prefix of them, like ``jax.vmap``): an
+        int, slice along that axis (default 0); ``None``, broadcast (every device sees the whole
+        value); ``'per_device'``, the value has a leading axis of length ``device_count()`` and
+        device i sees entry i. Python numbers and 0-d arrays are always broadcast. Keyword-only
+        arguments take a single (non-tuple) ``in_axes``, else they are broadcast.
+      reduce: None (default): outputs as the function returns them on one device, for any
+        function (batch statistics, root mean squares, dropout from one key, per-row outputs).
+        Or explicit reductions, the statement that outputs combine over rows, one op or a pytree
+        prefix of the outputs: ``'avg'`` (outputs are means over rows; weighted by rows),
+        ``'sum'``, ``'max'``, ``'min'``, ``'prod'``, ``'gather'`` (one row per input row,
+        concatenated in input order), ``'per_device'`` (no reduction). ``num_slices``,
+        ``comm_dtype``, ``'per_device'`` in_axes and collectives across devices need them.
+      num_slices: each device runs its rows as this many sequential pieces and accumulates them:
+        less memory per step, the same result (explicit reductions only).
       static_argnums: positions of arguments that are compile-time constants.
       static_argnames: names of arguments that are compile-time constants.
-      donate_argnums: positions of arguments whose device buffers the call may
-        reuse (effective for device arrays already laid out for the call).
-      devices: the devices to run on: a sequence of jax devices, or an int
-        (the first that many). Default: every device.
-      comm_dtype: floating outputs are reduced in this dtype (e.g.
-        ``jnp.bfloat16``) and cast back; complex outputs travel as their real
-        and imaginary parts in it. ``'avg'`` divides before the cast, so it
-        overflows only where the mean itself would; other reductions beyond
-        the dtype's range (65504 for float16) become inf. Without it, float16
-        and bfloat16 outputs are reduced in float32.
-      buckets: with explicit reductions, batch lengths that share one
-        executable. ``'geometric'`` (default): each batch gets a capacity of
-        the next power of two rows per device, so a few executables serve
-        every length; a sequence of batch lengths, e.g. ``(256, 1024)``: the
-        smallest that holds the batch (longer batches compile their own);
-        None: each length compiles its own. A bucket pads what travels (up to
-        2x the rows, 'geometric'), never what the function sees: each device
-        runs its real rows only, as pieces of a few fixed sizes. Calls inside
-        a trace, with synk.lax collectives, 'gather' or 'per_device' outputs,
-        or batches already on the devices as arrays (pass synk.data views)
-        compile per length.
+      donate_argnums: positions of arguments whose device buffers the call may reuse (effective
+        for device arrays already laid out for the call).
+      devices: the devices to run on: a sequence of jax devices, or an int (the first that
+        many). Default: every device.
+      comm_dtype: floating outputs are reduced in this dtype (e.g. ``jnp.bfloat16``) and cast
+        back; complex outputs travel as their real and imaginary parts in it. ``'avg'`` divides
+        before the cast, so it overflows only where the mean itself would; other reductions
+        beyond the dtype's range (65504 for float16) become inf. Without it, float16 and
+        bfloat16 outputs are reduced in float32.
+      buckets: with explicit reductions, batch lengths that share one executable.
+        ``'geometric'`` (default): each batch gets a capacity of the next power of two rows per
+        device, so a few executables serve every length; a sequence of batch lengths, e.g.
+        ``(256, 1024)``: the smallest that holds the batch (longer batches compile their own);
+        None: each length compiles its own. A bucket pads what travels (up to 2x the rows,
+        'geometric'), never what the function sees: each device runs its real rows only, as
+        pieces of a few fixed sizes. Calls inside a trace, with synk.lax collectives, 'gather'
+        or 'per_device' outputs, or batches already on the devices as arrays (pass synk.data
+        views) compile per length.
 
     Returns:
       A `synk.Function`: call it like ``fn``.
 
     Raises:
-      ValueError, TypeError: bad options (num_slices or comm_dtype without
-        an explicit reduce, say), here; bad arguments, at the call, before
-        anything runs.
+      ValueError, TypeError: bad options (num_slices without an explicit reduce, say).
 
     Example:
       >>> import numpy as np, jax.numpy as jnp, synk
@@ -186,10 +158,8 @@ def function(
       >>> w, x = np.ones(3, np.float32), np.ones((1001, 3), np.float32)
       >>> float(mse(w, x))  # 1001 rows over every device; equals mse.serial(w, x)
       9.0
-      >>> @synk.function(in_axes=(None, 0))
-      ... def rms(w, x):  # not a mean over rows: exact all the same
-      ...     return jnp.sqrt(jnp.mean((x @ w) ** 2))
-      >>> float(rms(w, x))
+      >>> rms = synk.function(lambda w, x: jnp.sqrt(jnp.mean((x @ w) ** 2)), in_axes=(None, 0))
+      >>> float(rms(w, x))  # not a mean over rows: exact all the same
       3.0
       >>> total = synk.function(lambda x: x.sum(), reduce="sum")  # a row-separable sum
       >>> float(total.with_options(num_slices=2)(np.ones(64)))  # in 2 pieces per device
@@ -222,7 +192,13 @@ def function(
 
 
 class Function:
-    """A single-device function replicated over every device. See `synk.function`."""
+    """A single-device function replicated over every device. See `synk.function`.
+
+    Example:
+      >>> import synk
+      >>> synk.function(lambda x: x.sum())
+      synk.Function(<lambda>, in_axes=0, reduce=None, path='whole', devices=8xcpu, compiled=0)
+    """
 
     def __init__(self, core: Core, options: Options) -> None:
         self._core = core
@@ -232,6 +208,22 @@ class Function:
 
     @compat.api_boundary
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` over the devices, on its batch split between them.
+
+        Args:
+          args, kwargs: its arguments, each sliced, broadcast or per device by ``in_axes``.
+
+        Returns:
+          ``fn(*args, **kwargs)``'s outputs for the whole batch, as on one device.
+
+        Raises:
+          TypeError, ValueError, IndexError, RuntimeError: arguments refused before anything runs.
+
+        Example:
+          >>> import numpy as np, synk
+          >>> float(synk.function(lambda x: x.sum())(np.ones(1001)))  # 1001 rows, every device
+          1001.0
+        """
         core = self._core
         if synk_lax.inside():
             # Called inside another synk.Function's body (or f.serial): that
@@ -275,9 +267,8 @@ class Function:
     def path(self) -> str:
         """How a call runs, ``'whole'`` or ``'per-device'``.
 
-        ``'whole'`` with no reduce (the whole function under XLA's partitioner, exact
-        for any function); ``'per-device'`` with explicit reductions (the function on
-        each device's rows, outputs combined by their ops).
+        ``'whole'`` with no reduce (the whole function under XLA's partitioner, exact for any
+        function); ``'per-device'`` with explicit reductions (each device's rows, outputs combined).
         """
         return "whole" if self._options.reduce is None else "per-device"
 
@@ -300,13 +291,15 @@ class Function:
           buckets: a new bucket policy (see `synk.function`); None turns them off.
 
         Returns:
-          A `synk.Function`. Calling it compiles once per new option set; the
-          object itself is cached, so calling ``with_options`` in a loop is cheap.
+          A `synk.Function`. Calling it compiles once per new option set; the object itself is
+          cached, so calling ``with_options`` in a loop is cheap.
+
+        Raises:
+          ValueError, TypeError: an option that `synk.function` refuses.
 
         Example:
           >>> import numpy as np, synk
-          >>> f = synk.function(lambda x: x.sum(), reduce="sum")
-          >>> g = f.with_options(num_slices=2)
+          >>> g = synk.function(lambda x: x.sum(), reduce="sum").with_options(num_slices=2)
           >>> float(g(np.arange(32.0)))
           496.0
         """
@@ -332,12 +325,18 @@ class Function:
     def serial(self, *args: Any, **kwargs: Any) -> Any:
         """Run the undecorated function on one device: the reference result.
 
-        It takes what a call takes, and writes into Flax NNX Variables as a call does.
+        Args:
+          args, kwargs: what a call takes; it writes into Flax NNX Variables as a call does.
+
+        Returns:
+          ``fn(*args, **kwargs)``'s outputs, from one device (jitted once per call signature).
+
+        Raises:
+          TypeError, ValueError, IndexError, RuntimeError: arguments that a call refuses.
 
         Example:
           >>> import numpy as np, synk
-          >>> f = synk.function(lambda x: (x ** 2).mean())
-          >>> x = np.arange(10.0)
+          >>> f, x = synk.function(lambda x: (x**2).mean()), np.arange(10.0)
           >>> bool(np.isclose(f(x), f.serial(x)))
           True
         """
@@ -347,8 +346,15 @@ class Function:
     def lower(self, *args: Any, **kwargs: Any) -> jax.stages.Lowered:
         """JAX's ``Lowered`` for these arguments: inspect the HLO and its collectives.
 
-        The program is named for the path the function takes:
-        ``jit_synk_whole_<name>`` or ``jit_synk_per_device_<name>``.
+        Args:
+          args, kwargs: what a call takes; a ``jax.ShapeDtypeStruct`` stands for an array.
+
+        Returns:
+          A ``jax.stages.Lowered`` (nothing has run), its program named for the path the function
+          takes: ``jit_synk_whole_<name>`` or ``jit_synk_per_device_<name>``.
+
+        Raises:
+          TypeError, ValueError, IndexError, RuntimeError: arguments that a call refuses.
 
         Example:
           >>> import numpy as np, synk

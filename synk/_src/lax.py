@@ -79,6 +79,13 @@ its batch statistics. Like synk.lax, it needs an equal share per device and
 def psum(x: Any) -> Any:
     """Sum ``x`` (a pytree) over all devices.
 
+    Args:
+      x: a pytree of arrays, this device's values.
+
+    Returns:
+      The sum over every device's ``x``, the same on each; on one device
+      (``f.serial``, or outside a synk.Function), ``x`` itself.
+
     Example:
       >>> import numpy as np, synk
       >>> @synk.function(reduce="per_device")
@@ -93,29 +100,98 @@ def psum(x: Any) -> Any:
 
 
 def pmean(x: Any) -> Any:
-    """Average ``x`` (a pytree) over all devices (each device weighs the same)."""
+    """Average ``x`` (a pytree) over all devices (each device weighs the same).
+
+    Args:
+      x: a pytree of arrays, this device's values.
+
+    Returns:
+      The mean of every device's ``x``, the same on each; on one device
+      (``f.serial``, or outside a synk.Function), ``x`` itself.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> f = synk.function(lambda x: synk.lax.pmean(x.mean()), reduce="per_device")
+      >>> f(np.arange(64.0)).tolist() == [31.5] * synk.device_count()  # equal shares: the mean
+      True
+    """
     return lax.pmean(x, AXIS) if inside() else x
 
 
 def pmax(x: Any) -> Any:
-    """Elementwise maximum of ``x`` (a pytree) over all devices."""
+    """Elementwise maximum of ``x`` (a pytree) over all devices.
+
+    Args:
+      x: a pytree of arrays, this device's values.
+
+    Returns:
+      The maximum over every device's ``x``, the same on each; on one device
+      (``f.serial``, or outside a synk.Function), ``x`` itself.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> f = synk.function(lambda x: synk.lax.pmax(x.max()), reduce="per_device")
+      >>> f(np.arange(64.0)).tolist() == [63.0] * synk.device_count()
+      True
+    """
     return lax.pmax(x, AXIS) if inside() else x
 
 
 def pmin(x: Any) -> Any:
-    """Elementwise minimum of ``x`` (a pytree) over all devices."""
+    """Elementwise minimum of ``x`` (a pytree) over all devices.
+
+    Args:
+      x: a pytree of arrays, this device's values.
+
+    Returns:
+      The minimum over every device's ``x``, the same on each; on one device
+      (``f.serial``, or outside a synk.Function), ``x`` itself.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> f = synk.function(lambda x: synk.lax.pmin(x.min()), reduce="per_device")
+      >>> f(np.arange(64.0)).tolist() == [0.0] * synk.device_count()
+      True
+    """
     return lax.pmin(x, AXIS) if inside() else x
 
 
 def all_gather(x: Any, *, axis: int = 0, tiled: bool = False) -> Any:
-    """Every device's ``x``, stacked along a new ``axis`` (concatenated if ``tiled``)."""
+    """Every device's ``x``, stacked along a new ``axis`` (concatenated if ``tiled``).
+
+    Args:
+      x: an array, this device's value.
+      axis: where the device axis goes in the result (default 0).
+      tiled: concatenate along ``axis`` instead of stacking along a new one.
+
+    Returns:
+      The devices' ``x`` in device order, on every device; on one device
+      (``f.serial``, or outside a synk.Function), ``x`` alone along ``axis``.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> n = synk.device_count()
+      >>> f = synk.function(lambda x: synk.lax.all_gather(x.sum()), reduce="per_device")
+      >>> f(np.ones(2 * n)).shape == (n, n)  # each device holds every device's sum
+      True
+    """
     if inside():
         return lax.all_gather(x, AXIS, axis=axis, tiled=tiled)
     return x if tiled else jnp.expand_dims(x, axis)
 
 
 def device_index() -> jax.Array:
-    """This device's index in ``0 .. device_count()-1`` (0 under ``f.serial``)."""
+    """This device's index in ``0 .. device_count()-1`` (0 under ``f.serial``).
+
+    Returns:
+      An int32 scalar.
+
+    Example:
+      >>> import numpy as np, synk
+      >>> f = synk.function(lambda x: synk.lax.device_index(), reduce="per_device")
+      >>> f(np.ones(8)).tolist() == list(range(synk.device_count()))
+      True
+    """
     return lax.axis_index(AXIS) if inside() else jnp.int32(0)
 
 

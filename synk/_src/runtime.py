@@ -60,7 +60,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
       RuntimeError: JAX's backend already started with a different device
         count (``init`` came too late), or ``init`` was already called with
         other settings.
-      ValueError: ``cpu_devices`` is not a positive integer.
+      ValueError: ``cpu_devices`` (or ``SYNK_CPU_DEVICES``) is not a positive integer.
 
     Example:
       >>> import synk
@@ -133,6 +133,9 @@ def ensure_init() -> None:
 def devices() -> list[jax.Device]:
     """Every device synk runs on, across all processes, in mesh order.
 
+    Returns:
+      A list of ``jax.Device``.
+
     Example:
       >>> import synk
       >>> len(synk.devices()) == synk.device_count()
@@ -144,6 +147,9 @@ def devices() -> list[jax.Device]:
 
 def device_count() -> int:
     """The number of devices synk runs on, across all processes.
+
+    Returns:
+      ``len(synk.devices())``.
 
     Example:
       >>> import synk
@@ -157,6 +163,9 @@ def device_count() -> int:
 def process_index() -> int:
     """This process's rank (0 in a single-process run).
 
+    Returns:
+      An int from 0 to ``process_count() - 1``.
+
     Example:
       >>> import synk
       >>> synk.process_index()
@@ -168,6 +177,9 @@ def process_index() -> int:
 
 def process_count() -> int:
     """The number of processes (1 unless launched with ``mpiexec``/``srun``).
+
+    Returns:
+      An int, at least 1.
 
     Example:
       >>> import synk
@@ -196,7 +208,8 @@ def process_share(x: Any, axis: int = 0) -> Any:
       ``axis`` for process ``i`` of ``P`` (numpy arrays).
 
     Raises:
-      ValueError: a leaf's batch length does not divide over the processes.
+      ValueError: under several processes, a leaf with no axis ``axis``, or whose length along
+        it does not divide over the processes.
 
     Example:
       >>> import numpy as np, synk
@@ -249,6 +262,9 @@ def global_batch(x: Any, axis: int = 0) -> Any:
 
     Returns:
       The same pytree of global ``jax.Array`` values on synk's devices.
+
+    Raises:
+      ValueError: a leaf with no axis ``axis`` (a scalar, say).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, synk
