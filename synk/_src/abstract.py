@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
+from jax.tree_util import PyTreeDef
 
 from synk._src import compat
 from synk._src import lax as synk_lax
@@ -96,50 +97,80 @@ def _check_outputs_at(
     """The outputs for pieces of `rows` rows fit the plan made for `rows0` rows."""
     leaves, treedef = jax.tree_util.tree_flatten(shape)
     if treedef != out.treedef:
-        raise ValueError(
-            f"{core.where}: the function's output structure changes with the number of "
-            f"rows: {out.treedef} for {rows0} rows but {treedef} for {rows}. Return the "
-            "same structure for any batch length."
-        )
+        raise ValueError(_structure_changes_error(core.where, out.treedef, rows0, treedef, rows))
     for i, (op, a, b) in enumerate(zip(out.ops, out.avals, leaves, strict=True)):
         path = out.paths[i]
         if op is red.GATHER and b.shape[:1] != (rows,):
-            raise ValueError(
-                f"{core.where}: output out{path} has reduce 'gather' but "
-                f"{b.shape[0] if b.ndim else 'no'} rows for a piece of {rows} input rows "
-                f"(shape {list(b.shape)}); 'gather' needs one output row per input row along "
-                "axis 0. Return per-row values, or use a reduction such as 'avg' or 'sum'."
-            )
+            raise ValueError(_gather_rows_error(core.where, path, b, rows))
         if op is red.PER_DEVICE:
             continue  # every device has an equal share (check_whole_share)
         same = a.shape[1:] == b.shape[1:] if op is red.GATHER else a.shape == b.shape
         if not same or a.dtype != b.dtype:
-            raise ValueError(
-                f"{core.where}: output out{path} changes with the number of rows: "
-                f"{a.dtype}{list(a.shape)} for {rows0} rows but {b.dtype}{list(b.shape)} for "
-                f"{rows}. A reduced output must not depend on the batch length: reduce it "
-                "over the rows in the function (e.g. .mean(0) or .sum(0)), or give it "
-                "reduce 'gather' if it has one row per input row."
-            )
+            raise ValueError(_output_changes_error(core.where, path, a, rows0, b, rows))
+
+
+def _structure_changes_error(
+    where: str, treedef0: PyTreeDef, rows0: int, treedef: PyTreeDef, rows: int
+) -> str:
+    return (
+        f"{where}: the function's output structure changes with the number of "
+        f"rows: {treedef0} for {rows0} rows but {treedef} for {rows}. Return the "
+        "same structure for any batch length."
+    )
+
+
+def _gather_rows_error(where: str, path: str, aval: jax.ShapeDtypeStruct, rows: int) -> str:
+    return (
+        f"{where}: output out{path} has reduce 'gather' but "
+        f"{aval.shape[0] if aval.ndim else 'no'} rows for a piece of {rows} input rows "
+        f"(shape {list(aval.shape)}); 'gather' needs one output row per input row along "
+        "axis 0. Return per-row values, or use a reduction such as 'avg' or 'sum'."
+    )
+
+
+def _output_changes_error(
+    where: str,
+    path: str,
+    aval0: jax.ShapeDtypeStruct,
+    rows0: int,
+    aval: jax.ShapeDtypeStruct,
+    rows: int,
+) -> str:
+    return (
+        f"{where}: output out{path} changes with the number of rows: "
+        f"{aval0.dtype}{list(aval0.shape)} for {rows0} rows but "
+        f"{aval.dtype}{list(aval.shape)} for {rows}. A reduced output must not depend on the "
+        "batch length: reduce it over the rows in the function (e.g. .mean(0) or .sum(0)), "
+        "or give it reduce 'gather' if it has one row per input row."
+    )
 
 
 def check_whole_share(core: Core, split: Split, uses_lax: bool) -> None:
     """A function that talks across devices must run once per device on an equal share."""
-    why = (
-        "calls synk.lax collectives (or others over synk.lax.axis_name)"
-        if uses_lax
-        else "has 'per_device' outputs"
-    )
     if not split.even:
-        raise ValueError(
-            f"{core.where}: the function {why}, so it must run exactly once per device on "
-            f"an equal share; but a batch of {split.rows} rows does not divide over "
-            f"{split.devices} devices. Use a batch that is a multiple of {split.devices} "
-            f"(e.g. {split.rows - split.extra or split.devices} rows)."
-        )
+        raise ValueError(_uneven_share_error(core.where, uses_lax, split))
     if split.slices != 1:
-        raise ValueError(
-            f"{core.where}: the function {why}, so it must run exactly once per device on "
-            f"its whole share; num_slices={split.slices} would run it in pieces and give "
-            "partial results. Use num_slices=1."
-        )
+        raise ValueError(_share_in_slices_error(core.where, uses_lax, split.slices))
+
+
+def _why_once_per_device(uses_lax: bool) -> str:
+    if uses_lax:
+        return "calls synk.lax collectives (or others over synk.lax.axis_name)"
+    return "has 'per_device' outputs"
+
+
+def _uneven_share_error(where: str, uses_lax: bool, split: Split) -> str:
+    return (
+        f"{where}: the function {_why_once_per_device(uses_lax)}, so it must run exactly "
+        f"once per device on an equal share; but a batch of {split.rows} rows does not "
+        f"divide over {split.devices} devices. Use a batch that is a multiple of "
+        f"{split.devices} (e.g. {split.rows - split.extra or split.devices} rows)."
+    )
+
+
+def _share_in_slices_error(where: str, uses_lax: bool, slices: int) -> str:
+    return (
+        f"{where}: the function {_why_once_per_device(uses_lax)}, so it must run exactly "
+        f"once per device on its whole share; num_slices={slices} would run it in pieces "
+        "and give partial results. Use num_slices=1."
+    )

@@ -97,19 +97,27 @@ def agree(
     texts = allgather.values(json.dumps([description, shown]))
     calls = [json.loads(t) for t in texts]
     if len({c[0] for c in calls}) > 1:
-        lines = "\n".join(f"  process {i}: {c[0]}" for i, c in enumerate(calls))
-        raise ValueError(
-            f"{where}: the processes made different calls; every process must call with the "
-            f"same argument structure, shapes (its own share of the batch), dtypes, where "
-            f"each argument lives, static arguments and options:\n{lines}"
-        )
+        raise ValueError(_different_calls_error(where, calls))
     differ = [k for k, (name, _) in enumerate(calls[0][1]) if len({c[1][k][1] for c in calls}) > 1]
+    raise ValueError(_different_values_error(where, calls, differ))
+
+
+def _different_calls_error(where: str, calls: list[list]) -> str:
+    lines = "\n".join(f"  process {i}: {c[0]}" for i, c in enumerate(calls))
+    return (
+        f"{where}: the processes made different calls; every process must call with the "
+        f"same argument structure, shapes (its own share of the batch), dtypes, where "
+        f"each argument lives, static arguments and options:\n{lines}"
+    )
+
+
+def _different_values_error(where: str, calls: list[list], differ: list[int]) -> str:
     lines = "\n".join(
         f"  `{calls[0][1][k][0]}`: "
         + ", ".join(f"process {i}: {c[1][k][1]}" for i, c in enumerate(calls))
         for k in differ
     )
-    raise ValueError(
+    return (
         f"{where}: the processes passed different values for "
         + ", ".join(f"`{calls[0][1][k][0]}`" for k in differ)
         + ". Every process must pass the same Python numbers and broadcast values, and "

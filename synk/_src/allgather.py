@@ -68,15 +68,19 @@ def shares(where: str, traced_entries: list[tuple[str, Any, InAxis]]) -> list[An
             out.append(leaf)  # broadcast, a view, or a global array: the same everywhere
             continue
         if traced:
-            raise ValueError(
-                f"{where}: argument `{name}` is this process's share of the batch, and "
-                "a JAX transformation outside jax.jit (jax.grad, jax.vmap) traces it; a "
-                "share cannot be gathered there. Differentiate with respect to broadcast "
-                "arguments only, or call the function inside jax.jit on a global batch "
-                "(synk.global_batch(share))."
-            )
+            raise ValueError(_traced_share_error(where, name))
         out.append(rows(np.asarray(leaf), entry % np.ndim(leaf)))
     return out
+
+
+def _traced_share_error(where: str, name: str) -> str:
+    return (
+        f"{where}: argument `{name}` is this process's share of the batch, and "
+        "a JAX transformation outside jax.jit (jax.grad, jax.vmap) traces it; a "
+        "share cannot be gathered there. Differentiate with respect to broadcast "
+        "arguments only, or call the function inside jax.jit on a global batch "
+        "(synk.global_batch(share))."
+    )
 
 
 def rows(share: np.ndarray, axis: int) -> np.ndarray:

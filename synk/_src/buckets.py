@@ -88,11 +88,7 @@ class Policy:
             for b in buckets
         )
         if not ok:
-            raise ValueError(
-                f"{where}: buckets={buckets!r}; expected 'geometric' (capacities of a power "
-                "of two rows per device), a non-empty sequence of positive batch lengths "
-                "(e.g. buckets=(256, 1024, 4096)), or None (compile each batch length)."
-            )
+            raise ValueError(_bad_buckets_error(where, buckets))
         return cls(tuple(sorted({int(b) for b in buckets})))
 
     def capacity(self, rows: int, devices: int) -> int | None:
@@ -104,6 +100,14 @@ class Policy:
             if length >= rows:
                 return -(-length // devices)
         return None
+
+
+def _bad_buckets_error(where: str, buckets: Buckets) -> str:
+    return (
+        f"{where}: buckets={buckets!r}; expected 'geometric' (capacities of a power "
+        "of two rows per device), a non-empty sequence of positive batch lengths "
+        "(e.g. buckets=(256, 1024, 4096)), or None (compile each batch length)."
+    )
 
 
 def as_option(buckets: Buckets, where: str) -> Buckets:

@@ -46,18 +46,20 @@ def _place(tree: Any, where: str) -> tuple[list[jax.Array], PyTreeDef]:
     for path, leaf in zip(paths, leaves, strict=True):
         shape = np.shape(leaf)
         if not shape or shape[0] != n:
-            found = f"shape {tuple(shape)}"
-            raise ValueError(
-                f"{where}: x{path} is not a per-device value: its leading axis must have one "
-                f"entry per device ({n}); found {found}. Make one with synk.broadcast(value) "
-                "or synk.scatter(batch), or return it from a function with "
-                "reduce='per_device'."
-            )
+            raise ValueError(_not_per_device_error(where, path, n, shape))
         if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
             out.append(leaf)
         else:
             out.append(_to_devices(leaf, sharding))
     return out, treedef
+
+
+def _not_per_device_error(where: str, path: str, n: int, shape: tuple[int, ...]) -> str:
+    return (
+        f"{where}: x{path} is not a per-device value: its leading axis must have one entry per "
+        f"device ({n}); found shape {tuple(shape)}. Make one with synk.broadcast(value) or "
+        "synk.scatter(batch), or return it from a function with reduce='per_device'."
+    )
 
 
 def _to_devices(x: ArrayLike, sharding: NamedSharding) -> jax.Array:
@@ -168,18 +170,21 @@ def scatter(x: Any) -> Any:
     for path, leaf in zip(paths, leaves, strict=True):
         shape = np.shape(leaf)
         if not shape or shape[0] % n:
-            rows = shape[0] if shape else "no"
-            raise ValueError(
-                f"synk.scatter: x{path} has {rows} rows along axis 0, which do not split into "
-                f"{n} equal parts. Pass a multiple of {n} rows (pad or trim), or use a "
-                "synk.function, which handles uneven batches."
-            )
+            raise ValueError(_uneven_scatter_error(path, n, shape))
         if isinstance(leaf, jax.Array):
             out.append(_reshape_fn(n, sharding)(_on_mesh(leaf, sharding)))
         else:
             leaf = np.asarray(leaf)
             out.append(_to_devices(leaf.reshape(n, shape[0] // n, *shape[1:]), sharding))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _uneven_scatter_error(path: str, n: int, shape: tuple[int, ...]) -> str:
+    return (
+        f"synk.scatter: x{path} has {shape[0] if shape else 'no'} rows along axis 0, which do not "
+        f"split into {n} equal parts. Pass a multiple of {n} rows (pad or trim), or use a "
+        "synk.function, which handles uneven batches."
+    )
 
 
 @functools.cache
@@ -287,19 +292,24 @@ def set_value(x: Any, i: int, v: Any) -> Any:
     leaves, treedef = _place(x, "synk.set_value")
     values = jax.tree_util.tree_leaves(v)
     if len(values) != len(leaves):
-        raise ValueError(
-            f"synk.set_value: v has {len(values)} leaves but x has {len(leaves)}; give v the "
-            "structure of one entry of x."
-        )
+        raise ValueError(_entry_structure_error(len(values), len(leaves)))
     out = []
     for leaf, value in zip(leaves, values, strict=True):
         if np.shape(value) != leaf.shape[1:]:
-            raise ValueError(
-                f"synk.set_value: the new entry has shape {np.shape(value)}, but an entry of x "
-                f"has shape {leaf.shape[1:]}."
-            )
+            raise ValueError(_entry_shape_error(np.shape(value), leaf.shape[1:]))
         out.append(_set_fn(_per_device_sharding())(leaf, i % n, jnp.asarray(value, leaf.dtype)))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _entry_structure_error(got: int, want: int) -> str:
+    return (
+        f"synk.set_value: v has {got} leaves but x has {want}; give v the structure of one "
+        "entry of x."
+    )
+
+
+def _entry_shape_error(got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    return f"synk.set_value: the new entry has shape {got}, but an entry of x has shape {want}."
 
 
 @functools.cache

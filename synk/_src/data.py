@@ -210,11 +210,7 @@ class Data:
         if host.dtype != dtype and np.can_cast(host.dtype, dtype, casting="same_kind"):
             wire.check_fits(host, dtype, "Data.set_value(value)")
         if not np.can_cast(host.dtype, dtype, casting="same_kind"):
-            raise TypeError(
-                f"Data.set_value: this data is {dtype} and the new value is {host.dtype}, "
-                f"which cannot be cast safely to {dtype}. Convert it first (e.g. "
-                f"value.astype({str(dtype)!r})) or make a new synk.data(value)."
-            )
+            raise TypeError(_unsafe_cast_error(dtype, host.dtype))
         self._place(host.astype(dtype, copy=False))
 
     def delete(self) -> None:
@@ -287,11 +283,7 @@ class Data:
         """
         self.live_array()
         if not self._sharded:
-            raise ValueError(
-                "X.local[...] indexes each device's own shard, but this synk.Data is "
-                "replicated. Use X[idx] (every device holds all rows), or create it with "
-                "synk.data(value, sharded=True)."
-            )
+            raise ValueError(_replicated_local_error())
         return _LocalIndexer(self)
 
     def __repr__(self) -> str:
@@ -307,6 +299,21 @@ class Data:
             f"synk.Data(shape={self.shape}, dtype={self.dtype}, {layout} over "
             f"{len(self._devices)} {kind} devices, {_fmt_bytes(self.nbytes)} per device)"
         )
+
+
+def _unsafe_cast_error(dtype: np.dtype, new: np.dtype) -> str:
+    return (
+        f"Data.set_value: this data is {dtype} and the new value is {new}, which cannot be "
+        f"cast safely to {dtype}. Convert it first (e.g. value.astype({str(dtype)!r})) or "
+        "make a new synk.data(value)."
+    )
+
+
+def _replicated_local_error() -> str:
+    return (
+        "X.local[...] indexes each device's own shard, but this synk.Data is replicated. Use "
+        "X[idx] (every device holds all rows), or create it with synk.data(value, sharded=True)."
+    )
 
 
 class _LocalIndexer:
@@ -384,15 +391,9 @@ class Batch:
     def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         """The rows this batch picks, on the host: what a function sees of it, whole."""
         if self.traced:
-            raise TypeError(
-                "np.asarray(X[idx]): the index is traced (inside jax.jit, grad or vmap), so "
-                "its rows are not known here. Use X[idx] as an argument of a synk.Function."
-            )
+            raise TypeError(_traced_rows_error())
         if not self.fits():
-            raise IndexError(
-                f"np.asarray(X[idx]): the batch reaches row {self.reach - 1}, but the data "
-                f"now has {len(self.data)} rows (set_value shrank it). Make the batch again."
-            )
+            raise IndexError(_shrunk_batch_error(self.reach, len(self.data)))
         rows = np.asarray(self.data)
         if self.local:  # device d's rows idx[d] of its shard, in device order
             layout = self.data.layout
@@ -406,6 +407,20 @@ class Batch:
     def __repr__(self) -> str:
         kind = "local rows" if self.local else "rows"
         return f"synk.Data batch of {len(self)} {kind}, shape={self.shape}, dtype={self.dtype}"
+
+
+def _traced_rows_error() -> str:
+    return (
+        "np.asarray(X[idx]): the index is traced (inside jax.jit, grad or vmap), so its rows "
+        "are not known here. Use X[idx] as an argument of a synk.Function."
+    )
+
+
+def _shrunk_batch_error(reach: int, rows: int) -> str:
+    return (
+        f"np.asarray(X[idx]): the batch reaches row {reach - 1}, but the data now has {rows} "
+        "rows (set_value shrank it). Make the batch again."
+    )
 
 
 def data(value: ArrayLike, *, sharded: bool = False) -> Data:

@@ -32,7 +32,7 @@ from synk._src.roles import Leaf, Role
 if TYPE_CHECKING:
     from synk._src.outputs import OutPlan
     from synk._src.partition import Call
-    from synk._src.reduce import ReduceSpec
+    from synk._src.reduce import OpName, ReduceSpec
 
 Count = int | np.integer | jax.Array  # a row count: an int, or an integer scalar (traced)
 
@@ -80,24 +80,36 @@ def first_rows(x: jax.Array | np.ndarray, n: Count) -> FirstRows:
       1.0
     """
     if not hasattr(x, "shape") or len(x.shape) == 0:
-        raise TypeError(
-            f"synk.first_rows: x must be an array with a batch axis, got "
-            f"{type(x).__name__}{'' if not hasattr(x, 'shape') else ' of shape ()'}."
-        )
+        raise TypeError(_not_a_batch_error(x))
     dtype = getattr(n, "dtype", None)
     is_int = isinstance(n, int | np.integer) and not isinstance(n, bool)
     if not is_int and (dtype is None or getattr(n, "shape", None) != () or
                        not jax.dtypes.issubdtype(dtype, np.integer)):  # fmt: skip
-        raise TypeError(
-            f"synk.first_rows: n must be an integer (a Python int, or an integer scalar "
-            f"array, traced inside jax.jit), got {n!r}."
-        )
+        raise TypeError(_not_a_count_error(n))
     if not isinstance(n, compat.Tracer) and not 1 <= int(n) <= x.shape[0]:
-        raise ValueError(
-            f"synk.first_rows: n={int(n)} rows, but x has shape {tuple(x.shape)}; n must be "
-            "between 1 and the length of x's batch axis (axis 0)."
-        )
+        raise ValueError(_count_out_of_range_error(int(n), tuple(x.shape)))
     return FirstRows(x, n)
+
+
+def _not_a_batch_error(x: object) -> str:
+    return (
+        f"synk.first_rows: x must be an array with a batch axis, got "
+        f"{type(x).__name__}{'' if not hasattr(x, 'shape') else ' of shape ()'}."
+    )
+
+
+def _not_a_count_error(n: object) -> str:
+    return (
+        f"synk.first_rows: n must be an integer (a Python int, or an integer scalar "
+        f"array, traced inside jax.jit), got {n!r}."
+    )
+
+
+def _count_out_of_range_error(n: int, shape: tuple[int, ...]) -> str:
+    return (
+        f"synk.first_rows: n={n} rows, but x has shape {shape}; n must be "
+        "between 1 and the length of x's batch axis (axis 0)."
+    )
 
 
 def is_first(x: object) -> bool:
@@ -158,42 +170,65 @@ def check(
 ) -> None:
     """Refuse first_rows batches that cannot share a bucket inside a trace."""
     if reduce is None:
-        raise ValueError(
-            f"{where}: synk.first_rows needs explicit reductions (e.g. reduce='avg'): "
-            "without reduce the whole function runs on the whole batch, whose length is "
-            "the program's. Pass x[:n] with a Python int n instead."
-        )
+        raise ValueError(_no_reduce_error(where))
     broadcast = [descs[i] for i in arrays if descs[i].role is not Role.SLICED]
     if broadcast:
-        raise ValueError(
-            f"{where}: synk.first_rows marks a batch, sliced along axis 0, but argument "
-            f"`{_name(broadcast[0])}` is not sliced (its in_axes entry is None or "
-            "'per_device'): give it in_axes 0, or pass the array itself to broadcast it."
-        )
+        raise ValueError(_not_sliced_error(where, broadcast[0]))
     if any(c is not counts[0] for c in counts):
-        raise ValueError(
-            f"{where}: synk.first_rows batches of one call must share one count: pass the "
-            "same n to each."
-        )
+        raise ValueError(_several_counts_error(where))
     sliced = {i for i, d in enumerate(descs) if d.role is Role.SLICED}
     if sliced != set(arrays):
-        raise ValueError(
-            f"{where}: synk.first_rows and plain batches in one call: inside a trace every "
-            "sliced argument must be synk.first_rows(x, n), with the same n."
-        )
+        raise ValueError(_mixed_batches_error(where))
     bad = [descs[i] for i in arrays if descs[i].axis != 0 or descs[i].view is not None]
     if bad:
-        what = "a synk.Data batch" if bad[0].view is not None else f"sliced on axis {bad[0].axis}"
-        raise ValueError(
-            f"{where}: synk.first_rows takes arrays sliced along axis 0; argument "
-            f"`{_name(bad[0])}` is {what}."
-        )
+        raise ValueError(_not_on_axis_0_error(where, bad[0]))
     lengths = {descs[i].aval.shape[0] for i in arrays}
     if len(lengths) > 1:
-        raise ValueError(
-            f"{where}: synk.first_rows batches must be padded to one length; found "
-            f"{sorted(lengths)}."
-        )
+        raise ValueError(_padded_lengths_error(where, lengths))
+
+
+def _no_reduce_error(where: str) -> str:
+    return (
+        f"{where}: synk.first_rows needs explicit reductions (e.g. reduce='avg'): "
+        "without reduce the whole function runs on the whole batch, whose length is "
+        "the program's. Pass x[:n] with a Python int n instead."
+    )
+
+
+def _not_sliced_error(where: str, d: Leaf) -> str:
+    return (
+        f"{where}: synk.first_rows marks a batch, sliced along axis 0, but argument "
+        f"`{_name(d)}` is not sliced (its in_axes entry is None or "
+        "'per_device'): give it in_axes 0, or pass the array itself to broadcast it."
+    )
+
+
+def _several_counts_error(where: str) -> str:
+    return (
+        f"{where}: synk.first_rows batches of one call must share one count: pass the "
+        "same n to each."
+    )
+
+
+def _mixed_batches_error(where: str) -> str:
+    return (
+        f"{where}: synk.first_rows and plain batches in one call: inside a trace every "
+        "sliced argument must be synk.first_rows(x, n), with the same n."
+    )
+
+
+def _not_on_axis_0_error(where: str, d: Leaf) -> str:
+    what = "a synk.Data batch" if d.view is not None else f"sliced on axis {d.axis}"
+    return (
+        f"{where}: synk.first_rows takes arrays sliced along axis 0; argument "
+        f"`{_name(d)}` is {what}."
+    )
+
+
+def _padded_lengths_error(where: str, lengths: set[int]) -> str:
+    return (
+        f"{where}: synk.first_rows batches must be padded to one length; found {sorted(lengths)}."
+    )
 
 
 def _name(d: Leaf) -> str:
@@ -204,15 +239,23 @@ def _name(d: Leaf) -> str:
 def check_outputs(where: str, out: OutPlan, uses_lax: bool) -> None:
     """Refuse a function whose outputs cannot run in a bucket inside a trace."""
     if uses_lax:
-        raise ValueError(
-            f"{where}: synk.first_rows cannot serve a function that calls synk.lax "
-            "collectives: each device must run once on an equal share. Pass x[:n] with a "
-            "Python int n."
-        )
+        raise ValueError(_collectives_in_bucket_error(where))
     refused = {op.name for op in out.ops} & {"gather", "per_device", "max", "min"}
     if refused:
-        raise ValueError(
-            f"{where}: synk.first_rows cannot serve outputs with reduce {sorted(refused)} "
-            "inside a trace (their lengths, or their gradients' ties, depend on the rows); "
-            "use 'avg', 'sum' or 'prod', or pass x[:n] with a Python int n."
-        )
+        raise ValueError(_refused_ops_error(where, refused))
+
+
+def _collectives_in_bucket_error(where: str) -> str:
+    return (
+        f"{where}: synk.first_rows cannot serve a function that calls synk.lax "
+        "collectives: each device must run once on an equal share. Pass x[:n] with a "
+        "Python int n."
+    )
+
+
+def _refused_ops_error(where: str, refused: set[OpName]) -> str:
+    return (
+        f"{where}: synk.first_rows cannot serve outputs with reduce {sorted(refused)} "
+        "inside a trace (their lengths, or their gradients' ties, depend on the rows); "
+        "use 'avg', 'sum' or 'prod', or pass x[:n] with a Python int n."
+    )

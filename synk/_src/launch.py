@@ -65,11 +65,15 @@ def start_distributed() -> None:
 def _timeout() -> int:
     value = os.environ.get("SYNK_TIMEOUT", "60")
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(
-            f"SYNK_TIMEOUT={value!r} is not a positive integer: the seconds after which "
-            "processes stop when one of them has died."
-        )
+        raise ValueError(_bad_timeout_error(value))
     return int(value)
+
+
+def _bad_timeout_error(value: str) -> str:
+    return (
+        f"SYNK_TIMEOUT={value!r} is not a positive integer: the seconds after which "
+        "processes stop when one of them has died."
+    )
 
 
 def _local_device_ids(value: str) -> list[int]:

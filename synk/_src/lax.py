@@ -230,19 +230,27 @@ def row_keys(key: jax.Array, num_rows: int | None = None) -> jax.Array:
     rows = _trace.rows
     if rows is None:
         if num_rows is None:
-            raise ValueError(
-                "synk.lax.row_keys(key): the rows are unknown here (no sliced argument, or "
-                "outside a synk.Function and its f.serial). Pass num_rows=, the number of "
-                "rows to draw keys for."
-            )
+            raise ValueError(_unknown_rows_error())
         first, count = (lambda: 0), num_rows
     else:
         first, count = rows
         if num_rows is not None and num_rows != count:
-            raise ValueError(
-                f"synk.lax.row_keys(key, num_rows={num_rows}): this piece has {count} rows. "
-                "Leave num_rows out inside a synk.Function, or pass the rows of the batch "
-                "the function sees (x.shape[0])."
-            )
+            raise ValueError(_other_rows_error(num_rows, count))
     index = first() + jnp.arange(count, dtype=jnp.int32)
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+
+
+def _unknown_rows_error() -> str:
+    return (
+        "synk.lax.row_keys(key): the rows are unknown here (no sliced argument, or "
+        "outside a synk.Function and its f.serial). Pass num_rows=, the number of "
+        "rows to draw keys for."
+    )
+
+
+def _other_rows_error(num_rows: int, count: int) -> str:
+    return (
+        f"synk.lax.row_keys(key, num_rows={num_rows}): this piece has {count} rows. "
+        "Leave num_rows out inside a synk.Function, or pass the rows of the batch "
+        "the function sees (x.shape[0])."
+    )

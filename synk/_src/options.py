@@ -37,32 +37,15 @@ class Options:
         """Validated options: every check of an option lives here (and in `reduce`)."""
         red.check_spec(reduce, where)
         if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
-            raise ValueError(
-                f"{where}: num_slices={num_slices!r}; expected an integer >= 1 (the number of "
-                "sequential pieces each device splits its rows into)."
-            )
+            raise ValueError(_bad_num_slices_error(where, num_slices))
         comm_dtype = red.parse_comm_dtype(comm_dtype, where)
         if reduce is None and num_slices != 1:
-            raise ValueError(
-                f"{where}: num_slices={num_slices} runs each device's rows in pieces and "
-                "combines their outputs, which needs outputs that combine over rows: give an "
-                "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
-                "function runs whole under XLA's partitioner, exact for any function."
-            )
+            raise ValueError(_slices_without_reduce_error(where, num_slices))
         if reduce is None and comm_dtype is not None:
-            raise ValueError(
-                f"{where}: comm_dtype={comm_dtype} compresses explicit reductions: give one "
-                "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
-                "collectives, in the function's own dtypes."
-            )
+            raise ValueError(_comm_dtype_without_reduce_error(where, comm_dtype))
         option = as_option(buckets, where)  # checked here, before any call
         if reduce is None and option is not None and option != GEOMETRIC:
-            raise ValueError(
-                f"{where}: buckets={buckets!r} shares one executable between batch lengths by "
-                "running each device's rows in pieces, which needs outputs that combine over "
-                "rows: give an explicit reduce (e.g. reduce='avg'). Without reduce the "
-                "function runs whole under XLA's partitioner and compiles once per length."
-            )
+            raise ValueError(_buckets_without_reduce_error(where, buckets))
         return cls(reduce, num_slices, comm_dtype, option)
 
     @property
@@ -74,6 +57,39 @@ class Options:
     def key(self) -> tuple[Any, ...]:
         leaves, treedef = jax.tree_util.tree_flatten(self.reduce)
         return (tuple(leaves), treedef, self.num_slices, self.comm_dtype, self.buckets)
+
+
+def _bad_num_slices_error(where: str, num_slices: object) -> str:
+    return (
+        f"{where}: num_slices={num_slices!r}; expected an integer >= 1 (the number of "
+        "sequential pieces each device splits its rows into)."
+    )
+
+
+def _slices_without_reduce_error(where: str, num_slices: int) -> str:
+    return (
+        f"{where}: num_slices={num_slices} runs each device's rows in pieces and "
+        "combines their outputs, which needs outputs that combine over rows: give an "
+        "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
+        "function runs whole under XLA's partitioner, exact for any function."
+    )
+
+
+def _comm_dtype_without_reduce_error(where: str, comm_dtype: DTypeLike) -> str:
+    return (
+        f"{where}: comm_dtype={comm_dtype} compresses explicit reductions: give one "
+        "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
+        "collectives, in the function's own dtypes."
+    )
+
+
+def _buckets_without_reduce_error(where: str, buckets: Buckets) -> str:
+    return (
+        f"{where}: buckets={buckets!r} shares one executable between batch lengths by "
+        "running each device's rows in pieces, which needs outputs that combine over "
+        "rows: give an explicit reduce (e.g. reduce='avg'). Without reduce the "
+        "function runs whole under XLA's partitioner and compiles once per length."
+    )
 
 
 class Unchanged(enum.Enum):

@@ -80,12 +80,7 @@ def plan_outputs(spec: ReduceSpec, out_shape: Any, where: str) -> OutPlan:
     try:
         subtrees = jax.tree_util.tree_structure(spec).flatten_up_to(out_shape)
     except (ValueError, TypeError):
-        raise ValueError(
-            f"{where}: the reduce spec {spec!r} does not fit the function's outputs, whose "
-            f"structure is {treedef}. Give one op for every output (e.g. reduce='avg'), or "
-            "a pytree prefix of the outputs with an op at each leaf, e.g. "
-            "reduce=('avg', 'sum') for a function that returns a pair."
-        ) from None
+        raise ValueError(_spec_mismatch_error(where, spec, treedef)) from None
     ops = [
         OPS[name]
         for name, sub in zip(jax.tree_util.tree_leaves(spec), subtrees, strict=True)
@@ -98,6 +93,15 @@ def plan_outputs(spec: ReduceSpec, out_shape: Any, where: str) -> OutPlan:
         refusals.run(op.check, aval, where, f"output out{path}")
     refusals.raise_all()
     return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
+
+
+def _spec_mismatch_error(where: str, spec: ReduceSpec, treedef: PyTreeDef) -> str:
+    return (
+        f"{where}: the reduce spec {spec!r} does not fit the function's outputs, whose "
+        f"structure is {treedef}. Give one op for every output (e.g. reduce='avg'), or "
+        "a pytree prefix of the outputs with an op at each leaf, e.g. "
+        "reduce=('avg', 'sum') for a function that returns a pair."
+    )
 
 
 def plan_with_updates(spec: ReduceSpec, shape: Any, where: str, names: list[str]) -> OutPlan:
@@ -113,15 +117,19 @@ def plan_with_updates(spec: ReduceSpec, shape: Any, where: str, names: list[str]
     for k, leaves in sorted(new.items()):
         for aval in leaves:
             if jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
-                raise TypeError(
-                    f"{where}: the function writes a PRNG key into `{names[k]}`, and on the "
-                    "per-device path (an explicit reduce) each device would write its own. "
-                    "Leave reduce out (the whole function under XLA's partitioner), or "
-                    "return the new key as an output with reduce 'per_device'."
-                )
+                raise TypeError(_key_update_error(where, names[k]))
             inexact = jnp.issubdtype(aval.dtype, jnp.inexact)
             ops.append(AVG if inexact else MAX)
             avals.append(aval)
             paths.append(f" (the in-place update of `{names[k]}`)")
     treedef = jax.tree_util.tree_structure(shape)
     return OutPlan(treedef, tuple(ops), tuple(avals), tuple(paths))
+
+
+def _key_update_error(where: str, name: str) -> str:
+    return (
+        f"{where}: the function writes a PRNG key into `{name}`, and on the "
+        "per-device path (an explicit reduce) each device would write its own. "
+        "Leave reduce out (the whole function under XLA's partitioner), or "
+        "return the new key as an output with reduce 'per_device'."
+    )

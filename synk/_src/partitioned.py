@@ -63,12 +63,16 @@ def check_in_axes(core: Core, descs: list[Leaf]) -> None:
     """'per_device' arguments need the per-device path: refused before anything runs."""
     for d in descs:
         if d.role is Role.PER_DEVICE:
-            raise ValueError(
-                f"{core.where}: argument `{d.name}` has in_axes 'per_device' (device i sees entry "
-                "i), which needs the per-device path: give an explicit reduce (e.g. "
-                "reduce='per_device' to keep one result per device, or 'avg'). Without "
-                "reduce the function runs once on the whole batch."
-            )
+            raise ValueError(_per_device_without_reduce_error(core.where, d.name))
+
+
+def _per_device_without_reduce_error(where: str, name: str) -> str:
+    return (
+        f"{where}: argument `{name}` has in_axes 'per_device' (device i sees entry "
+        "i), which needs the per-device path: give an explicit reduce (e.g. "
+        "reduce='per_device' to keep one result per device, or 'avg'). Without "
+        "reduce the function runs once on the whole batch."
+    )
 
 
 def pads(core: Core, descs: list[Leaf], traced: bool) -> dict[int, Pad]:

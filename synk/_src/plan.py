@@ -24,7 +24,7 @@ from synk._src.abstract import check_whole_share, trace_outputs
 from synk._src.layout import Layout
 from synk._src.roles import Leaf, Role, describe_leaves, entries
 from synk._src.signature import Dyn, Statics
-from synk._src.split import Split, make_split
+from synk._src.split import Split, check_not_empty, make_split
 from synk._src.steps import Placer, UserCall
 
 if TYPE_CHECKING:
@@ -330,13 +330,17 @@ def batch_split(core: Core, descs: list[Leaf], slices: int) -> Split | None:
     found = batch_rows(core, descs)
     if found is None:
         if slices != 1:
-            raise ValueError(
-                f"{core.where}: num_slices={slices} needs an argument sliced along a batch "
-                "axis, but every argument is broadcast or per-device."
-            )
+            raise ValueError(_slices_without_batch_error(core.where, slices))
         return None
     rows, groups = found
     return make_split(rows, len(core.devices), slices, groups=groups, where=core.where)
+
+
+def _slices_without_batch_error(where: str, slices: int) -> str:
+    return (
+        f"{where}: num_slices={slices} needs an argument sliced along a batch "
+        "axis, but every argument is broadcast or per-device."
+    )
 
 
 def batch_rows(core: Core, descs: list[Leaf]) -> tuple[int, int] | None:
@@ -349,23 +353,14 @@ def batch_rows(core: Core, descs: list[Leaf]) -> tuple[int, int] | None:
     rows = lengths[0]
     if any(n != rows for n in lengths):
         raise ValueError(_lengths_error(core.where, sliced, lengths))
-    if rows < 1:
-        raise ValueError(
-            f"{core.where}: the batch is empty (0 rows along the sliced axis). "
-            "Pass at least one row, or mark the argument as broadcast with in_axes=None."
-        )
+    check_not_empty(rows, core.where)
     # Host arrays are each process's share, so each process splits its own
     # rows (groups = processes). Views and global device arrays are the same
     # on every process, so one split over all devices serves any batch length.
     count = core.groups if any(d.host for d in sliced) else 1
     if rows % count:
         other = next(d for d in sliced if not d.host)
-        raise ValueError(
-            f"{core.where}: `{other.name}` holds {rows} rows of the global batch, which do "
-            f"not divide over {count} processes, but the host arrays beside it are each "
-            "process's share of it. Use a global batch that is a multiple of the process "
-            "count, or pass every batched argument the same way."
-        )
+        raise ValueError(_uneven_processes_error(core.where, other.name, rows, count))
     return rows, count
 
 
@@ -376,4 +371,13 @@ def _lengths_error(where: str, sliced: list[Leaf], lengths: list[int]) -> str:
         f"{where}: sliced arguments must share one batch length, but {listed}. Pass "
         "batches of equal length, or mark arguments that are not batched as broadcast "
         "with in_axes=None."
+    )
+
+
+def _uneven_processes_error(where: str, name: str, rows: int, count: int) -> str:
+    return (
+        f"{where}: `{name}` holds {rows} rows of the global batch, which do "
+        f"not divide over {count} processes, but the host arrays beside it are each "
+        "process's share of it. Use a global batch that is a multiple of the process "
+        "count, or pass every batched argument the same way."
     )

@@ -64,16 +64,19 @@ class Op:
     def check(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         """`check_dtype`, after what holds for every reduction: keys do not reduce."""
         if self.reduces and jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
-            raise TypeError(
-                f"{where}: {label} is a PRNG key array ({aval.dtype}) and has reduce "
-                f"{self.name!r}; keys cannot be added, averaged or compared. Use reduce "
-                "'gather' (one key per row) or 'per_device' (one per device), or return "
-                "jax.random.key_data(k)."
-            )
+            raise TypeError(_reduced_key_error(where, label, aval.dtype, self.name))
         self.check_dtype(aval, where, label)
 
     def __repr__(self) -> str:
         return repr(self.name)
+
+
+def _reduced_key_error(where: str, label: str, dtype: DTypeLike, op: str) -> str:
+    return (
+        f"{where}: {label} is a PRNG key array ({dtype}) and has reduce {op!r}; keys cannot be "
+        "added, averaged or compared. Use reduce 'gather' (one key per row) or 'per_device' (one "
+        "per device), or return jax.random.key_data(k)."
+    )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -82,11 +85,15 @@ class Gather(Op):
 
     def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         if aval.ndim == 0:
-            raise ValueError(
-                f"{where}: {label} is a scalar and has reduce 'gather', which concatenates "
-                "rows along axis 0. Return one row per input row (shape (rows, ...)), or "
-                "choose a reduction such as 'avg' or 'sum'."
-            )
+            raise ValueError(_scalar_gather_error(where, label))
+
+
+def _scalar_gather_error(where: str, label: str) -> str:
+    return (
+        f"{where}: {label} is a scalar and has reduce 'gather', which concatenates "
+        "rows along axis 0. Return one row per input row (shape (rows, ...)), or "
+        "choose a reduction such as 'avg' or 'sum'."
+    )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -106,10 +113,7 @@ class Reduction(Op):
 
     def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         if np.dtype(aval.dtype) == np.bool_:
-            raise TypeError(
-                f"{where}: {label} is boolean and has reduce {self.name!r}; reductions need "
-                "numbers. Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
-            )
+            raise TypeError(_boolean_reduction_error(where, label, self.name))
 
     def acc_dtype(self, dtype: DTypeLike) -> np.dtype:
         """The dtype the local accumulation and the collective run in."""
@@ -149,6 +153,13 @@ class Reduction(Op):
         return wire.cast(total, dtype)
 
 
+def _boolean_reduction_error(where: str, label: str, op: str) -> str:
+    return (
+        f"{where}: {label} is boolean and has reduce {op!r}; reductions need numbers. Return a "
+        "number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
+    )
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Sum(Reduction):
     pass
@@ -161,11 +172,7 @@ class Avg(Reduction):
     def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         dtype = np.dtype(aval.dtype)
         if not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(
-                f"{where}: {label} has dtype {dtype} and reduce 'avg': an average of integers "
-                "is not an integer. Use reduce 'sum' for counts (and divide yourself), or "
-                "return a float."
-            )
+            raise TypeError(_integer_avg_error(where, label, dtype))
 
     def contribution(self, value: jax.Array, rows: int) -> jax.Array:
         # Weighing by the rows the piece really had makes uneven splits exact.
@@ -183,6 +190,13 @@ class Avg(Reduction):
         # Uncompressed, divide once after the sum, as a hand-written pmean does.
         mean = total / jnp.asarray(divisor, total.dtype) if comm_dtype is None else total
         return wire.cast(mean, dtype)
+
+
+def _integer_avg_error(where: str, label: str, dtype: np.dtype) -> str:
+    return (
+        f"{where}: {label} has dtype {dtype} and reduce 'avg': an average of integers is not an "
+        "integer. Use reduce 'sum' for counts (and divide yourself), or return a float."
+    )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -206,11 +220,7 @@ class Extremum(Reduction):
             return  # any (max) or all (min), as jnp.max of bools
         super().check_dtype(aval, where, label)
         if jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(
-                f"{where}: {label} has dtype {dtype} and reduce {self.name!r}, but complex numbers "
-                "have no order. Reduce a real quantity instead (e.g. jnp.abs(z) or z.real), "
-                "or use reduce 'gather' and pick on the host."
-            )
+            raise TypeError(_complex_extremum_error(where, label, dtype, self.name))
 
     def acc_dtype(self, dtype: DTypeLike) -> np.dtype:
         # Exact in any dtype: no widening. Bools travel as bytes (XLA's max
@@ -228,6 +238,14 @@ class Extremum(Reduction):
         self, values: list[jax.Array], comm_dtype: DTypeLike | None, mesh: Mesh, counts: Counts
     ) -> list[jax.Array]:
         return _extremum(self.largest, comm_dtype, list(values), list(counts))
+
+
+def _complex_extremum_error(where: str, label: str, dtype: np.dtype, op: str) -> str:
+    return (
+        f"{where}: {label} has dtype {dtype} and reduce {op!r}, but complex numbers have no order. "
+        "Reduce a real quantity instead (e.g. jnp.abs(z) or z.real), or use reduce 'gather' and "
+        "pick on the host."
+    )
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -319,13 +337,17 @@ def parse_op(op: object, where: str, path: str = "", *, ops: Mapping[str, AnyOp]
     """The op object for a name; a clear error for anything else."""
     if isinstance(op, str) and op in ops:
         return ops[op]
+    raise ValueError(_unknown_op_error(where, op, path, ops))
+
+
+def _unknown_op_error(where: str, op: object, path: str, ops: Mapping[str, Op]) -> str:
     at = f" at reduce{path}" if path else ""
     hint = (
         "; give one op for every output, or a pytree prefix of the outputs with an op at each leaf."
         if ops is OPS
         else "."
     )
-    raise ValueError(
+    return (
         f"{where}: unknown reduce op {op!r}{at}. Expected one of "
         + ", ".join(repr(o) for o in ops)
         + hint
@@ -347,16 +369,24 @@ def parse_comm_dtype(comm_dtype: Any, where: str) -> np.dtype | None:
     try:
         dtype = jnp.dtype(comm_dtype)
     except TypeError:
-        raise TypeError(
-            f"{where}: comm_dtype={comm_dtype!r} is not a dtype; expected e.g. jnp.bfloat16 "
-            "or jnp.float16."
-        ) from None
+        raise TypeError(_not_a_dtype_error(where, comm_dtype)) from None
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"{where}: comm_dtype={dtype} is not a floating dtype; expected e.g. jnp.bfloat16 "
-            "(reductions of floating outputs travel in it)."
-        )
+        raise TypeError(_not_floating_error(where, dtype))
     return dtype
+
+
+def _not_a_dtype_error(where: str, comm_dtype: object) -> str:
+    return (
+        f"{where}: comm_dtype={comm_dtype!r} is not a dtype; expected e.g. jnp.bfloat16 or "
+        "jnp.float16."
+    )
+
+
+def _not_floating_error(where: str, dtype: np.dtype) -> str:
+    return (
+        f"{where}: comm_dtype={dtype} is not a floating dtype; expected e.g. jnp.bfloat16 "
+        "(reductions of floating outputs travel in it)."
+    )
 
 
 # --------------------------------------------------------------------------

@@ -156,20 +156,11 @@ def describe(core: Core, name: str, leaf: Any, entry: InAxis, traced: bool = Fal
         return Leaf(name, Role.BROADCAST, None, aval, source, sharding)
     if entry == PER_DEVICE:
         if aval.shape[0] != n:
-            raise ValueError(
-                f"{where}: argument `{name}` has in_axes 'per_device', so its leading axis "
-                f"must have one entry per device ({n}); found shape {aval.shape} "
-                f"({aval.shape[0]}). Build it with synk.broadcast / synk.scatter, or stack one "
-                "entry per device."
-            )
+            raise ValueError(_per_device_shape_error(where, name, n, aval.shape))
         return Leaf(name, Role.PER_DEVICE, None, aval, source, sharding)
     axis = entry + aval.ndim if entry < 0 else entry
     if not 0 <= axis < aval.ndim:
-        raise ValueError(
-            f"{where}: in_axes entry {entry} for argument `{name}` is out of range for its "
-            f"shape {aval.shape} ({aval.ndim} dims). Use an axis in "
-            f"[{-aval.ndim}, {aval.ndim - 1}], or None to broadcast it."
-        )
+        raise ValueError(_axis_out_of_range_error(where, name, entry, aval.shape))
     if on_device and not traced and core.groups > 1 and leaf.is_fully_addressable:
         # A jax.Array of this process alone (jnp.asarray(share)): its share, as a
         # numpy array would be; a global batch spans every process's devices.
@@ -191,11 +182,7 @@ def _describe_view(
         # JAX embeds in the program: no process can embed rows it does not hold.
         raise ValueError(_spanning_data_error(where, name))
     if entry is None or entry == PER_DEVICE or entry not in (0, -len(view.shape)):
-        raise ValueError(
-            f"{where}: argument `{name}` is a synk.Data batch (X[idx]), which is sliced "
-            f"along its rows, but its in_axes entry is {entry!r}. Give it in_axes 0, or pass "
-            "np.asarray(X) (the whole data set) to broadcast it."
-        )
+        raise ValueError(_unsliced_view_error(where, name, entry))
     if data.devices != core.devices:
         raise ValueError(_other_devices_error(where, name, data, core))
     if not view.fits():
@@ -210,19 +197,9 @@ def _describe_data(core: Core, name: str, data: synk_data.Data, entry: InAxis) -
     where = core.where
     array = data.live_array(where, name)
     if entry is not None:
-        raise ValueError(
-            f"{where}: argument `{name}` is a whole synk.Data, which is broadcast (every "
-            f"device sees all of it, from its own copy), but its in_axes entry is {entry!r}. "
-            "To split its rows over the devices pass a batch of it, D[:] (every row) or "
-            "D[idx]; to broadcast it, give it in_axes None."
-        )
+        raise ValueError(_sliced_whole_data_error(where, name, entry))
     if data.sharded:
-        raise ValueError(
-            f"{where}: argument `{name}` is a sharded synk.Data passed whole, to be "
-            "broadcast: every device would need every row, and each holds only its shard. "
-            "Pass a batch of it, D[:] (every row, split over the devices) with in_axes 0, or "
-            "make it replicated: synk.data(value)."
-        )
+        raise ValueError(_whole_sharded_data_error(where, name))
     if data.devices != core.devices:
         raise ValueError(_other_devices_error(where, name, data, core))
     aval = jax.ShapeDtypeStruct(array.shape, array.dtype)
@@ -288,6 +265,50 @@ def _sliced_state_error(where: str, name: str, entry: InAxis) -> str:
         "the function writes into it reaches your module after the call. Give the "
         "argument that holds the module in_axes None, e.g. in_axes=(None, 0) for "
         "f(model, x)."
+    )
+
+
+def _per_device_shape_error(where: str, name: str, n: int, shape: tuple[int, ...]) -> str:
+    return (
+        f"{where}: argument `{name}` has in_axes 'per_device', so its leading axis "
+        f"must have one entry per device ({n}); found shape {shape} "
+        f"({shape[0]}). Build it with synk.broadcast / synk.scatter, or stack one "
+        "entry per device."
+    )
+
+
+def _axis_out_of_range_error(where: str, name: str, entry: int, shape: tuple[int, ...]) -> str:
+    ndim = len(shape)
+    return (
+        f"{where}: in_axes entry {entry} for argument `{name}` is out of range for its "
+        f"shape {shape} ({ndim} dims). Use an axis in "
+        f"[{-ndim}, {ndim - 1}], or None to broadcast it."
+    )
+
+
+def _unsliced_view_error(where: str, name: str, entry: InAxis) -> str:
+    return (
+        f"{where}: argument `{name}` is a synk.Data batch (X[idx]), which is sliced "
+        f"along its rows, but its in_axes entry is {entry!r}. Give it in_axes 0, or pass "
+        "np.asarray(X) (the whole data set) to broadcast it."
+    )
+
+
+def _sliced_whole_data_error(where: str, name: str, entry: InAxis) -> str:
+    return (
+        f"{where}: argument `{name}` is a whole synk.Data, which is broadcast (every "
+        f"device sees all of it, from its own copy), but its in_axes entry is {entry!r}. "
+        "To split its rows over the devices pass a batch of it, D[:] (every row) or "
+        "D[idx]; to broadcast it, give it in_axes None."
+    )
+
+
+def _whole_sharded_data_error(where: str, name: str) -> str:
+    return (
+        f"{where}: argument `{name}` is a sharded synk.Data passed whole, to be "
+        "broadcast: every device would need every row, and each holds only its shard. "
+        "Pass a batch of it, D[:] (every row, split over the devices) with in_axes 0, or "
+        "make it replicated: synk.data(value)."
     )
 
 

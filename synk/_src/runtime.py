@@ -33,11 +33,15 @@ def _env_cpu_devices() -> int | None:
     if value is None or value == "":
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(
-            f"SYNK_CPU_DEVICES={value!r} is not a positive integer. "
-            "Set it to the number of CPU devices to simulate, e.g. SYNK_CPU_DEVICES=8."
-        )
+        raise ValueError(_bad_env_cpu_devices_error(value))
     return int(value)
+
+
+def _bad_env_cpu_devices_error(value: str) -> str:
+    return (
+        f"SYNK_CPU_DEVICES={value!r} is not a positive integer. "
+        "Set it to the number of CPU devices to simulate, e.g. SYNK_CPU_DEVICES=8."
+    )
 
 
 def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> None:
@@ -71,10 +75,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
     if cpu_devices is not None and (
         isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 1
     ):
-        raise ValueError(
-            f"synk.init(cpu_devices={cpu_devices!r}): expected a positive integer, "
-            "the number of CPU devices to simulate."
-        )
+        raise ValueError(_bad_cpu_devices_error(cpu_devices))
     if cpu_devices is None:
         cpu_devices = _env_cpu_devices()
     if distributed is None:
@@ -84,11 +85,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
         if _state:
             if _state == request:
                 return
-            raise RuntimeError(
-                f"synk.init was already called with {_fmt(_state)}; now asked for "
-                f"{_fmt(request)}. Settings cannot change once JAX has started: restart "
-                "the process (or the notebook kernel) to change them."
-            )
+            raise RuntimeError(_changed_settings_error(_state, request))
         if compat.backend_started():
             _check_late_request(request)
         else:
@@ -97,6 +94,21 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
             if distributed:
                 launch.start_distributed()
         _state.update(request)
+
+
+def _bad_cpu_devices_error(cpu_devices: object) -> str:
+    return (
+        f"synk.init(cpu_devices={cpu_devices!r}): expected a positive integer, "
+        "the number of CPU devices to simulate."
+    )
+
+
+def _changed_settings_error(state: Mapping[str, object], request: Mapping[str, object]) -> str:
+    return (
+        f"synk.init was already called with {_fmt(state)}; now asked for "
+        f"{_fmt(request)}. Settings cannot change once JAX has started: restart "
+        "the process (or the notebook kernel) to change them."
+    )
 
 
 def _fmt(request: Mapping[str, object]) -> str:
@@ -109,19 +121,27 @@ def _check_late_request(request: Mapping[str, object]) -> None:
     if wanted is not None and jax.default_backend() == "cpu":
         have = jax.local_device_count()
         if have != wanted:
-            raise RuntimeError(
-                f"synk.init(cpu_devices={wanted}) came too late: JAX's backend has already "
-                f"started with {have} CPU device(s), and the count cannot change now. "
-                "Call synk.init(...) (or set SYNK_CPU_DEVICES) before anything else uses "
-                "JAX: before jax.devices(), before creating any jax array, at the top of "
-                "the script or notebook; or restart the process."
-            )
+            raise RuntimeError(_late_cpu_devices_error(wanted, have))
     if request["distributed"] and not jax.distributed.is_initialized():
-        raise RuntimeError(
-            "synk.init(distributed=True) came too late: JAX's backend has already started, "
-            "and jax.distributed must start before it. Call synk.init() at the top of the "
-            "script, before anything else uses JAX."
-        )
+        raise RuntimeError(_late_distributed_error())
+
+
+def _late_cpu_devices_error(wanted: object, have: int) -> str:
+    return (
+        f"synk.init(cpu_devices={wanted}) came too late: JAX's backend has already "
+        f"started with {have} CPU device(s), and the count cannot change now. "
+        "Call synk.init(...) (or set SYNK_CPU_DEVICES) before anything else uses "
+        "JAX: before jax.devices(), before creating any jax array, at the top of "
+        "the script or notebook; or restart the process."
+    )
+
+
+def _late_distributed_error() -> str:
+    return (
+        "synk.init(distributed=True) came too late: JAX's backend has already started, "
+        "and jax.distributed must start before it. Call synk.init() at the top of the "
+        "script, before anything else uses JAX."
+    )
 
 
 def ensure_init() -> None:
@@ -225,23 +245,33 @@ def process_share(x: Any, axis: int = 0) -> Any:
         if count == 1:
             return leaf
         if leaf.ndim == 0 or not -leaf.ndim <= axis < leaf.ndim:
-            raise ValueError(
-                f"synk.process_share: x{jax.tree_util.keystr(path)} has shape {leaf.shape}, "
-                f"which has no axis {axis} to split over {count} processes. Pass the batch "
-                "arrays only, or give the batch axis with axis=."
-            )
+            raise ValueError(_no_share_axis_error(path, leaf.shape, axis, count))
         rows = leaf.shape[axis]
         if rows % count:
-            raise ValueError(
-                f"synk.process_share: x{jax.tree_util.keystr(path)} has {rows} rows along axis "
-                f"{axis}, which do not divide over {count} processes. Use a global batch "
-                f"that is a multiple of {count} rows."
-            )
+            raise ValueError(_indivisible_batch_error(path, rows, axis, count))
         per = rows // count
         index = (slice(None),) * (axis % leaf.ndim) + (slice(rank * per, (rank + 1) * per),)
         return leaf[index]  # a view, not a copy
 
     return jax.tree_util.tree_map_with_path(cut, x)
+
+
+def _no_share_axis_error(
+    path: jax.tree_util.KeyPath, shape: tuple[int, ...], axis: int, count: int
+) -> str:
+    return (
+        f"synk.process_share: x{jax.tree_util.keystr(path)} has shape {shape}, "
+        f"which has no axis {axis} to split over {count} processes. Pass the batch "
+        "arrays only, or give the batch axis with axis=."
+    )
+
+
+def _indivisible_batch_error(path: jax.tree_util.KeyPath, rows: int, axis: int, count: int) -> str:
+    return (
+        f"synk.process_share: x{jax.tree_util.keystr(path)} has {rows} rows along axis "
+        f"{axis}, which do not divide over {count} processes. Use a global batch "
+        f"that is a multiple of {count} rows."
+    )
 
 
 def global_batch(x: Any, axis: int = 0) -> Any:
@@ -283,11 +313,7 @@ def global_batch(x: Any, axis: int = 0) -> Any:
     def build(path: KeyPath, leaf: ArrayLike) -> jax.Array:
         leaf = np.asarray(leaf)
         if leaf.ndim == 0 or not -leaf.ndim <= axis < leaf.ndim:
-            raise ValueError(
-                f"synk.global_batch: x{jax.tree_util.keystr(path)} has shape {leaf.shape}, "
-                f"which has no axis {axis} to be a batch along. Pass the batch arrays only, "
-                "or give the batch axis with axis=."
-            )
+            raise ValueError(_no_batch_axis_error(path, leaf.shape, axis))
         ax = axis % leaf.ndim
         if leaf.shape[ax] % local == 0:  # each process's rows on its own devices
             spec: list[str | None] = [None] * leaf.ndim
@@ -303,6 +329,14 @@ def global_batch(x: Any, axis: int = 0) -> Any:
     return jax.tree_util.tree_map_with_path(build, x)
 
 
+def _no_batch_axis_error(path: jax.tree_util.KeyPath, shape: tuple[int, ...], axis: int) -> str:
+    return (
+        f"synk.global_batch: x{jax.tree_util.keystr(path)} has shape {shape}, "
+        f"which has no axis {axis} to be a batch along. Pass the batch arrays only, "
+        "or give the batch axis with axis=."
+    )
+
+
 def pick_devices(
     requested: Sequence[jax.Device] | int | None, where: str
 ) -> tuple[jax.Device, ...]:
@@ -312,20 +346,28 @@ def pick_devices(
         return tuple(everything)
     if isinstance(requested, int) and not isinstance(requested, bool):
         if not 1 <= requested <= len(everything):
-            raise ValueError(
-                f"{where}: devices={requested}, but there are {len(everything)} devices; "
-                f"expected 1 <= devices <= {len(everything)} (the first that many are used)."
-            )
+            raise ValueError(_device_count_error(where, requested, len(everything)))
         return tuple(everything[:requested])
     picked = () if isinstance(requested, bool) else tuple(requested)  # a bool is no count
     if not picked or not all(isinstance(d, jax.Device) for d in picked):
-        raise TypeError(
-            f"{where}: devices must be a non-empty sequence of jax devices (e.g. "
-            "synk.devices()[:4]) or an int count."
-        )
+        raise TypeError(_not_devices_error(where))
     if len(set(picked)) != len(picked):
         raise ValueError(f"{where}: devices lists a device twice: {picked}.")
     return picked
+
+
+def _device_count_error(where: str, requested: int, available: int) -> str:
+    return (
+        f"{where}: devices={requested}, but there are {available} devices; "
+        f"expected 1 <= devices <= {available} (the first that many are used)."
+    )
+
+
+def _not_devices_error(where: str) -> str:
+    return (
+        f"{where}: devices must be a non-empty sequence of jax devices (e.g. "
+        "synk.devices()[:4]) or an int count."
+    )
 
 
 def process_groups(devs: tuple[jax.Device, ...], where: str) -> int:
@@ -337,12 +379,16 @@ def process_groups(devs: tuple[jax.Device, ...], where: str) -> int:
     runs = [p for i, p in enumerate(owners) if i == 0 or owners[i - 1] != p]
     per = {p: owners.count(p) for p in set(owners)}
     if sorted(runs) != list(range(count)) or len(set(per.values())) != 1:
-        raise ValueError(
-            f"{where}: with {count} processes, the devices must hold the same number of "
-            "devices of every process, grouped by process in process order (e.g. "
-            f"synk.devices(), or None); got devices of processes {owners}."
-        )
+        raise ValueError(_process_groups_error(where, count, owners))
     return count
+
+
+def _process_groups_error(where: str, count: int, owners: list[int]) -> str:
+    return (
+        f"{where}: with {count} processes, the devices must hold the same number of "
+        "devices of every process, grouped by process in process order (e.g. "
+        f"synk.devices(), or None); got devices of processes {owners}."
+    )
 
 
 @functools.cache

@@ -103,10 +103,7 @@ class Statics:
                 raise TypeError(f"{where}: static_argnums entries must be ints, got {i!r}.")
             if i < 0:
                 if signature.varargs:
-                    raise ValueError(
-                        f"{where}: negative static_argnums ({i}) are ambiguous for a "
-                        "function with *args; use a non-negative position."
-                    )
+                    raise ValueError(_negative_argnum_error(where, i))
                 i += len(signature.positional)
             pos.add(i)
         kw = []
@@ -116,10 +113,7 @@ class Statics:
             elif name in signature.kwonly or signature.sig is None:
                 kw.append(name)
             else:
-                raise ValueError(
-                    f"{where}: static_argnames names {name!r}, which is not a parameter; the "
-                    f"parameters are {list(signature.positional) + list(signature.kwonly)}."
-                )
+                raise ValueError(_unknown_argname_error(where, name, signature))
         named = tuple(signature.positional[i] for i in sorted(pos) if i < len(signature.positional))
         return cls(frozenset(pos), tuple(kw), (*kw, *named))
 
@@ -156,6 +150,20 @@ class Statics:
             else:
                 kwargs[name] = value
         return tuple(args), kwargs
+
+
+def _negative_argnum_error(where: str, i: int) -> str:
+    return (
+        f"{where}: negative static_argnums ({i}) are ambiguous for a "
+        "function with *args; use a non-negative position."
+    )
+
+
+def _unknown_argname_error(where: str, name: str, signature: Signature) -> str:
+    return (
+        f"{where}: static_argnames names {name!r}, which is not a parameter; the "
+        f"parameters are {list(signature.positional) + list(signature.kwonly)}."
+    )
 
 
 def _unfit_call_error(where: str, sig: inspect.Signature, error: TypeError) -> str:
@@ -201,11 +209,15 @@ def check_in_axes(in_axes: Any, where: str) -> None:
         ok = leaf is None or leaf == PER_DEVICE
         ok = ok or (isinstance(leaf, int) and not isinstance(leaf, bool))
         if not ok:
-            raise ValueError(
-                f"{where}: in_axes{jax.tree_util.keystr(path)} is {leaf!r}; each in_axes "
-                "entry must be an int (slice along that axis), None (broadcast) or "
-                "'per_device' (one entry per device along axis 0)."
-            )
+            raise ValueError(_bad_in_axes_entry_error(where, path, leaf))
+
+
+def _bad_in_axes_entry_error(where: str, path: jax.tree_util.KeyPath, leaf: object) -> str:
+    return (
+        f"{where}: in_axes{jax.tree_util.keystr(path)} is {leaf!r}; each in_axes "
+        "entry must be an int (slice along that axis), None (broadcast) or "
+        "'per_device' (one entry per device along axis 0)."
+    )
 
 
 def leaf_entries(
@@ -226,11 +238,7 @@ def leaf_entries(
         # traced), or passed by keyword: an entry goes with its parameter.
         known = len(signature.positional) if signature.sig is not None else len(args)
         if len(in_axes) < len(args) or len(in_axes) > max(known, len(args)):
-            raise ValueError(
-                f"{where}: in_axes has {len(in_axes)} entries but the call has {len(args)} "
-                f"positional arguments ({signature.names(len(args))}). Give one entry per "
-                "positional argument (None for broadcast), or a single entry for all of them."
-            )
+            raise ValueError(_in_axes_count_error(where, len(in_axes), len(args), signature))
         pos_axes = list(in_axes)
         by_name = dict(zip(signature.positional, in_axes))
         kw_axes = [by_name.get(k) for k in sorted(kwargs)]  # keyword-only: broadcast
@@ -246,14 +254,26 @@ def leaf_entries(
             subtrees = jax.tree_util.tree_structure(axes, is_leaf=lambda x: x is None)
             subtrees = subtrees.flatten_up_to(arg)
         except (ValueError, TypeError):
-            raise ValueError(
-                f"{where}: the in_axes entry for argument `{label}` is {axes!r}, which is not "
-                f"a pytree prefix of the argument (structure "
-                f"{jax.tree_util.tree_structure(arg)}). Give one entry for the whole argument, "
-                "or a tree of entries that matches it."
-            ) from None
+            raise ValueError(_in_axes_prefix_error(where, label, axes, arg)) from None
         entries = jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: x is None)[0]
         for (prefix, entry), sub in zip(entries, subtrees, strict=True):
             for path, leaf in jax.tree_util.tree_flatten_with_path(sub, is_leaf=is_leaf)[0]:
                 out.append((label + jax.tree_util.keystr((*prefix, *path)), leaf, entry))
     return out
+
+
+def _in_axes_count_error(where: str, entries: int, args: int, signature: Signature) -> str:
+    return (
+        f"{where}: in_axes has {entries} entries but the call has {args} "
+        f"positional arguments ({signature.names(args)}). Give one entry per "
+        "positional argument (None for broadcast), or a single entry for all of them."
+    )
+
+
+def _in_axes_prefix_error(where: str, label: str, axes: InAxes, arg: object) -> str:
+    return (
+        f"{where}: the in_axes entry for argument `{label}` is {axes!r}, which is not "
+        f"a pytree prefix of the argument (structure "
+        f"{jax.tree_util.tree_structure(arg)}). Give one entry for the whole argument, "
+        "or a tree of entries that matches it."
+    )

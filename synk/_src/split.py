@@ -78,27 +78,46 @@ class Split:
 
 def make_split(rows: int, devices: int, slices: int, *, groups: int = 1, where: str) -> Split:
     """Validate a split and build it. `where` names the function in errors."""
-    if rows < 1:
-        raise ValueError(
-            f"{where}: the batch is empty (0 rows along the sliced axis). "
-            "Pass at least one row, or mark the argument as broadcast with in_axes=None."
-        )
+    check_not_empty(rows, where)
     split = Split(rows, devices, slices, groups)
     q, many = split.main, split.main + (1 if split.extra else 0)
     if q == 0 and slices > 1:
-        raise ValueError(
-            f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
-            f"{rows} rows on {devices} devices gives each device at most 1 row. "
-            "Use num_slices=1 for batches smaller than the device count."
-        )
+        raise ValueError(_slices_past_one_row_error(where, slices, rows, devices))
     if q and slices > q:
-        raise ValueError(
-            f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
-            f"{rows} rows on {devices} devices gives each device {q} row(s)"
-            + (f" (or {many})" if many != q else "")
-            + f". Use num_slices <= {q}, or a larger batch."
-        )
+        raise ValueError(_slices_past_rows_error(where, slices, rows, devices, q, many))
     return split
+
+
+def _slices_past_one_row_error(where: str, slices: int, rows: int, devices: int) -> str:
+    return (
+        f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
+        f"{rows} rows on {devices} devices gives each device at most 1 row. "
+        "Use num_slices=1 for batches smaller than the device count."
+    )
+
+
+def _slices_past_rows_error(
+    where: str, slices: int, rows: int, devices: int, q: int, many: int
+) -> str:
+    return (
+        f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
+        f"{rows} rows on {devices} devices gives each device {q} row(s)"
+        + (f" (or {many})" if many != q else "")
+        + f". Use num_slices <= {q}, or a larger batch."
+    )
+
+
+def check_not_empty(rows: int, where: str) -> None:
+    """A batch needs rows: refused before anything is split or compiled."""
+    if rows < 1:
+        raise ValueError(_empty_batch_error(where))
+
+
+def _empty_batch_error(where: str) -> str:
+    return (
+        f"{where}: the batch is empty (0 rows along the sliced axis). "
+        "Pass at least one row, or mark the argument as broadcast with in_axes=None."
+    )
 
 
 def host_parts(x: np.ndarray, axis: int, split: Split) -> list[np.ndarray]:

@@ -125,9 +125,13 @@ def check_fits(array: np.ndarray, dtype: np.dtype, where: str) -> None:
     else:
         return
     if bad is not None:
-        raise ValueError(
-            f"{where}: the value holds {bad}, which {dtype} cannot hold; JAX keeps "
-            f"{array.dtype} as {dtype} on the devices unless 64-bit types are on. Scale or "
-            f"convert the values so that they fit {dtype}, or turn on 64-bit types "
-            "(jax.config.update('jax_enable_x64', True), before anything uses JAX)."
-        )
+        raise ValueError(_does_not_fit_error(where, bad, array.dtype, dtype))
+
+
+def _does_not_fit_error(where: str, bad: object, given: np.dtype, dtype: np.dtype) -> str:
+    return (
+        f"{where}: the value holds {bad}, which {dtype} cannot hold; JAX keeps "
+        f"{given} as {dtype} on the devices unless 64-bit types are on. Scale or "
+        f"convert the values so that they fit {dtype}, or turn on 64-bit types "
+        "(jax.config.update('jax_enable_x64', True), before anything uses JAX)."
+    )
