@@ -14,7 +14,6 @@ from synk._src.collectives import get_value as get_value
 from synk._src.collectives import reduce as reduce
 from synk._src.collectives import scatter as scatter
 from synk._src.collectives import set_value as set_value
-from synk._src.data import Batch as Batch
 from synk._src.data import Data as Data
 from synk._src.data import data as data
 from synk._src.first import first_rows as first_rows
@@ -27,6 +26,7 @@ from synk._src.runtime import init as init
 from synk._src.runtime import process_count as process_count
 from synk._src.runtime import process_index as process_index
 from synk._src.runtime import process_share as process_share
+from synk._src.views import Batch as Batch
 
 __version__ = "0.2.0"
 

@@ -120,7 +120,7 @@ def _number_key(x: object) -> tuple[Any, ...]:
 @functools.cache
 def is_batch(t: type) -> bool:
     """A synk.Data batch view (known by name: data imports the runtime, this module not)."""
-    return t.__name__ == "Batch" and t.__module__ == "synk._src.data"
+    return t.__name__ == "Batch" and t.__module__ == "synk._src.views"
 
 
 @functools.cache

@@ -17,7 +17,6 @@ import numpy as np
 
 from synk._src import agreement, buckets, compat, first, partition, partitioned, placement
 from synk._src import body as synk_body
-from synk._src import data as synk_data
 from synk._src import outputs as synk_outputs
 from synk._src import reduce as red
 from synk._src.abstract import check_whole_share, trace_outputs
@@ -26,6 +25,7 @@ from synk._src.roles import Leaf, Role, describe_leaves, entries
 from synk._src.signature import Dyn, Statics
 from synk._src.split import Split, check_not_empty, make_split
 from synk._src.steps import Placer, UserCall
+from synk._src.views import Batch
 
 if TYPE_CHECKING:
     from synk._src.buckets import Policy
@@ -88,7 +88,7 @@ class Plan:
             checked = tuple(
                 (k, name)
                 for k, (name, leaf, _) in enumerate(traced_entries)
-                if type(leaf) in partition.NUMBERS or type(leaf) is synk_data.Batch
+                if type(leaf) in partition.NUMBERS or type(leaf) is Batch
             )
             agreement.agree(core.where, description, digest, agreed_values(checked, leaves))
         descs = describe_leaves(core, traced_entries, traced)
@@ -294,10 +294,10 @@ def user_call(
 
 def _is_traced(x: object) -> bool:
     """A value inside a trace, or a view whose index is one."""
-    return isinstance(x, compat.Tracer) or (type(x) is synk_data.Batch and x.traced)
+    return isinstance(x, compat.Tracer) or (type(x) is Batch and x.traced)
 
 
-def _same_indices(a: synk_data.Batch, b: synk_data.Batch) -> bool:
+def _same_indices(a: Batch, b: Batch) -> bool:
     """Whether two views take the same rows. A traced index has no values to compare:
     only the same traced array, resolved against the same length, is the same."""
     if a.traced or b.traced:
@@ -307,7 +307,7 @@ def _same_indices(a: synk_data.Batch, b: synk_data.Batch) -> bool:
 
 def equal_indices(leaves: list[Any]) -> dict[int, int]:
     """View leaves whose indices equal an earlier view's of the same kind: {view: earlier}."""
-    views = [i for i, x in enumerate(leaves) if type(x) is synk_data.Batch]
+    views = [i for i, x in enumerate(leaves) if type(x) is Batch]
     shared: dict[int, int] = {}
     for k, i in enumerate(views):
         a = leaves[i]

@@ -20,6 +20,7 @@ from synk._src import compat, partition
 from synk._src import data as synk_data
 from synk._src.refusals import Refusals
 from synk._src.signature import PER_DEVICE, Dyn, InAxis, leaf_entries
+from synk._src.views import Batch, DataLike
 
 if TYPE_CHECKING:
     from synk._src.core import Core
@@ -131,7 +132,7 @@ def describe_leaves(core: Core, traced_entries: list[Entry], traced: bool = Fals
 
 def describe(core: Core, name: str, leaf: Any, entry: InAxis, traced: bool = False) -> Leaf:
     where, n = core.where, len(core.devices)
-    if type(leaf) is synk_data.Batch:
+    if type(leaf) is Batch:
         return _describe_view(core, name, leaf, entry, traced)
     if type(leaf) is synk_data.Data:
         return _describe_data(core, name, leaf, entry)
@@ -172,9 +173,7 @@ def describe(core: Core, name: str, leaf: Any, entry: InAxis, traced: bool = Fal
     return Leaf(name, Role.SLICED, axis, aval, source, sharding)
 
 
-def _describe_view(
-    core: Core, name: str, view: synk_data.Batch, entry: InAxis, traced: bool
-) -> Leaf:
+def _describe_view(core: Core, name: str, view: Batch, entry: InAxis, traced: bool) -> Leaf:
     where, data = core.where, view.data
     array = data.live_array(where, name)
     if traced and not (array.is_fully_addressable or array.is_fully_replicated):
@@ -210,7 +209,7 @@ def _describe_data(core: Core, name: str, data: synk_data.Data, entry: InAxis) -
 # Error text
 
 
-def _other_devices_error(where: str, name: str, data: synk_data.Data, core: Core) -> str:
+def _other_devices_error(where: str, name: str, data: DataLike, core: Core) -> str:
     return (
         f"{where}: argument `{name}` is a batch of a synk.Data on {len(data.devices)} "
         f"devices, but this function runs on {len(core.devices)} devices "
@@ -219,7 +218,7 @@ def _other_devices_error(where: str, name: str, data: synk_data.Data, core: Core
     )
 
 
-def _stale_view_error(where: str, name: str, view: synk_data.Batch) -> str:
+def _stale_view_error(where: str, name: str, view: Batch) -> str:
     rows = len(view.data)
     if view.local:
         reach = (

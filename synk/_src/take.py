@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synk._src.data import Batch
+from synk._src.views import Batch
 
 
 def device_index(view: Batch) -> np.ndarray | jax.Array:
