@@ -8,12 +8,7 @@ serial function's for any batch size.
 from synk import lax as lax
 from synk._src.collectives import all_gather as all_gather
 from synk._src.collectives import all_reduce as all_reduce
-from synk._src.collectives import broadcast as broadcast
-from synk._src.collectives import gather as gather
-from synk._src.collectives import get_value as get_value
 from synk._src.collectives import reduce as reduce
-from synk._src.collectives import scatter as scatter
-from synk._src.collectives import set_value as set_value
 from synk._src.data import Data as Data
 from synk._src.data import data as data
 from synk._src.first import first_rows as first_rows
@@ -26,6 +21,11 @@ from synk._src.runtime import init as init
 from synk._src.runtime import process_count as process_count
 from synk._src.runtime import process_index as process_index
 from synk._src.runtime import process_share as process_share
+from synk._src.transfers import broadcast as broadcast
+from synk._src.transfers import gather as gather
+from synk._src.transfers import get_value as get_value
+from synk._src.transfers import scatter as scatter
+from synk._src.transfers import set_value as set_value
 from synk._src.views import Batch as Batch
 
 __version__ = "0.2.0"

@@ -6,7 +6,8 @@ Function and its ``with_options`` variants share, validated once (`core`, `optio
 processes and the mesh (`runtime`, with `launch` starting jax.distributed, `allgather` for host
 gathers between processes and `axis` the mesh axis name); ``f.serial`` (`serial`);
 device-resident data (`data`, `shards`) and its batch views (`views`, `indices`, and `take` for
-rows taken on the devices); collectives on per-device values (`collectives`) and inside a function (`lax`);
+rows taken on the devices); per-device values moved between host and devices (`transfers`),
+collectives between devices on them (`collectives`) and inside a function (`lax`);
 every private JAX access (`compat`); ``synk bench`` (`bench`). A check that refuses several
 leaves names them all in one error (`refusals`), and synk's frames are left out of its traceback
 (`compat.api_boundary`); `steps` names the types the steps hand one another.
