@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
-from synk._src import compat, runtime
+from synk._src import compat, runtime, wire
 from synk._src import reduce as red
 from synk._src.axis import AXIS
 from synk._src.refusals import Refusals
@@ -125,7 +125,7 @@ def all_reduce(x: Any, op: red.ReductionName, *, comm_dtype: DTypeLike | None = 
 def _reduce(x: Any, op: object, comm_dtype: object, *, everywhere: bool, where: str) -> Any:
     """`reduce` and `all_reduce`: checked before anything runs, then one collective per op."""
     reduction = red.parse_op(op, where, ops=red.REDUCTIONS)
-    comm = red.parse_comm_dtype(comm_dtype, where)
+    comm = wire.parse_comm_dtype(comm_dtype, where)
     leaves, treedef = place(x, where)
     _check_dtypes(reduction, x, leaves, where)
     return dispatch(_reduce_fn(reduction, comm, everywhere), leaves, treedef)

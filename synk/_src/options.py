@@ -13,6 +13,7 @@ import jax
 from jax.typing import DTypeLike
 
 from synk._src import reduce as red
+from synk._src import wire
 from synk._src.buckets import GEOMETRIC, Buckets, Policy, as_option
 
 
@@ -38,7 +39,7 @@ class Options:
         red.check_spec(reduce, where)
         if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
             raise ValueError(_bad_num_slices_error(where, num_slices))
-        comm_dtype = red.parse_comm_dtype(comm_dtype, where)
+        comm_dtype = wire.parse_comm_dtype(comm_dtype, where)
         if reduce is None and num_slices != 1:
             raise ValueError(_slices_without_reduce_error(where, num_slices))
         if reduce is None and comm_dtype is not None:

@@ -330,7 +330,7 @@ OPS: dict[str, Op] = {**REDUCTIONS, "gather": GATHER, "per_device": PER_DEVICE}
 
 
 # --------------------------------------------------------------------------
-# Validation: one place for op names and comm_dtype
+# Validation: one place for op names (comm_dtype: `wire.parse_comm_dtype`)
 
 
 def parse_op(op: object, where: str, path: str = "", *, ops: Mapping[str, AnyOp] = OPS) -> AnyOp:
@@ -360,33 +360,6 @@ def check_spec(spec: Any, where: str) -> None:
     for path, op in jax.tree_util.tree_flatten_with_path(spec)[0]:
         refusals.run(parse_op, op, where, jax.tree_util.keystr(path))
     refusals.raise_all()
-
-
-def parse_comm_dtype(comm_dtype: Any, where: str) -> np.dtype | None:
-    """The dtype reductions travel in: None, or a floating dtype."""
-    if comm_dtype is None:
-        return None
-    try:
-        dtype = jnp.dtype(comm_dtype)
-    except TypeError:
-        raise TypeError(_not_a_dtype_error(where, comm_dtype)) from None
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(_not_floating_error(where, dtype))
-    return dtype
-
-
-def _not_a_dtype_error(where: str, comm_dtype: object) -> str:
-    return (
-        f"{where}: comm_dtype={comm_dtype!r} is not a dtype; expected e.g. jnp.bfloat16 or "
-        "jnp.float16."
-    )
-
-
-def _not_floating_error(where: str, dtype: np.dtype) -> str:
-    return (
-        f"{where}: comm_dtype={dtype} is not a floating dtype; expected e.g. jnp.bfloat16 "
-        "(reductions of floating outputs travel in it)."
-    )
 
 
 # --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ as integers in IEEE total order, so that NaN wins on every backend
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -134,4 +135,31 @@ def _does_not_fit_error(where: str, bad: object, given: np.dtype, dtype: np.dtyp
         f"{given} as {dtype} on the devices unless 64-bit types are on. Scale or "
         f"convert the values so that they fit {dtype}, or turn on 64-bit types "
         "(jax.config.update('jax_enable_x64', True), before anything uses JAX)."
+    )
+
+
+def parse_comm_dtype(comm_dtype: Any, where: str) -> np.dtype | None:
+    """The dtype reductions travel in: None, or a floating dtype."""
+    if comm_dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(comm_dtype)
+    except TypeError:
+        raise TypeError(_not_a_dtype_error(where, comm_dtype)) from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(_not_floating_error(where, dtype))
+    return dtype
+
+
+def _not_a_dtype_error(where: str, comm_dtype: object) -> str:
+    return (
+        f"{where}: comm_dtype={comm_dtype!r} is not a dtype; expected e.g. jnp.bfloat16 or "
+        "jnp.float16."
+    )
+
+
+def _not_floating_error(where: str, dtype: np.dtype) -> str:
+    return (
+        f"{where}: comm_dtype={dtype} is not a floating dtype; expected e.g. jnp.bfloat16 "
+        "(reductions of floating outputs travel in it)."
     )
