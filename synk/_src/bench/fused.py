@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, timing
-from synk._src.bench.harness import check_close, measure, paired, stats
+from synk._src.bench.harness import check_close, measured, paired
 from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
@@ -124,17 +124,8 @@ def run(args: argparse.Namespace) -> dict:
         name: _count(forms, step, params, state, *batches[kind])
         for name, (step, kind) in cases.items()
     }
-    samples = measure(
-        {
-            name: _looped(step, params, state, *batches[kind])
-            for name, (step, kind) in cases.items()
-        },
-        rounds=args.rounds,
-        calls=args.calls,
-        desc="fused",
-        quiet=args.quiet,
-    )
-    st = {k: stats(v) for k, v in samples.items()}
+    loops = {n: _looped(step, params, state, *batches[k]) for n, (step, k) in cases.items()}
+    samples, st = measured(loops, args, "fused")
     ratios = _ratios(samples, st)
     _print(args, len(devices), rows, sizes, st, ratios, counts)
     return _result(args, rows, sizes, st, ratios, samples, counts, gaps)

@@ -9,6 +9,7 @@ progress bar.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 import time
@@ -83,6 +84,15 @@ class Bar(Protocol):
     def update(self, n: int = 1) -> object: ...
 
     def close(self) -> None: ...
+
+
+def measured(
+    variants: dict[str, Callable[[], Any]], args: argparse.Namespace, desc: str
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """`measure` with the flags every timing subcommand has (``--rounds``, ``--calls``,
+    ``--quiet``): the samples, and their `stats` by variant."""
+    samples = measure(variants, rounds=args.rounds, calls=args.calls, desc=desc, quiet=args.quiet)
+    return samples, {k: stats(v) for k, v in samples.items()}
 
 
 def progress(total: int, desc: str, quiet: bool) -> Bar:

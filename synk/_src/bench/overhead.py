@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, sizes, timing
-from synk._src.bench.harness import check_close, measure, paired, stats
+from synk._src.bench.harness import check_close, measured, paired
 from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
@@ -158,14 +158,7 @@ def run(args: argparse.Namespace) -> dict:
     sizes = _sizes(args, len(devices), procs)
     cases = _cases(devices, procs, sizes)
     _check(cases, args.quiet)
-    samples = measure(
-        {name: call for name, call, _ in cases},
-        rounds=args.rounds,
-        calls=args.calls,
-        desc="overhead",
-        quiet=args.quiet,
-    )
-    st = {k: stats(v) for k, v in samples.items()}
+    samples, st = measured({name: call for name, call, _ in cases}, args, "overhead")
     ratios = _ratios(samples, st)
     _print(args, len(devices), procs, sizes, st, ratios)
     return _result(args, sizes, st, ratios, samples)
