@@ -76,84 +76,61 @@ its batch statistics. Like synk.lax, it needs an equal share per device and
 """
 
 
-def psum(x: Any) -> Any:
-    """Sum ``x`` (a pytree) over all devices.
+def _over_devices(
+    collective: Callable[[Any, str], Any], name: str, summary: str, result: str, example: str
+) -> Callable[[Any], Any]:
+    """The synk.lax form of a JAX collective over the device axis: ``x`` itself where
+    the axis is not bound (outside a synk.Function)."""
+
+    def over_devices(x: Any) -> Any:
+        return collective(x, AXIS) if inside() else x
+
+    over_devices.__name__ = over_devices.__qualname__ = name
+    over_devices.__doc__ = f"""{summary}
 
     Args:
       x: a pytree of arrays, this device's values.
 
     Returns:
-      The sum over every device's ``x``, the same on each; on one device
+      The {result} every device's ``x``, the same on each; on one device
       (``f.serial``, or outside a synk.Function), ``x`` itself.
 
     Example:
       >>> import numpy as np, synk
-      >>> @synk.function(reduce="per_device")
+{example}
+    """
+    return over_devices
+
+
+psum = _over_devices(
+    lax.psum, "psum", "Sum ``x`` (a pytree) over all devices.", "sum over",
+    """      >>> @synk.function(reduce="per_device")
       ... def total(x):
       ...     return synk.lax.psum(x.sum())  # every device gets the sum over all devices
       >>> n = synk.device_count()
       >>> out = total(np.ones(8 * n))
       >>> out.shape == (n,) and bool((out == 8 * n).all())
-      True
-    """
-    return lax.psum(x, AXIS) if inside() else x
-
-
-def pmean(x: Any) -> Any:
-    """Average ``x`` (a pytree) over all devices (each device weighs the same).
-
-    Args:
-      x: a pytree of arrays, this device's values.
-
-    Returns:
-      The mean of every device's ``x``, the same on each; on one device
-      (``f.serial``, or outside a synk.Function), ``x`` itself.
-
-    Example:
-      >>> import numpy as np, synk
-      >>> f = synk.function(lambda x: synk.lax.pmean(x.mean()), reduce="per_device")
+      True""",
+)  # fmt: skip
+pmean = _over_devices(
+    lax.pmean, "pmean", "Average ``x`` (a pytree) over all devices (each device weighs the same).",
+    "mean of",
+    """      >>> f = synk.function(lambda x: synk.lax.pmean(x.mean()), reduce="per_device")
       >>> f(np.arange(64.0)).tolist() == [31.5] * synk.device_count()  # equal shares: the mean
-      True
-    """
-    return lax.pmean(x, AXIS) if inside() else x
-
-
-def pmax(x: Any) -> Any:
-    """Elementwise maximum of ``x`` (a pytree) over all devices.
-
-    Args:
-      x: a pytree of arrays, this device's values.
-
-    Returns:
-      The maximum over every device's ``x``, the same on each; on one device
-      (``f.serial``, or outside a synk.Function), ``x`` itself.
-
-    Example:
-      >>> import numpy as np, synk
-      >>> f = synk.function(lambda x: synk.lax.pmax(x.max()), reduce="per_device")
+      True""",
+)  # fmt: skip
+pmax = _over_devices(
+    lax.pmax, "pmax", "Elementwise maximum of ``x`` (a pytree) over all devices.", "maximum over",
+    """      >>> f = synk.function(lambda x: synk.lax.pmax(x.max()), reduce="per_device")
       >>> f(np.arange(64.0)).tolist() == [63.0] * synk.device_count()
-      True
-    """
-    return lax.pmax(x, AXIS) if inside() else x
-
-
-def pmin(x: Any) -> Any:
-    """Elementwise minimum of ``x`` (a pytree) over all devices.
-
-    Args:
-      x: a pytree of arrays, this device's values.
-
-    Returns:
-      The minimum over every device's ``x``, the same on each; on one device
-      (``f.serial``, or outside a synk.Function), ``x`` itself.
-
-    Example:
-      >>> import numpy as np, synk
-      >>> f = synk.function(lambda x: synk.lax.pmin(x.min()), reduce="per_device")
+      True""",
+)  # fmt: skip
+pmin = _over_devices(
+    lax.pmin, "pmin", "Elementwise minimum of ``x`` (a pytree) over all devices.", "minimum over",
+    """      >>> f = synk.function(lambda x: synk.lax.pmin(x.min()), reduce="per_device")
       >>> f(np.arange(64.0)).tolist() == [0.0] * synk.device_count()
-      True
-    """
-    return lax.pmin(x, AXIS) if inside() else x
+      True""",
+)  # fmt: skip
 
 
 def all_gather(x: Any, *, axis: int = 0, tiled: bool = False) -> Any:
