@@ -328,6 +328,8 @@ def test_out_of_range_indices_name_the_index_and_the_length(X):
         (np.array([True, False]), TypeError, r"boolean indices are not supported"),
         (slice(0, 10, 2), ValueError, r"slices with a step are not supported"),
         (3, TypeError, r"scalar index \(3\).*X\[3:4\]"),
+        (-1, TypeError, r"scalar index \(-1\).*e\.g\. X\[-1:\]\."),
+        (slice(None, None, 2), ValueError, r"^X\[::2\]: slices with a step"),
         (np.zeros((2, 2), int), ValueError, r"expected a 1-D index array"),
     ],
 )
@@ -356,6 +358,8 @@ def test_local_view_errors():
         sharded.local[[2]]
     with pytest.raises(ValueError, match=rf"shape \({N}, k\)"):
         sharded.local[np.zeros((N + 1, 2), int)]
+    with pytest.raises(TypeError, match=r"^X\.local\[idx\]: a scalar index .* X\.local\[1:2\]\."):
+        sharded.local[1]
 
 
 def test_a_view_must_be_sliced(X):

@@ -9,11 +9,13 @@ from numpy.typing import ArrayLike
 from synk._src import compat
 
 
-def as_index_array(idx: ArrayLike, what: str) -> np.ndarray:
+def as_index_array(idx: ArrayLike, data: str) -> np.ndarray:
+    """`idx` as an integer array; `data` names the indexed data (``X`` or ``X.local``)."""
+    what = f"{data}[idx]"
     if isinstance(idx, bool | np.bool_):
         raise TypeError(f"{what}: a boolean index; pass integer row indices.")
     if isinstance(idx, int | np.integer):
-        raise TypeError(_scalar_index_error(what, idx))
+        raise TypeError(_scalar_index_error(data, idx))
     array = np.asarray(idx)
     if array.dtype == np.bool_:
         raise TypeError(_boolean_indices_error(what))
@@ -24,10 +26,11 @@ def as_index_array(idx: ArrayLike, what: str) -> np.ndarray:
     return array
 
 
-def _scalar_index_error(what: str, idx: int | np.integer) -> str:
+def _scalar_index_error(data: str, idx: int | np.integer) -> str:
+    stop = int(idx) + 1 or ""  # the last row, -1, is the slice -1: to the end
     return (
-        f"{what}: a scalar index ({idx}) would drop the batch axis. Pass a slice or a list "
-        f"of rows, e.g. X[{idx}:{idx + 1}]."
+        f"{data}[idx]: a scalar index ({idx}) would drop the batch axis. Pass a slice or a "
+        f"list of rows, e.g. {data}[{idx}:{stop}]."
     )
 
 
@@ -67,16 +70,17 @@ def global_index(idx: slice | ArrayLike, rows: int) -> np.ndarray:
         if idx.step not in (None, 1):
             raise ValueError(_stepped_slice_error(idx))
         return frozen(np.arange(*idx.indices(rows), dtype=np.int32))
-    array = as_index_array(idx, "X[idx]")
+    array = as_index_array(idx, "X")
     if array.ndim != 1:
         raise ValueError(_not_1d_error(array.shape))
     return check_range(array, rows, "X[idx]")
 
 
 def _stepped_slice_error(idx: slice) -> str:
+    bounds = ":".join("" if b is None else str(b) for b in (idx.start, idx.stop, idx.step))
     return (
-        f"X[{idx.start}:{idx.stop}:{idx.step}]: slices with a step are not supported; "
-        "pass the rows as an index array, e.g. X[np.arange(start, stop, step)]."
+        f"X[{bounds}]: slices with a step are not supported; pass the rows as an index "
+        "array, e.g. X[np.arange(start, stop, step)]."
     )
 
 
@@ -171,7 +175,7 @@ def local_index(idx: slice | ArrayLike, rows_per_device: tuple[int, ...]) -> np.
         if len(counts) > 1:
             raise IndexError(_uneven_local_slice_error(idx, held, counts))
         idx = np.arange(*idx.indices(int(held.min())))
-    array = as_index_array(idx, "X.local[idx]")
+    array = as_index_array(idx, "X.local")
     if array.ndim == 1:
         array = np.broadcast_to(array, (n, array.shape[0]))
     if array.ndim != 2 or array.shape[0] != n:
