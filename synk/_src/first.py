@@ -157,14 +157,6 @@ def unwrap(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda f: f.array if is_first(f) else f, tree, is_leaf=is_first)
 
 
-def traced_serial_error(where: str) -> str:
-    return (
-        f"{where}.serial: a synk.first_rows count is traced here, so the rows the function "
-        "would see have no fixed length on one device. Call f.serial outside jax.jit, with "
-        "the count as a Python int (or pass x[:n] itself)."
-    )
-
-
 def check(
     where: str, reduce: ReduceSpec, descs: list[Leaf], arrays: list[int], counts: list[Any]
 ) -> None:

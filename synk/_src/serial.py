@@ -37,13 +37,21 @@ def call(core: Core, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         core.signature.check(args, kwargs, core.where)
         if first.slots(bound.treedef):  # synk.first_rows: the function sees the rows
             if first.traced_count(bound):
-                raise TypeError(first.traced_serial_error(core.where))
+                raise TypeError(_traced_count_error(core.where))
             return call(core, first.concrete(args), first.concrete(kwargs))
         one = core.serials[key] = Serial.build(core, statics, dyn, bound)
     result, new = one.jitted([as_array(x) for x in bound.traced])
     if new:
         bound.write_back(new, one.structure)
     return one.outputs.restore(result)
+
+
+def _traced_count_error(where: str) -> str:
+    return (
+        f"{where}.serial: a synk.first_rows count is traced here, so the rows the function "
+        "would see have no fixed length on one device. Call f.serial outside jax.jit, with "
+        "the count as a Python int (or pass x[:n] itself)."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
