@@ -48,10 +48,25 @@ def test_environment_variable_sets_the_device_count():
 
 
 @in_a_fresh_process
-def test_bad_environment_variable_is_a_clear_error():
-    res = run_python("import synk; synk.init()", SYNK_CPU_DEVICES="many")
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"SYNK_CPU_DEVICES": "many"},
+            "SYNK_CPU_DEVICES='many' is not a positive integer. Set it to the number of "
+            "CPU devices to simulate (e.g. SYNK_CPU_DEVICES=8), or unset it.",
+        ),
+        (
+            {"SYNK_CPU_DEVICES": "2", "SYNK_TIMEOUT": "0"},
+            "SYNK_TIMEOUT='0' is not a positive integer. Set it to the seconds after "
+            "which processes stop (e.g. SYNK_TIMEOUT=60), or unset it.",
+        ),
+    ],
+)
+def test_bad_environment_variable_is_a_clear_error(env, message):
+    res = run_python("import synk; synk.init(distributed=True)", **env)
     assert res.returncode != 0
-    assert "SYNK_CPU_DEVICES='many' is not a positive integer" in res.stderr
+    assert message in res.stderr
 
 
 @in_a_fresh_process

@@ -8,7 +8,6 @@ are made once per plan; every call compares the hash across processes.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -16,16 +15,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from synk._src import allgather, compat, partition
+from synk._src import allgather, compat, partition, settings
 from synk._src.options import Options
 from synk._src.roles import Entry
 
-
-def _check_enabled() -> bool:
-    return os.environ.get("SYNK_CHECK", "1") not in ("0", "false", "False", "no")
-
-
-CHECK_CALLS = _check_enabled()
+CHECK_CALLS = settings.check_calls()
 """Compare every call's signature across processes (SYNK_CHECK=0 switches it off)."""
 
 

@@ -14,6 +14,8 @@ from typing import TypedDict
 
 import jax
 
+from synk._src import settings
+
 _RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 
 
@@ -48,32 +50,18 @@ def start_distributed() -> None:
         kwargs["cluster_detection_method"] = "mpi4py"
     except ImportError:
         pass
-    local = os.environ.get("SYNK_LOCAL_DEVICES", "")
+    local = settings.local_devices()
     if local:
         kwargs["local_device_ids"] = _local_device_ids(local)
     # A process that stops early must not leave the others waiting forever in
     # a collective: the coordination service declares it dead after `timeout`
     # seconds without a heartbeat, and a process that exits waits at most that
     # long for the others at shutdown.
-    timeout = _timeout()
+    timeout = settings.timeout()
     jax.distributed.initialize(
         heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout, **kwargs
     )
     _end_at_once_on_error()
-
-
-def _timeout() -> int:
-    value = os.environ.get("SYNK_TIMEOUT", "60")
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(_bad_timeout_error(value))
-    return int(value)
-
-
-def _bad_timeout_error(value: str) -> str:
-    return (
-        f"SYNK_TIMEOUT={value!r} is not a positive integer: the seconds after which "
-        "processes stop when one of them has died."
-    )
 
 
 def _local_device_ids(value: str) -> list[int]:

@@ -7,7 +7,6 @@ first call that needs devices, after `init` has had its chance to configure it.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,29 +18,13 @@ from jax.sharding import PartitionSpec as P
 from jax.tree_util import KeyPath
 from numpy.typing import ArrayLike
 
-from synk._src import allgather, compat, launch
+from synk._src import allgather, compat, launch, settings
 from synk._src.axis import AXIS
 
 # What `init` set up, so that a second call with the same request is a no-op
 # and one with a different request is an error instead of being ignored.
 _state: dict[str, object] = {}
 _lock = threading.Lock()
-
-
-def _env_cpu_devices() -> int | None:
-    value = os.environ.get("SYNK_CPU_DEVICES")
-    if value is None or value == "":
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(_bad_env_cpu_devices_error(value))
-    return int(value)
-
-
-def _bad_env_cpu_devices_error(value: str) -> str:
-    return (
-        f"SYNK_CPU_DEVICES={value!r} is not a positive integer. "
-        "Set it to the number of CPU devices to simulate, e.g. SYNK_CPU_DEVICES=8."
-    )
 
 
 def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> None:
@@ -77,7 +60,7 @@ def init(*, cpu_devices: int | None = None, distributed: bool | None = None) -> 
     ):
         raise ValueError(_bad_cpu_devices_error(cpu_devices))
     if cpu_devices is None:
-        cpu_devices = _env_cpu_devices()
+        cpu_devices = settings.cpu_devices()
     if distributed is None:
         distributed = launch.launched_ranks() > 1
     request = {"cpu_devices": cpu_devices, "distributed": bool(distributed)}
