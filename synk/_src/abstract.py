@@ -147,30 +147,20 @@ def _output_changes_error(
 
 def check_whole_share(core: Core, split: Split, uses_lax: bool) -> None:
     """A function that talks across devices must run once per device on an equal share."""
+    if not split.even or split.slices != 1:
+        raise ValueError(_whole_share_error(core.where, uses_lax, split))
+
+
+def _whole_share_error(where: str, uses_lax: bool, split: Split) -> str:
+    why = "calls synk.lax collectives (or others over synk.lax.axis_name)"
+    why = why if uses_lax else "has 'per_device' outputs"
     if not split.even:
-        raise ValueError(_uneven_share_error(core.where, uses_lax, split))
-    if split.slices != 1:
-        raise ValueError(_share_in_slices_error(core.where, uses_lax, split.slices))
-
-
-def _why_once_per_device(uses_lax: bool) -> str:
-    if uses_lax:
-        return "calls synk.lax collectives (or others over synk.lax.axis_name)"
-    return "has 'per_device' outputs"
-
-
-def _uneven_share_error(where: str, uses_lax: bool, split: Split) -> str:
-    return (
-        f"{where}: the function {_why_once_per_device(uses_lax)}, so it must run exactly "
-        f"once per device on an equal share; but a batch of {split.rows} rows does not "
-        f"divide over {split.devices} devices. Use a batch that is a multiple of "
-        f"{split.devices} (e.g. {split.rows - split.extra or split.devices} rows)."
-    )
-
-
-def _share_in_slices_error(where: str, uses_lax: bool, slices: int) -> str:
-    return (
-        f"{where}: the function {_why_once_per_device(uses_lax)}, so it must run exactly "
-        f"once per device on its whole share; num_slices={slices} would run it in pieces "
-        "and give partial results. Use num_slices=1."
-    )
+        share, rows, n = "an equal share", split.rows, split.devices
+        problem = f"but a batch of {rows} rows does not divide over {n} devices."
+        fix = f"Use a batch that is a multiple of {n} (e.g. {rows - split.extra or n} rows)."
+    else:
+        share = "its whole share"
+        problem = f"num_slices={split.slices} would run it in pieces and give partial results."
+        fix = "Use num_slices=1."
+    once = f"so it must run exactly once per device on {share}"
+    return f"{where}: the function {why}, {once}; {problem} {fix}"
