@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 import synk
 from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import measure, stats
-from synk._src.bench.report import draw_bandwidth, fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_bandwidth, fmt_bytes, heading, print_table
 from synk._src.bench.workloads import AXIS, by_rows, global_arrays, mesh_of
 
 OPS = ("all-reduce", "all-gather", "reduce-scatter", "broadcast")
@@ -71,8 +71,7 @@ def run(args: argparse.Namespace) -> dict:
         )
     _print(args, n, ops, sizes, results)
     return {
-        "machine": machine(),
-        "config": {"rounds": args.rounds, "calls": args.calls, "max_bytes": max_bytes},
+        **heading(args, max_bytes=max_bytes),
         "bus_factors": {op: bus_factor(op, n) for op in ops},
         "results": results,
     }

@@ -24,7 +24,7 @@ import jax
 import synk
 from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import machine, print_stats, print_table
+from synk._src.bench.report import heading, print_stats, print_table
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     _print(args, n, per_round, total, host, extra, repeats, first, own)
     return {
-        "machine": machine(),
-        "config": {"rounds": args.rounds, "calls": args.calls, "total": args.total},
+        **heading(args, total=args.total),
         "host_us": host,
         "synk_extra_us": extra,
         "per_call": repeats,

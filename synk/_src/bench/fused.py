@@ -39,8 +39,15 @@ from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, timing
-from synk._src.bench.harness import check_close, measured, paired
-from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
+from synk._src.bench.harness import Pair, Ratio, check_close, measured, ratios
+from synk._src.bench.report import (
+    draw_per_call,
+    heading,
+    print_ratios,
+    print_stats,
+    print_table,
+    ratio_fields,
+)
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -60,8 +67,7 @@ if TYPE_CHECKING:  # optax comes with the examples extra, not with synk
 EXTRA_ROWS = 3  # the uneven batch has this many rows more than the even one
 LEARNING_RATE = 1e-3
 FUSED, TWO_CALLS, HAND = "fused", "two calls", "hand-written fused"
-# (ratio, numerator, denominator, target as (op, limit) or None)
-PAIRS = (
+PAIRS: tuple[Pair, ...] = (
     ("fused / two calls, even", f"{FUSED}, even", f"{TWO_CALLS}, even", ("<=", 0.85)),
     ("fused / two calls, uneven", f"{FUSED}, uneven", f"{TWO_CALLS}, uneven", ("<=", 0.85)),
     ("fused / hand-written fused, even", f"{FUSED}, even", f"{HAND}, even", None),
@@ -126,9 +132,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     loops = {n: _looped(step, params, state, *batches[k]) for n, (step, k) in cases.items()}
     samples, st = measured(loops, args, "fused")
-    ratios = _ratios(samples, st)
-    _print(args, len(devices), rows, sizes, st, ratios, counts)
-    return _result(args, rows, sizes, st, ratios, samples, counts, gaps)
+    found = ratios(PAIRS, samples, st)
+    _print(args, len(devices), rows, sizes, st, found, counts)
+    return _result(args, rows, sizes, st, found, samples, counts, gaps)
 
 
 def _optimizer(optax: ModuleType, name: str) -> GradientTransformation:
@@ -222,34 +228,13 @@ def _looped(
     return call
 
 
-def _ratios(samples: dict[str, list[float]], st: dict[str, dict]) -> list[dict]:
-    med = {k: v["median_us"] for k, v in st.items()}
-    return [
-        {
-            "name": name,
-            "value": med[a] / med[b],
-            "paired": paired(samples[a], samples[b]),
-            "target": target,
-        }
-        for name, a, b, target in PAIRS
-        if a in med and b in med
-    ]
-
-
-def _met(ratio: dict) -> bool | None:
-    if ratio["target"] is None:
-        return None
-    op, limit = ratio["target"]
-    return ratio["value"] <= limit if op == "<=" else ratio["value"] < limit
-
-
 def _print(
     args: argparse.Namespace,
     n: int,
     rows: int,
     sizes: list[int],
     st: dict,
-    ratios: list,
+    found: list[Ratio],
     counts: dict,
 ) -> None:
     print_stats(
@@ -264,18 +249,7 @@ def _print(
         ["variant", "executables", "all-reduces"],
         [[k, str(c["executables"]), str(c["all_reduces"])] for k, c in counts.items()],
     )
-
-    def verdict(r: dict) -> list[str]:
-        met = _met(r)
-        if met is None:
-            return ["", ""]
-        return [f"{r['target'][0]} {r['target'][1]}", "yes" if met else "no"]
-
-    print_table(
-        "Ratios (of the medians; paired: median of the per-round ratios)",
-        ["ratio", "value", "paired", "target", "met"],
-        [[r["name"], f"{r['value']:.3f}", f"{r['paired']:.3f}", *verdict(r)] for r in ratios],
-    )
+    print_ratios(found)
 
 
 def _result(
@@ -283,35 +257,22 @@ def _result(
     rows: int,
     sizes: list[int],
     st: dict[str, dict[str, float]],
-    ratios: list[dict],
+    found: list[Ratio],
     samples: dict[str, list[float]],
     counts: dict[str, dict[str, int]],
     gaps: dict[str, float],
 ) -> dict:
     return {
-        "machine": machine(),
-        "config": {
-            "rounds": args.rounds,
-            "calls": args.calls,
-            "batch": rows,
-            "uneven_batch": rows + EXTRA_ROWS,
-            "mlp": sizes,
-            "optimizer": args.optimizer,
-            "learning_rate": LEARNING_RATE,
-        },
+        **heading(
+            args,
+            batch=rows,
+            uneven_batch=rows + EXTRA_ROWS,
+            mlp=sizes,
+            optimizer=args.optimizer,
+            learning_rate=LEARNING_RATE,
+        ),
         "stats_us": st,
-        "ratios": {r["name"]: r["value"] for r in ratios},
-        "paired_ratios": {r["name"]: r["paired"] for r in ratios},
-        "targets": {
-            r["name"]: {
-                "op": r["target"][0],
-                "limit": r["target"][1],
-                "value": r["value"],
-                "met": _met(r),
-            }
-            for r in ratios
-            if r["target"]
-        },
+        **ratio_fields(found),
         "executables": counts,
         "fused_vs_two_calls_max_abs_diff": gaps,
         "samples_us": {k: [s * 1e6 for s in v] for k, v in samples.items()},

@@ -14,7 +14,7 @@ import importlib.util
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import numpy as np
@@ -121,3 +121,36 @@ def stats(samples: list[float]) -> dict[str, float]:
 def paired(a: list[float], b: list[float]) -> float:
     """The median over rounds of a[r] / b[r] (samples taken in the same round)."""
     return float(np.median(np.asarray(a) / np.asarray(b)))
+
+
+# A ratio's name, the variant timed over the variant it is timed against, and
+# its target: ("<=", 1.03), or None.
+Pair = tuple[str, str, str, tuple[str, float] | None]
+
+
+class Ratio(NamedTuple):
+    """One variant's time over another's, and its target."""
+
+    name: str
+    value: float  # of the medians
+    paired: float  # the median of the per-round ratios
+    target: tuple[str, float] | None
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target holds; None without a target."""
+        if self.target is None:
+            return None
+        op, limit = self.target
+        return self.value <= limit if op == "<=" else self.value < limit
+
+
+def ratios(pairs: tuple[Pair, ...], samples: dict[str, list[float]], st: dict) -> list[Ratio]:
+    """The `pairs` whose variants both ran: of the medians, and paired by round (the
+    samples of one round ran back to back, so this cancels a shared machine's drifts)."""
+    med = {k: v["median_us"] for k, v in st.items()}
+    return [
+        Ratio(name, med[a] / med[b], paired(samples[a], samples[b]), target)
+        for name, a, b, target in pairs
+        if a in med and b in med
+    ]

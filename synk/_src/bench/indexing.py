@@ -49,7 +49,7 @@ from jax.sharding import Mesh
 import synk
 from synk._src.bench.flags import positive_int, sizes, timing
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import draw_per_batch, fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_per_batch, fmt_bytes, heading, print_table
 from synk._src.bench.workloads import (
     CLASSES,
     HeldParams,
@@ -141,8 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     table = _table(args, len(devices), st)
     _print(args, len(devices), x.nbytes, views, table, st["d"], timing_s)
     return {
-        "machine": machine(),
-        "config": _config(args, devices, x.nbytes),
+        **heading(args, **_config(args, devices, x.nbytes)),
         "labels": LABELS,
         "table": table,
         "device_put_us": st["d"],
@@ -250,8 +249,6 @@ def _config(args: argparse.Namespace, devices: Sequence[jax.Device], nbytes: int
         "hidden": args.hidden,
         "classes": CLASSES,
         "batches": args.batches,
-        "rounds": args.rounds,
-        "calls": args.calls,
         "seed": args.seed,
         "devices": len(devices),
         "platform": devices[0].platform,

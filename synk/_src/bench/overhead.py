@@ -26,7 +26,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,8 +34,8 @@ from jax.sharding import Mesh
 
 import synk
 from synk._src.bench.flags import positive_int, sizes, timing
-from synk._src.bench.harness import check_close, measured, paired
-from synk._src.bench.report import draw_per_call, machine, print_stats, print_table
+from synk._src.bench.harness import Pair, Ratio, check_close, measured, ratios
+from synk._src.bench.report import draw_per_call, heading, print_ratios, print_stats, ratio_fields
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -70,8 +70,7 @@ BIG_SLICED = f"compute-bound: synk reduce='avg', num_slices={SLICES}"
 CONV_HAND = "conv net: hand-written, numpy"
 CONV_SYNK = "conv net: synk, numpy"
 
-# (ratio, numerator, denominator, target as (op, limit) or None)
-PAIRS = (
+PAIRS: tuple[Pair, ...] = (
     ("synk / hand-written, numpy", "synk, numpy", "hand-written, numpy", ("<=", 1.03)),
     ("synk / hand-written, uneven", UNEVEN, HAND_UNEVEN, ("<=", 1.03)),
     (
@@ -110,13 +109,6 @@ class Sizes:
     conv_rows: int | None  # the conv net's batch; None: no conv net (no --conv)
     conv_image: int
     conv_channels: tuple[int, int]
-
-
-class Ratio(NamedTuple):
-    name: str
-    value: float  # of the medians
-    paired: float  # the median of the per-round ratios
-    target: tuple[str, float] | None
 
 
 SEVERAL_PROCESSES = True  # also under mpiexec: every process runs it, the first reports
@@ -159,9 +151,9 @@ def run(args: argparse.Namespace) -> dict:
     cases = _cases(devices, procs, sizes)
     _check(cases, args.quiet)
     samples, st = measured({name: call for name, call, _ in cases}, args, "overhead")
-    ratios = _ratios(samples, st)
-    _print(args, len(devices), procs, sizes, st, ratios)
-    return _result(args, sizes, st, ratios, samples)
+    found = ratios(PAIRS, samples, st)
+    _print(args, len(devices), procs, sizes, st, found)
+    return _result(args, sizes, st, found, samples)
 
 
 def _sizes(args: argparse.Namespace, n: int, procs: int) -> Sizes:
@@ -296,19 +288,8 @@ def _check(cases: list[Case], quiet: bool) -> None:
         print(f"checked: all {len(cases)} variants give the serial loss and grads", file=sys.stderr)
 
 
-def _ratios(samples: dict[str, list[float]], st: dict[str, dict]) -> list[Ratio]:
-    # Also the median of per-round ratios: samples of one round ran back to
-    # back, so this cancels slow drifts of a shared machine.
-    med = {k: v["median_us"] for k, v in st.items()}
-    return [
-        Ratio(name, med[a] / med[b], paired(samples[a], samples[b]), target)
-        for name, a, b, target in PAIRS
-        if a in med and b in med
-    ]
-
-
 def _print(
-    args: argparse.Namespace, n: int, procs: int, sizes: Sizes, st: dict, ratios: list[Ratio]
+    args: argparse.Namespace, n: int, procs: int, sizes: Sizes, st: dict, found: list[Ratio]
 ) -> None:
     print_stats(
         f"Per-call time, value_and_grad of an MLP, {n} devices in {procs} process(es)"
@@ -321,11 +302,7 @@ def _print(
         st,
         digits=0,
     )
-    print_table(
-        "Ratios (of the medians; paired: median of the per-round ratios)",
-        ["ratio", "value", "paired", "target", "met"],
-        [[r.name, f"{r.value:.3f}", f"{r.paired:.3f}", *_verdict(r)] for r in ratios],
-    )
+    print_ratios(found)
 
 
 def _call_check() -> str:
@@ -342,46 +319,24 @@ def _conv_note(sizes: Sizes) -> str:
     return f"conv net: {sizes.conv_rows} rows of {side}x{side}x1, channels {c1}-{c2}; "
 
 
-def _verdict(ratio: Ratio) -> list[str]:
-    """The target and whether it is met, as table cells (empty without a target)."""
-    if ratio.target is None:
-        return ["", ""]
-    op, limit = ratio.target
-    met = ratio.value <= limit if op == "<=" else ratio.value < limit
-    return [f"{op} {limit}", "yes" if met else "no"]
-
-
 def _result(
-    args: argparse.Namespace, sizes: Sizes, st: dict, ratios: list[Ratio], samples: dict
+    args: argparse.Namespace, sizes: Sizes, st: dict, found: list[Ratio], samples: dict
 ) -> dict:
     return {
-        "machine": machine(),
-        "config": {
-            "rounds": args.rounds,
-            "calls": args.calls,
-            "batch": sizes.rows,
-            "uneven_batch": sizes.uneven,
-            "mlp": sizes.small,
-            "compute_batch": sizes.big_rows,
-            "compute_mlp": sizes.big,
-            "num_slices": SLICES,
-            "conv_batch": sizes.conv_rows,
-            "conv_image": sizes.conv_image if sizes.conv_rows else None,
-            "conv_channels": list(sizes.conv_channels) if sizes.conv_rows else None,
-            "synk_check": os.environ.get("SYNK_CHECK"),
-        },
+        **heading(
+            args,
+            batch=sizes.rows,
+            uneven_batch=sizes.uneven,
+            mlp=sizes.small,
+            compute_batch=sizes.big_rows,
+            compute_mlp=sizes.big,
+            num_slices=SLICES,
+            conv_batch=sizes.conv_rows,
+            conv_image=sizes.conv_image if sizes.conv_rows else None,
+            conv_channels=list(sizes.conv_channels) if sizes.conv_rows else None,
+            synk_check=os.environ.get("SYNK_CHECK"),
+        ),
         "stats_us": st,
-        "ratios": {r.name: r.value for r in ratios},
-        "paired_ratios": {r.name: r.paired for r in ratios},
-        "targets": {
-            r.name: {
-                "op": r.target[0],
-                "limit": r.target[1],
-                "value": r.value,
-                "met": _verdict(r)[1] == "yes",
-            }
-            for r in ratios
-            if r.target
-        },
+        **ratio_fields(found),
         "samples_us": {k: [s * 1e6 for s in v] for k, v in samples.items()},
     }

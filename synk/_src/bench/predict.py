@@ -21,7 +21,7 @@ import synk
 from synk._src.bench import scaling
 from synk._src.bench.flags import positive_float, positive_int
 from synk._src.bench.harness import measure, stats
-from synk._src.bench.report import draw_speedup, fmt_bytes, machine, print_table
+from synk._src.bench.report import draw_speedup, fmt_bytes, heading, print_table
 from synk._src.bench.workloads import D_IN, D_OUT, init_mlp, make_batch, train_step
 
 PLOT = draw_speedup  # what --plot draws
@@ -63,18 +63,16 @@ def run(args: argparse.Namespace) -> dict:
     ]
     _print(args, sizes, compute_s, compute_from, grad_bytes, results)
     return {
-        "machine": machine(),
-        "config": {
-            "batch": args.batch,
-            "mlp": sizes,
-            "grad_bytes": grad_bytes,
-            "compute_ms": compute_s * 1e3,
-            "compute_from": compute_from,
-            "link_gbps": args.link_gbps,
-            "latency_us": args.latency_us,
-            "rounds": args.rounds,
-            "calls": args.calls,
-        },
+        **heading(
+            args,
+            batch=args.batch,
+            mlp=sizes,
+            grad_bytes=grad_bytes,
+            compute_ms=compute_s * 1e3,
+            compute_from=compute_from,
+            link_gbps=args.link_gbps,
+            latency_us=args.latency_us,
+        ),
         "results": results,
         "scaling": measured_run,
     }

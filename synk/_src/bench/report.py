@@ -9,6 +9,7 @@ to plot.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -21,6 +22,8 @@ import synk
 
 if TYPE_CHECKING:  # matplotlib is imported only to plot
     from matplotlib.axes import Axes
+
+    from synk._src.bench.harness import Ratio
 
 
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
@@ -50,6 +53,34 @@ def print_stats(title: str, stats: dict[str, dict], digits: int) -> None:
     )
 
 
+def print_ratios(ratios: list[Ratio]) -> None:
+    """The ratios' table: value, paired value, target and whether it is met."""
+
+    def verdict(r: Ratio) -> list[str]:
+        if r.target is None:
+            return ["", ""]
+        return [f"{r.target[0]} {r.target[1]}", "yes" if r.met else "no"]
+
+    print_table(
+        "Ratios (of the medians; paired: median of the per-round ratios)",
+        ["ratio", "value", "paired", "target", "met"],
+        [[r.name, f"{r.value:.3f}", f"{r.paired:.3f}", *verdict(r)] for r in ratios],
+    )
+
+
+def ratio_fields(ratios: list[Ratio]) -> dict:
+    """The ratios as a result's JSON fields: values, paired values, and the targets."""
+    return {
+        "ratios": {r.name: r.value for r in ratios},
+        "paired_ratios": {r.name: r.paired for r in ratios},
+        "targets": {
+            r.name: {"op": r.target[0], "limit": r.target[1], "value": r.value, "met": r.met}
+            for r in ratios
+            if r.target
+        },
+    }
+
+
 def fmt_bytes(n: float) -> str:
     """Bytes as synk.data's reprs show them: whole bytes, else KB, MB or GB (1024 apart)."""
     units = ("B", "KB", "MB", "GB")
@@ -72,6 +103,12 @@ def machine() -> dict:
         "python": platform.python_version(),
         "synk": synk.__version__,
     }
+
+
+def heading(args: argparse.Namespace, **config: object) -> dict:
+    """What a timing subcommand's result starts with: the machine, and its settings
+    (the timing flags ``--rounds`` and ``--calls``, then `config`)."""
+    return {"machine": machine(), "config": {"rounds": args.rounds, "calls": args.calls, **config}}
 
 
 def shared_cores_note(devices: Sequence[jax.Device]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import synk
 from synk._src.bench.flags import positive_int, timing
 from synk._src.bench.harness import check_close, measure, stats
-from synk._src.bench.report import draw_speedup, machine, print_table, shared_cores_note
+from synk._src.bench.report import draw_speedup, heading, print_table, shared_cores_note
 from synk._src.bench.workloads import (
     D_IN,
     D_OUT,
@@ -69,14 +69,12 @@ def run(args: argparse.Namespace) -> dict:
     if note := shared_cores_note(devices):
         print(note)
     return {
-        "machine": machine(),
-        "config": {
-            "rounds": args.rounds,
-            "calls": args.calls,
-            "batch": args.batch,
-            "mlp": sizes,
-            "grad_bytes": sum(int(v.nbytes) for v in params.values()),
-        },
+        **heading(
+            args,
+            batch=args.batch,
+            mlp=sizes,
+            grad_bytes=sum(int(v.nbytes) for v in params.values()),
+        ),
         "results": results,
     }
 
