@@ -4,7 +4,8 @@ out of the tracebacks of errors that reach the user (`compat.hide_frames`).
 The map of a call, one module per step, is `function`'s docstring. Beside a call: what a
 Function and its ``with_options`` variants share, validated once (`core`, `options`); devices,
 processes and the mesh (`runtime`, with `launch` starting jax.distributed, `allgather` for host
-gathers between processes and `axis` the mesh axis name); ``f.serial`` (`serial`);
+gathers between processes, `axis` the mesh axis name and `settings` the SYNK_* environment
+variables); ``f.serial`` (`serial`);
 device-resident data (`data`, `shards`) and its batch views (`views`, `indices`, and `take` for
 rows taken on the devices); per-device values moved between host and devices (`transfers`),
 collectives between devices on them (`collectives`) and inside a function (`lax`);
