@@ -77,6 +77,16 @@ def test_every_unknown_reduce_op_is_named():
         synk.function(never_called, reduce=("mean", "total"))
 
 
+def test_every_bad_option_is_named():
+    with pytest.raises(ValueError) as info:  # a TypeError (the dtype) among ValueErrors
+        synk.function(never_called, reduce="avg", num_slices=0, comm_dtype="int8", buckets=[0])
+    message = str(info.value)
+    assert isinstance(info.value, TypeError) and "3 problems" in message
+    assert "num_slices=0; expected an integer >= 1" in message
+    assert "comm_dtype=int8 is not a floating dtype" in message
+    assert "buckets=[0]; expected 'geometric'" in message
+
+
 def test_a_call_that_does_not_fit_the_signature_is_refused_before_it_runs():
     def loss(w, x):
         raise AssertionError("ran")

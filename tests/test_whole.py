@@ -248,8 +248,23 @@ def test_local_views_equal_serial():
 def test_options_of_the_per_device_path_need_an_explicit_reduce():
     with pytest.raises(ValueError, match=r"num_slices=2 .* give an explicit reduce"):
         synk.function(rms, num_slices=2)
-    with pytest.raises(ValueError, match=r"comm_dtype=bfloat16 .* give one"):
+    with pytest.raises(ValueError, match=r"comm_dtype=bfloat16 .* give an explicit reduce"):
         synk.function(rms, comm_dtype=jnp.bfloat16)
+    # Several at once: one refusal names them all, and what each does.
+    with pytest.raises(ValueError) as e:
+        synk.function(rms, num_slices=2, comm_dtype=jnp.bfloat16, buckets=(64,))
+    assert str(e.value) == (
+        "synk.function(rms): num_slices=2 runs each device's rows in pieces and combines "
+        "their outputs, and comm_dtype=bfloat16 compresses the explicit reductions, and "
+        "buckets=(64,) shares one executable between batch lengths by running each "
+        "device's rows in pieces; these need outputs that combine over rows: give an "
+        "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
+        "function runs whole under XLA's partitioner: exact for any function, in its own "
+        "dtypes, and compiled once per batch length."
+    )
+    f = synk.function(rms, reduce="avg", num_slices=2)
+    with pytest.raises(ValueError, match=r"^[^\n]*num_slices=2 runs.*these need"):
+        f.with_options(reduce=None, comm_dtype=jnp.float16)
     f = synk.function(lambda s, x: s.sum() + x.sum(), in_axes=("per_device", 0))
     ran = []
     with pytest.raises(ValueError, match=r"`s` has in_axes 'per_device'.*explicit reduce"):

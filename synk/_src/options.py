@@ -15,6 +15,7 @@ from jax.typing import DTypeLike
 from synk._src import reduce as red
 from synk._src import wire
 from synk._src.buckets import GEOMETRIC, Buckets, Policy, as_option
+from synk._src.refusals import Refusals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,18 +36,22 @@ class Options:
         where: str,
         buckets: Buckets = GEOMETRIC,
     ) -> Options:
-        """Validated options: every check of an option lives here (and in `reduce`)."""
-        red.check_spec(reduce, where)
+        """Validated options: every check of an option lives here (and in `reduce`).
+        Every bad option is refused at once, then every option of the per-device
+        path that was set without an explicit reduce."""
+        refusals = Refusals(where)
+        refusals.run(red.check_spec, reduce, where)
         if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
-            raise ValueError(_bad_num_slices_error(where, num_slices))
-        comm_dtype = wire.parse_comm_dtype(comm_dtype, where)
-        if reduce is None and num_slices != 1:
-            raise ValueError(_slices_without_reduce_error(where, num_slices))
-        if reduce is None and comm_dtype is not None:
-            raise ValueError(_comm_dtype_without_reduce_error(where, comm_dtype))
-        option = as_option(buckets, where)  # checked here, before any call
-        if reduce is None and option is not None and option != GEOMETRIC:
-            raise ValueError(_buckets_without_reduce_error(where, buckets))
+            refusals.add(ValueError(_bad_num_slices_error(where, num_slices)))
+        comm_dtype = refusals.run(wire.parse_comm_dtype, comm_dtype, where)
+        option = refusals.run(as_option, buckets, where)  # checked here, before any call
+        refusals.raise_all()
+        if reduce is None:  # the options of the per-device path need one
+            shown = [f"num_slices={num_slices}"] if num_slices != 1 else []
+            shown += [f"comm_dtype={comm_dtype}"] if comm_dtype is not None else []
+            shown += [f"buckets={buckets!r}"] if option not in (None, GEOMETRIC) else []
+            if shown:
+                raise ValueError(_needs_reduce_error(where, shown))
         return cls(reduce, num_slices, comm_dtype, option)
 
     @property
@@ -67,29 +72,24 @@ def _bad_num_slices_error(where: str, num_slices: object) -> str:
     )
 
 
-def _slices_without_reduce_error(where: str, num_slices: int) -> str:
+# What each option of the per-device path does with the rows or their reductions.
+_PER_DEVICE_OPTIONS = {
+    "num_slices": "runs each device's rows in pieces and combines their outputs",
+    "comm_dtype": "compresses the explicit reductions",
+    "buckets": "shares one executable between batch lengths by running each device's rows "
+    "in pieces",
+}
+
+
+def _needs_reduce_error(where: str, shown: list[str]) -> str:
+    """`shown`: each option of the per-device path that was set, as written (num_slices=2)."""
+    what = ", and ".join(f"{s} {_PER_DEVICE_OPTIONS[s.split('=')[0]]}" for s in shown)
+    this = "this needs" if len(shown) == 1 else "these need"
     return (
-        f"{where}: num_slices={num_slices} runs each device's rows in pieces and "
-        "combines their outputs, which needs outputs that combine over rows: give an "
-        "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
-        "function runs whole under XLA's partitioner, exact for any function."
-    )
-
-
-def _comm_dtype_without_reduce_error(where: str, comm_dtype: DTypeLike) -> str:
-    return (
-        f"{where}: comm_dtype={comm_dtype} compresses explicit reductions: give one "
-        "(e.g. reduce='avg'). Without reduce, XLA's partitioner places the "
-        "collectives, in the function's own dtypes."
-    )
-
-
-def _buckets_without_reduce_error(where: str, buckets: Buckets) -> str:
-    return (
-        f"{where}: buckets={buckets!r} shares one executable between batch lengths by "
-        "running each device's rows in pieces, which needs outputs that combine over "
-        "rows: give an explicit reduce (e.g. reduce='avg'). Without reduce the "
-        "function runs whole under XLA's partitioner and compiles once per length."
+        f"{where}: {what}; {this} outputs that combine over rows: give an explicit reduce "
+        "(e.g. reduce='avg' for a mean over rows). Without reduce the function runs whole "
+        "under XLA's partitioner: exact for any function, in its own dtypes, and compiled "
+        "once per batch length."
     )
 
 
