@@ -456,6 +456,17 @@ def test_a_whole_data_set_passed_broadcast_is_its_device_array(reduce):
     np.testing.assert_allclose(float(jax.jit(lambda x: f(D, x))(x)), float(want), rtol=1e-5)
 
 
+def test_a_batch_of_data_broadcast_is_refused_with_both_ways_to_pass_it():
+    D = synk.data(np.ones((8, 2), np.float32))
+    with pytest.raises(ValueError) as info:
+        synk.function(lambda b: b.sum(), in_axes=None)(D[:4])
+    assert str(info.value).endswith(
+        ": argument `b` is a synk.Data batch (X[idx]), which is sliced along its rows, but its "
+        "in_axes entry is None. Give it in_axes 0, or pass np.asarray(X) (the whole data set) "
+        "to broadcast it."
+    )
+
+
 def test_a_whole_data_set_sliced_or_sharded_is_refused_by_name():
     D = synk.data(np.ones((8, 2), np.float32))
     with pytest.raises(ValueError, match=r"`D` is a whole synk.Data, which is broadcast.*D\[:\]"):

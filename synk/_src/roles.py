@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import jax
 from jax.sharding import Sharding
@@ -107,7 +107,7 @@ def entries(
             traced.append((name, leaf, entry))
         elif type(slot) is partition.Var:
             if entry is not None:
-                refusals.add(ValueError(_sliced_state_error(core.where, name, entry)))
+                refusals.add(ValueError(_entry_error(core.where, name, entry, _STATE)))
             for path, value in jax.tree_util.tree_flatten_with_path(leaf)[0]:
                 traced.append((name + jax.tree_util.keystr(path), value, None))
         elif type(slot) is partition.Static and partition.unhashable(slot):
@@ -181,7 +181,7 @@ def _describe_view(core: Core, name: str, view: Batch, entry: InAxis, traced: bo
         # JAX embeds in the program: no process can embed rows it does not hold.
         raise ValueError(_spanning_data_error(where, name))
     if entry is None or entry == PER_DEVICE or entry not in (0, -len(view.shape)):
-        raise ValueError(_unsliced_view_error(where, name, entry))
+        raise ValueError(_entry_error(where, name, entry, _DATA_BATCH))
     if data.devices != core.devices:
         raise ValueError(_other_devices_error(where, name, data, core))
     if not view.fits():
@@ -196,7 +196,7 @@ def _describe_data(core: Core, name: str, data: synk_data.Data, entry: InAxis) -
     where = core.where
     array = data.live_array(where, name)
     if entry is not None:
-        raise ValueError(_sliced_whole_data_error(where, name, entry))
+        raise ValueError(_entry_error(where, name, entry, _WHOLE_DATA))
     if data.sharded:
         raise ValueError(_whole_sharded_data_error(where, name))
     if data.devices != core.devices:
@@ -207,6 +207,41 @@ def _describe_data(core: Core, name: str, data: synk_data.Data, entry: InAxis) -
 
 # --------------------------------------------------------------------------
 # Error text
+
+
+class _OneEntry(NamedTuple):
+    """A kind of argument that takes one in_axes entry: what it is, what a call
+    does with it, and how to pass it."""
+
+    what: str
+    treatment: str
+    fix: str
+
+
+_STATE = _OneEntry(
+    "a Flax NNX Variable (module state)",
+    "broadcast: every device sees all of it, and what the function writes into it reaches "
+    "your module after the call",
+    "Give the argument that holds the module in_axes None, e.g. in_axes=(None, 0) for f(model, x).",
+)
+_DATA_BATCH = _OneEntry(
+    "a synk.Data batch (X[idx])",
+    "sliced along its rows",
+    "Give it in_axes 0, or pass np.asarray(X) (the whole data set) to broadcast it.",
+)
+_WHOLE_DATA = _OneEntry(
+    "a whole synk.Data",
+    "broadcast (every device sees all of it, from its own copy)",
+    "To split its rows over the devices pass a batch of it, D[:] (every row) or D[idx]; "
+    "to broadcast it, give it in_axes None.",
+)
+
+
+def _entry_error(where: str, name: str, entry: InAxis, kind: _OneEntry) -> str:
+    return (
+        f"{where}: argument `{name}` is {kind.what}, which is {kind.treatment}, but its "
+        f"in_axes entry is {entry!r}. {kind.fix}"
+    )
 
 
 def _other_devices_error(where: str, name: str, data: DataLike, core: Core) -> str:
@@ -257,16 +292,6 @@ def _unhashable_error(where: str, name: str, leaf: object) -> str:
     )
 
 
-def _sliced_state_error(where: str, name: str, entry: InAxis) -> str:
-    return (
-        f"{where}: argument `{name}` is a Flax NNX Variable (module state), and its in_axes "
-        f"entry is {entry!r}; state is broadcast, every device sees all of it, and what "
-        "the function writes into it reaches your module after the call. Give the "
-        "argument that holds the module in_axes None, e.g. in_axes=(None, 0) for "
-        "f(model, x)."
-    )
-
-
 def _per_device_shape_error(where: str, name: str, n: int, shape: tuple[int, ...]) -> str:
     return (
         f"{where}: argument `{name}` has in_axes 'per_device', so its leading axis "
@@ -282,23 +307,6 @@ def _axis_out_of_range_error(where: str, name: str, entry: int, shape: tuple[int
         f"{where}: in_axes entry {entry} for argument `{name}` is out of range for its "
         f"shape {shape} ({ndim} dims). Use an axis in "
         f"[{-ndim}, {ndim - 1}], or None to broadcast it."
-    )
-
-
-def _unsliced_view_error(where: str, name: str, entry: InAxis) -> str:
-    return (
-        f"{where}: argument `{name}` is a synk.Data batch (X[idx]), which is sliced "
-        f"along its rows, but its in_axes entry is {entry!r}. Give it in_axes 0, or pass "
-        "np.asarray(X) (the whole data set) to broadcast it."
-    )
-
-
-def _sliced_whole_data_error(where: str, name: str, entry: InAxis) -> str:
-    return (
-        f"{where}: argument `{name}` is a whole synk.Data, which is broadcast (every "
-        f"device sees all of it, from its own copy), but its in_axes entry is {entry!r}. "
-        "To split its rows over the devices pass a batch of it, D[:] (every row) or "
-        "D[idx]; to broadcast it, give it in_axes None."
     )
 
 
