@@ -56,7 +56,7 @@ def test_reduce_tree_that_does_not_fit_the_outputs():
 
 def test_avg_of_an_integer_output_suggests_sum():
     f = synk.function(lambda x: (x > 0).sum(), reduce="avg")
-    with pytest.raises(TypeError, match=r"out has dtype int32 and reduce 'avg'.*Use reduce 'sum'"):
+    with pytest.raises(TypeError, match=r"out has dtype int32, with reduce 'avg'.*Use reduce 'sum'"):
         f(np.ones(8))
 
 
@@ -138,7 +138,7 @@ def test_static_argnames_that_is_not_a_parameter():
 
 
 def test_scalar_output_marked_gather():
-    with pytest.raises(ValueError, match=r"out is a scalar and has reduce 'gather'"):
+    with pytest.raises(ValueError, match=r"out is a scalar, with reduce 'gather'"):
         synk.function(lambda x: x.sum(), reduce="gather")(np.ones(8))
 
 
@@ -154,7 +154,7 @@ def test_reduced_output_that_depends_on_the_batch_length():
 
 
 def test_boolean_output_with_a_sum_or_mean():
-    with pytest.raises(TypeError, match=r"boolean and has reduce 'sum'"):
+    with pytest.raises(TypeError, match=r"boolean, with reduce 'sum': reductions need numbers"):
         synk.function(lambda x: (x > 0).any(), reduce="sum")(np.ones(8))
 
 

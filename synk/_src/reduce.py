@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -64,19 +64,52 @@ class Op:
     def check(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         """`check_dtype`, after what holds for every reduction: keys do not reduce."""
         if self.reduces and jax.dtypes.issubdtype(aval.dtype, jax.dtypes.prng_key):
-            raise TypeError(_reduced_key_error(where, label, aval.dtype, self.name))
+            raise TypeError(_unfit_error(where, label, self.name, _KEYS, aval.dtype))
         self.check_dtype(aval, where, label)
 
     def __repr__(self) -> str:
         return repr(self.name)
 
 
-def _reduced_key_error(where: str, label: str, dtype: DTypeLike, op: str) -> str:
-    return (
-        f"{where}: {label} is a PRNG key array ({dtype}) and has reduce {op!r}; keys cannot be "
-        "added, averaged or compared. Use reduce 'gather' (one key per row) or 'per_device' (one "
-        "per device), or return jax.random.key_data(k)."
-    )
+class _Unfit(NamedTuple):
+    """An output an op cannot combine: what it is, why not, and what to do instead."""
+
+    found: str  # ``{dtype}`` is filled in
+    why: str
+    fix: str
+
+
+_KEYS = _Unfit(
+    "is a PRNG key array ({dtype})",
+    "keys cannot be added, averaged or compared",
+    "Use reduce 'gather' (one key per row) or 'per_device' (one per device), or return "
+    "jax.random.key_data(k).",
+)
+_SCALAR = _Unfit(
+    "is a scalar",
+    "'gather' concatenates rows along axis 0",
+    "Return one row per input row (shape (rows, ...)), or choose a reduction such as 'avg' "
+    "or 'sum'.",
+)
+_BOOLEANS = _Unfit(
+    "is boolean", "reductions need numbers", "Return a number (e.g. x.astype(int)) or use 'gather'."
+)
+_INTEGER_MEAN = _Unfit(
+    "has dtype {dtype}",
+    "an average of integers is not an integer",
+    "Use reduce 'sum' for counts (and divide yourself), or return a float.",
+)
+_COMPLEX_ORDER = _Unfit(
+    "has dtype {dtype}",
+    "complex numbers have no order",
+    "Reduce a real quantity instead (e.g. jnp.abs(z) or z.real), or use reduce 'gather' and "
+    "pick on the host.",
+)
+
+
+def _unfit_error(where: str, label: str, op: str, unfit: _Unfit, dtype: DTypeLike) -> str:
+    found = unfit.found.format(dtype=dtype)
+    return f"{where}: {label} {found}, with reduce {op!r}: {unfit.why}. {unfit.fix}"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -85,15 +118,7 @@ class Gather(Op):
 
     def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         if aval.ndim == 0:
-            raise ValueError(_scalar_gather_error(where, label))
-
-
-def _scalar_gather_error(where: str, label: str) -> str:
-    return (
-        f"{where}: {label} is a scalar and has reduce 'gather', which concatenates "
-        "rows along axis 0. Return one row per input row (shape (rows, ...)), or "
-        "choose a reduction such as 'avg' or 'sum'."
-    )
+            raise ValueError(_unfit_error(where, label, self.name, _SCALAR, aval.dtype))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -113,7 +138,7 @@ class Reduction(Op):
 
     def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         if np.dtype(aval.dtype) == np.bool_:
-            raise TypeError(_boolean_reduction_error(where, label, self.name))
+            raise TypeError(_unfit_error(where, label, self.name, _BOOLEANS, aval.dtype))
 
     def acc_dtype(self, dtype: DTypeLike) -> np.dtype:
         """The dtype the local accumulation and the collective run in."""
@@ -153,13 +178,6 @@ class Reduction(Op):
         return wire.cast(total, dtype)
 
 
-def _boolean_reduction_error(where: str, label: str, op: str) -> str:
-    return (
-        f"{where}: {label} is boolean and has reduce {op!r}; reductions need numbers. Return a "
-        "number (e.g. x.astype(jnp.int32)) or use reduce 'gather'."
-    )
-
-
 @dataclasses.dataclass(frozen=True, repr=False)
 class Sum(Reduction):
     pass
@@ -172,7 +190,7 @@ class Avg(Reduction):
     def check_dtype(self, aval: jax.ShapeDtypeStruct, where: str, label: str) -> None:
         dtype = np.dtype(aval.dtype)
         if not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(_integer_avg_error(where, label, dtype))
+            raise TypeError(_unfit_error(where, label, self.name, _INTEGER_MEAN, dtype))
 
     def contribution(self, value: jax.Array, rows: int) -> jax.Array:
         # Weighing by the rows the piece really had makes uneven splits exact.
@@ -190,13 +208,6 @@ class Avg(Reduction):
         # Uncompressed, divide once after the sum, as a hand-written pmean does.
         mean = total / jnp.asarray(divisor, total.dtype) if comm_dtype is None else total
         return wire.cast(mean, dtype)
-
-
-def _integer_avg_error(where: str, label: str, dtype: np.dtype) -> str:
-    return (
-        f"{where}: {label} has dtype {dtype} and reduce 'avg': an average of integers is not an "
-        "integer. Use reduce 'sum' for counts (and divide yourself), or return a float."
-    )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -220,7 +231,7 @@ class Extremum(Reduction):
             return  # any (max) or all (min), as jnp.max of bools
         super().check_dtype(aval, where, label)
         if jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(_complex_extremum_error(where, label, dtype, self.name))
+            raise TypeError(_unfit_error(where, label, self.name, _COMPLEX_ORDER, dtype))
 
     def acc_dtype(self, dtype: DTypeLike) -> np.dtype:
         # Exact in any dtype: no widening. Bools travel as bytes (XLA's max
@@ -238,14 +249,6 @@ class Extremum(Reduction):
         self, values: list[jax.Array], comm_dtype: DTypeLike | None, mesh: Mesh, counts: Counts
     ) -> list[jax.Array]:
         return _extremum(self.largest, comm_dtype, list(values), list(counts))
-
-
-def _complex_extremum_error(where: str, label: str, dtype: np.dtype, op: str) -> str:
-    return (
-        f"{where}: {label} has dtype {dtype} and reduce {op!r}, but complex numbers have no order. "
-        "Reduce a real quantity instead (e.g. jnp.abs(z) or z.real), or use reduce 'gather' and "
-        "pick on the host."
-    )
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
