@@ -34,8 +34,9 @@ def all_gather(x: Any, *, concat: bool = False) -> Any:
     """Every device gets every device's entry of ``x`` (a pytree of per-device values).
 
     Args:
-      x: per-device values.
-      concat: concatenate the entries along their axis 0 instead of stacking.
+      x: per-device values, entry i on device i.
+      concat: each device joins the n entries end to end along their axis 0,
+        instead of stacking them on a new axis.
 
     Returns:
       per-device values of shape ``(n, n, ...)`` (entry i holds all n entries), or

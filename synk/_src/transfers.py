@@ -198,8 +198,9 @@ def gather(x: Any, *, concat: bool = False) -> Any:
     """Every device's entry of ``x`` (a pytree of per-device values), on the host.
 
     Args:
-      x: per-device values.
-      concat: concatenate the entries along their axis 0 instead of stacking.
+      x: per-device values, as ``synk.scatter`` or a ``'per_device'`` output gives them.
+      concat: join the entries end to end along their axis 0 (every device's rows,
+        in device order), instead of stacking them.
 
     Returns:
       numpy arrays, on every process: shape ``(n, ...)``, or ``(n * k, ...)`` with ``concat``.
