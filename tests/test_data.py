@@ -330,7 +330,10 @@ def test_out_of_range_indices_name_the_index_and_the_length(X):
         (3, TypeError, r"scalar index \(3\).*X\[3:4\]"),
         (-1, TypeError, r"scalar index \(-1\).*e\.g\. X\[-1:\]\."),
         (slice(None, None, 2), ValueError, r"^X\[::2\]: slices with a step"),
-        (np.zeros((2, 2), int), ValueError, r"expected a 1-D index array"),
+        (np.zeros((2, 2), int), ValueError, r"expected a 1-D index array, got shape \(2, 2\)"),
+        (True, TypeError, r"^X\[idx\]: boolean indices .* np\.flatnonzero\(mask\)"),
+        (np.array([], bool), TypeError, r"boolean indices are not supported"),
+        (np.array(3), TypeError, r"scalar index \(3\).*X\[3:4\]"),
     ],
 )
 def test_bad_indices(X, idx, error, pattern):

@@ -9,40 +9,77 @@ from numpy.typing import ArrayLike
 from synk._src import compat
 
 
-def as_index_array(idx: ArrayLike, data: str) -> np.ndarray:
-    """`idx` as an integer array; `data` names the indexed data (``X`` or ``X.local``)."""
-    what = f"{data}[idx]"
-    if isinstance(idx, bool | np.bool_):
-        raise TypeError(f"{what}: a boolean index; pass integer row indices.")
-    if isinstance(idx, int | np.integer):
-        raise TypeError(_scalar_index_error(data, idx))
+def as_index_array(idx: ArrayLike, data: str, *, local: bool, devices: int) -> np.ndarray:
+    """`idx` as an integer array, checked by `check_kind`; `data` names the indexed
+    data (``X`` or ``X.local``)."""
     array = np.asarray(idx)
-    if array.dtype == np.bool_:
-        raise TypeError(_boolean_indices_error(what))
-    if array.size == 0:
-        return array.astype(np.int32)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(_float_indices_error(what, array.dtype))
+    if array.size == 0 and array.dtype != np.bool_:  # np.asarray([]) is float64: no rows
+        array = array.astype(np.int32)
+    value = idx if array.ndim == 0 else None
+    check_kind(array, data, local=local, devices=devices, value=value)
     return array
 
 
-def _scalar_index_error(data: str, idx: int | np.integer) -> str:
-    stop = int(idx) + 1 or ""  # the last row, -1, is the slice -1: to the end
+def check_kind(
+    idx: np.ndarray | compat.Tracer,
+    data: str,
+    *,
+    local: bool,
+    devices: int,
+    value: object = None,
+) -> None:
+    """What an index's dtype and shape must be, concrete or traced (its values come later).
+
+    `value`: a Python or numpy scalar as given. A global index is 1-D; a local
+    one is 1-D (every device the same rows) or one row per device.
+    """
+    traced = isinstance(idx, compat.Tracer)
+    if idx.dtype == np.bool_:
+        raise TypeError(_boolean_error(data, traced))
+    if not jax.dtypes.issubdtype(idx.dtype, np.integer):
+        raise TypeError(_float_error(data, idx.dtype, traced))
+    if idx.ndim == 0:
+        raise TypeError(_scalar_error(data, value, traced))
+    if local and not (idx.ndim == 1 or (idx.ndim == 2 and idx.shape[0] == devices)):
+        raise ValueError(_local_shape_error(data, devices, idx.shape, traced))
+    if not local and idx.ndim != 1:
+        raise ValueError(_not_1d_error(data, idx.shape, traced))
+
+
+def _got(what: str, traced: bool) -> str:
+    return f"a traced array of {what}" if traced else what
+
+
+def _boolean_error(data: str, traced: bool) -> str:
+    mask = "jnp.flatnonzero(mask, size=k)" if traced else "np.flatnonzero(mask)"
+    return f"{data}[idx]: boolean indices are not supported; pass integer rows (e.g. {mask})."
+
+
+def _float_error(data: str, dtype: np.dtype, traced: bool) -> str:
+    got = _got(f"dtype {dtype}", traced)
+    return f"{data}[idx]: indices must be integers, got {got}. Convert them, e.g. idx.astype(int)."
+
+
+def _scalar_error(data: str, value: object, traced: bool) -> str:
+    if traced or value is None:
+        fix = f"Pass a 1-D array of rows, e.g. {data}[i[None]]."
+        return f"{data}[idx]: a scalar index would drop the batch axis. {fix}"
+    stop = int(np.asarray(value)) + 1 or ""  # the last row, -1, is the slice -1: to the end
+    fix = f"Pass a slice or a list of rows, e.g. {data}[{value}:{stop}]."
+    return f"{data}[idx]: a scalar index ({value}) would drop the batch axis. {fix}"
+
+
+def _local_shape_error(data: str, devices: int, shape: tuple[int, ...], traced: bool) -> str:
     return (
-        f"{data}[idx]: a scalar index ({idx}) would drop the batch axis. Pass a slice or a "
-        f"list of rows, e.g. {data}[{idx}:{stop}]."
+        f"{data}[idx]: expected one index array for every device, shape (k,), or one row per "
+        f"device, shape ({devices}, k); got {_got(f'shape {shape}', traced)}."
     )
 
 
-def _boolean_indices_error(what: str) -> str:
+def _not_1d_error(data: str, shape: tuple[int, ...], traced: bool) -> str:
     return (
-        f"{what}: boolean indices are not supported; pass integer rows (e.g. np.flatnonzero(mask))."
-    )
-
-
-def _float_indices_error(what: str, dtype: np.dtype) -> str:
-    return (
-        f"{what}: indices must be integers, got dtype {dtype}. Convert them, e.g. idx.astype(int)."
+        f"{data}[idx]: expected a 1-D index array, got {_got(f'shape {shape}', traced)}. For "
+        "per-device indices into sharded data use X.local[idx] with shape (n_devices, k)."
     )
 
 
@@ -70,9 +107,7 @@ def global_index(idx: slice | ArrayLike, rows: int) -> np.ndarray:
         if idx.step not in (None, 1):
             raise ValueError(_stepped_slice_error(idx))
         return frozen(np.arange(*idx.indices(rows), dtype=np.int32))
-    array = as_index_array(idx, "X")
-    if array.ndim != 1:
-        raise ValueError(_not_1d_error(array.shape))
+    array = as_index_array(idx, "X", local=False, devices=0)
     return check_range(array, rows, "X[idx]")
 
 
@@ -84,66 +119,10 @@ def _stepped_slice_error(idx: slice) -> str:
     )
 
 
-def _not_1d_error(shape: tuple[int, ...]) -> str:
-    return (
-        f"X[idx]: expected a 1-D index array, got shape {shape}. For per-device "
-        "indices into sharded data use X.local[idx] with shape (n_devices, k)."
-    )
-
-
 def traced_index(idx: compat.Tracer, *, local: bool, devices: int) -> compat.Tracer:
     """A traced index, checked for what its aval shows (dtype, shape); values later."""
-    data = "X.local" if local else "X"
-    dtype = idx.dtype
-    if dtype == np.bool_:
-        raise TypeError(_traced_boolean_error(data))
-    if not jax.dtypes.issubdtype(dtype, np.integer):
-        raise TypeError(_traced_float_error(data, dtype))
-    if idx.ndim == 0:
-        raise TypeError(_traced_scalar_error(data))
-    if local:
-        if idx.ndim == 1 or (idx.ndim == 2 and idx.shape[0] == devices):
-            return idx
-        raise ValueError(_traced_local_shape_error(data, devices, idx.shape))
-    if idx.ndim != 1:
-        raise ValueError(_traced_not_1d_error(data, idx.shape))
+    check_kind(idx, "X.local" if local else "X", local=local, devices=devices)
     return idx
-
-
-def _traced_boolean_error(data: str) -> str:
-    return (
-        f"{data}[idx]: boolean indices are not supported; pass integer rows (e.g. "
-        "jnp.flatnonzero(mask, size=k))."
-    )
-
-
-def _traced_float_error(data: str, dtype: np.dtype) -> str:
-    return (
-        f"{data}[idx]: indices must be integers, got a traced array of dtype {dtype}. Convert "
-        "them, e.g. idx.astype(int)."
-    )
-
-
-def _traced_scalar_error(data: str) -> str:
-    return (
-        f"{data}[idx]: a scalar index would drop the batch axis. Pass a 1-D array of rows, "
-        f"e.g. {data}[i[None]]."
-    )
-
-
-def _traced_local_shape_error(data: str, devices: int, shape: tuple[int, ...]) -> str:
-    return (
-        f"{data}[idx]: expected one index array for every device, shape (k,), or one row per "
-        f"device, shape ({devices}, k); got a traced array of shape {shape}."
-    )
-
-
-def _traced_not_1d_error(data: str, shape: tuple[int, ...]) -> str:
-    return (
-        f"{data}[idx]: expected a 1-D index array, got a traced array of shape {shape}. "
-        "For per-device indices into sharded data use X.local[idx] with shape "
-        "(n_devices, k)."
-    )
 
 
 def traced_slice(idx: slice, *, local: bool) -> None:
@@ -175,11 +154,9 @@ def local_index(idx: slice | ArrayLike, rows_per_device: tuple[int, ...]) -> np.
         if len(counts) > 1:
             raise IndexError(_uneven_local_slice_error(idx, held, counts))
         idx = np.arange(*idx.indices(int(held.min())))
-    array = as_index_array(idx, "X.local")
+    array = as_index_array(idx, "X.local", local=True, devices=n)
     if array.ndim == 1:
         array = np.broadcast_to(array, (n, array.shape[0]))
-    if array.ndim != 2 or array.shape[0] != n:
-        raise ValueError(_local_shape_error(n, array.shape))
     array = np.where(array < 0, array + held[:, None], array)
     bad = (array < 0) | (array >= held[:, None])
     if bad.any():
@@ -198,13 +175,6 @@ def _uneven_local_slice_error(idx: slice, held: np.ndarray, counts: set[int]) ->
         f"count from every device. Take at most {int(held.min())} rows of each "
         "shard (X.local[:k]), pass X.local[:] for every row, or use global "
         "indices (X[idx])."
-    )
-
-
-def _local_shape_error(n: int, shape: tuple[int, ...]) -> str:
-    return (
-        f"X.local[idx]: expected one index array for every device, shape (k,), or one "
-        f"row per device, shape ({n}, k); got shape {shape}."
     )
 
 
