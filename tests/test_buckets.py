@@ -246,7 +246,7 @@ def test_first_rows_with_a_known_count_are_its_rows():
 def test_first_rows_refusals_say_what_to_do():
     x, n = np.ones((4 * N, 2), np.float32), 3
     cases = [
-        (synk.function(lambda x: x.sum()), "needs explicit reductions"),
+        (synk.function(lambda x: x.sum()), "cannot serve a function without explicit reductions"),
         (synk.function(lambda x: x * 2, reduce="gather"), r"reduce \['gather'\]"),
         (synk.function(lambda x: x.max(0), reduce="max"), r"reduce \['max'\]"),
     ]
@@ -315,3 +315,20 @@ def test_first_rows_broadcast_is_refused_by_name():
     a, x = np.ones((16, 3), np.float32), np.ones(16, np.float32)
     with pytest.raises(ValueError, match=r"argument `a` is not sliced.*give it in_axes 0"):
         jax.jit(lambda a, x, n: g(synk.first_rows(a, n), synk.first_rows(x, n)))(a, x, 3)
+
+
+def test_first_rows_refusals_name_every_argument_at_fault():
+    g = synk.function(lambda a, b, x, y: (x * y).sum() + a.sum() + b.sum(),
+                      in_axes=(None, None, 0, 0), reduce="sum")  # fmt: skip
+    a, x = np.ones((16, 3), np.float32), np.ones(16, np.float32)
+
+    def call(a, x, n):
+        first = synk.first_rows
+        return g(first(a, n), first(a, n), first(x, n), x)
+
+    with pytest.raises(ValueError) as info:
+        jax.jit(call)(a, x, 3)
+    message = str(info.value)
+    assert "2 problems" in message
+    assert "arguments `a` and `b` are not sliced" in message
+    assert "plain batches (`y`)" in message

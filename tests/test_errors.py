@@ -56,7 +56,7 @@ def test_reduce_tree_that_does_not_fit_the_outputs():
 
 def test_avg_of_an_integer_output_suggests_sum():
     f = synk.function(lambda x: (x > 0).sum(), reduce="avg")
-    with pytest.raises(TypeError, match=r"out has dtype int32, with reduce 'avg'.*Use reduce 'sum'"):
+    with pytest.raises(TypeError, match=r"out has dtype int32, with reduce 'avg'.*reduce 'sum'"):
         f(np.ones(8))
 
 

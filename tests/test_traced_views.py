@@ -191,9 +191,10 @@ def test_bad_traced_indices_are_refused_while_tracing():
     f = synk.function(lambda x: x.sum(), reduce="sum")
     with pytest.raises(TypeError, match=r"X\[idx\]: indices must be integers.*float32"):
         jax.jit(lambda i: f(X[i]))(np.zeros(4, np.float32))
-    with pytest.raises(TypeError, match=r"X\[idx\]: boolean indices .* jnp\.flatnonzero\(mask, size=k\)"):
+    with pytest.raises(TypeError, match=r"X\[idx\]: boolean .* jnp\.flatnonzero\(mask, size=k\)"):
         jax.jit(lambda i: f(X[i]))(np.ones(4, bool))
-    with pytest.raises(ValueError, match=r"X\[idx\]: expected a 1-D index array, got a traced array of shape \(2, 2\)"):
+    traced_2d = r"X\[idx\]: expected a 1-D index array, got a traced array of shape \(2, 2\)"
+    with pytest.raises(ValueError, match=traced_2d):
         jax.jit(lambda i: f(X[i]))(np.zeros((2, 2), np.int32))
     with pytest.raises(TypeError, match=r"scalar index would drop the batch axis"):
         jax.jit(lambda i: f(X[i]))(np.int32(3))

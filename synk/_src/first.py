@@ -27,6 +27,7 @@ import numpy as np
 from jax.tree_util import PyTreeDef
 
 from synk._src import compat
+from synk._src.refusals import Refusals, listed
 from synk._src.roles import Leaf, Role
 
 if TYPE_CHECKING:
@@ -160,38 +161,37 @@ def unwrap(tree: Any) -> Any:
 def check(
     where: str, reduce: ReduceSpec, descs: list[Leaf], arrays: list[int], counts: list[Any]
 ) -> None:
-    """Refuse first_rows batches that cannot share a bucket inside a trace."""
+    """Refuse first_rows batches that cannot share a bucket inside a trace, naming
+    every argument at fault."""
     if reduce is None:
-        raise ValueError(_no_reduce_error(where))
-    broadcast = [descs[i] for i in arrays if descs[i].role is not Role.SLICED]
-    if broadcast:
-        raise ValueError(_not_sliced_error(where, broadcast[0]))
+        raise ValueError(_unserved_error(where))
+    refusals = Refusals(where)
+    marked = [descs[i] for i in arrays]
+    if broadcast := [d for d in marked if d.role is not Role.SLICED]:
+        refusals.add(ValueError(_not_sliced_error(where, broadcast)))
     if any(c is not counts[0] for c in counts):
-        raise ValueError(_several_counts_error(where))
-    sliced = {i for i, d in enumerate(descs) if d.role is Role.SLICED}
-    if sliced != set(arrays):
-        raise ValueError(_mixed_batches_error(where))
-    bad = [descs[i] for i in arrays if descs[i].axis != 0 or descs[i].view is not None]
-    if bad:
-        raise ValueError(_not_on_axis_0_error(where, bad[0]))
-    lengths = {descs[i].aval.shape[0] for i in arrays}
-    if len(lengths) > 1:
-        raise ValueError(_padded_lengths_error(where, lengths))
+        refusals.add(ValueError(_several_counts_error(where)))
+    if plain := [d for i, d in enumerate(descs) if d.role is Role.SLICED and i not in arrays]:
+        refusals.add(ValueError(_mixed_batches_error(where, plain)))
+    sliced = [d for d in marked if d.role is Role.SLICED]
+    if off := [d for d in sliced if d.axis != 0 or d.view is not None]:
+        refusals.add(ValueError(_not_on_axis_0_error(where, off)))
+    if len(lengths := {d.aval.shape[0] for d in marked}) > 1:
+        refusals.add(ValueError(_padded_lengths_error(where, lengths)))
+    refusals.raise_all()
 
 
-def _no_reduce_error(where: str) -> str:
+def _not_sliced_error(where: str, broadcast: list[Leaf]) -> str:
+    names = listed([f"`{_name(d)}`" for d in broadcast])
+    if len(broadcast) == 1:
+        found, fix = f"argument {names} is", "give it in_axes 0, or pass the array itself"
+        fix += " to broadcast it"
+    else:
+        found, fix = f"arguments {names} are", "give them in_axes 0, or pass the arrays"
+        fix += " themselves to broadcast them"
     return (
-        f"{where}: synk.first_rows needs explicit reductions (e.g. reduce='avg'): "
-        "without reduce the whole function runs on the whole batch, whose length is "
-        "the program's. Pass x[:n] with a Python int n instead."
-    )
-
-
-def _not_sliced_error(where: str, d: Leaf) -> str:
-    return (
-        f"{where}: synk.first_rows marks a batch, sliced along axis 0, but argument "
-        f"`{_name(d)}` is not sliced (its in_axes entry is None or "
-        "'per_device'): give it in_axes 0, or pass the array itself to broadcast it."
+        f"{where}: synk.first_rows marks a batch, sliced along axis 0, but {found} not "
+        f"sliced (in_axes entry None or 'per_device'): {fix}."
     )
 
 
@@ -202,19 +202,21 @@ def _several_counts_error(where: str) -> str:
     )
 
 
-def _mixed_batches_error(where: str) -> str:
+def _mixed_batches_error(where: str, plain: list[Leaf]) -> str:
+    names = listed([f"`{d.name}`" for d in plain])
     return (
-        f"{where}: synk.first_rows and plain batches in one call: inside a trace every "
-        "sliced argument must be synk.first_rows(x, n), with the same n."
+        f"{where}: synk.first_rows and plain batches ({names}) in one call: inside a trace "
+        "every sliced argument must be synk.first_rows(x, n), with the same n."
     )
 
 
-def _not_on_axis_0_error(where: str, d: Leaf) -> str:
-    what = "a synk.Data batch" if d.view is not None else f"sliced on axis {d.axis}"
-    return (
-        f"{where}: synk.first_rows takes arrays sliced along axis 0; argument "
-        f"`{_name(d)}` is {what}."
-    )
+def _not_on_axis_0_error(where: str, off: list[Leaf]) -> str:
+    each = [
+        f"`{_name(d)}` is "
+        + ("a synk.Data batch" if d.view is not None else f"sliced on axis {d.axis}")
+        for d in off
+    ]
+    return f"{where}: synk.first_rows takes arrays sliced along axis 0, but {listed(each)}."
 
 
 def _padded_lengths_error(where: str, lengths: set[int]) -> str:
@@ -230,24 +232,26 @@ def _name(d: Leaf) -> str:
 
 def check_outputs(where: str, out: OutPlan, uses_lax: bool) -> None:
     """Refuse a function whose outputs cannot run in a bucket inside a trace."""
-    if uses_lax:
-        raise ValueError(_collectives_in_bucket_error(where))
     refused = {op.name for op in out.ops} & {"gather", "per_device", "max", "min"}
-    if refused:
-        raise ValueError(_refused_ops_error(where, refused))
+    if uses_lax or refused:
+        raise ValueError(_unserved_error(where, uses_lax, refused))
 
 
-def _collectives_in_bucket_error(where: str) -> str:
-    return (
-        f"{where}: synk.first_rows cannot serve a function that calls synk.lax "
-        "collectives: each device must run once on an equal share. Pass x[:n] with a "
-        "Python int n."
-    )
-
-
-def _refused_ops_error(where: str, refused: set[OpName]) -> str:
-    return (
-        f"{where}: synk.first_rows cannot serve outputs with reduce {sorted(refused)} "
-        "inside a trace (their lengths, or their gradients' ties, depend on the rows); "
-        "use 'avg', 'sum' or 'prod', or pass x[:n] with a Python int n."
-    )
+def _unserved_error(
+    where: str, uses_lax: bool = False, refused: frozenset[OpName] | set[OpName] = frozenset()
+) -> str:
+    """A function that `first_rows` batches cannot serve: without explicit
+    reductions, with synk.lax collectives, or with outputs that need every row."""
+    if uses_lax:
+        what = "a function that calls synk.lax collectives"
+        why = "each device must run once on an equal share"
+    elif refused:
+        what = f"outputs with reduce {sorted(refused)}"
+        why = "their lengths, or their gradients' ties, depend on the rows; use 'avg', "
+        why += "'sum' or 'prod'"
+    else:
+        what = "a function without explicit reductions (e.g. reduce='avg')"
+        why = "without reduce the whole function runs on the whole batch, whose length is "
+        why += "the program's"
+    instead = "Or pass x[:n] with a Python int n."
+    return f"{where}: synk.first_rows cannot serve {what} inside a trace: {why}. {instead}"

@@ -21,6 +21,7 @@ from synk._src import outputs as synk_outputs
 from synk._src import reduce as red
 from synk._src.abstract import check_whole_share, trace_outputs
 from synk._src.layout import Layout
+from synk._src.refusals import listed
 from synk._src.roles import Leaf, Role, describe_leaves, entries
 from synk._src.signature import Dyn, Statics
 from synk._src.split import Split, check_not_empty, make_split
@@ -366,9 +367,8 @@ def batch_rows(core: Core, descs: list[Leaf]) -> tuple[int, int] | None:
 
 def _lengths_error(where: str, sliced: list[Leaf], lengths: list[int]) -> str:
     each = [f"`{d.name}` has {n} rows (axis {d.axis})" for d, n in zip(sliced, lengths)]
-    listed = ", ".join(each[:-1]) + " and " + each[-1]
     return (
-        f"{where}: sliced arguments must share one batch length, but {listed}. Pass "
+        f"{where}: sliced arguments must share one batch length, but {listed(each)}. Pass "
         "batches of equal length, or mark arguments that are not batched as broadcast "
         "with in_axes=None."
     )

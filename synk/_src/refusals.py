@@ -49,3 +49,8 @@ class Refusals:
         prefix = f"{self.where}: "
         items = "\n".join(f"  {i}. {str(e).removeprefix(prefix)}" for i, e in enumerate(errors, 1))
         raise kind(f"{prefix}{len(errors)} problems with this call; fix them all:\n{items}")
+
+
+def listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: the items as a message names them."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
