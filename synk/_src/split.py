@@ -80,30 +80,21 @@ def make_split(rows: int, devices: int, slices: int, *, groups: int = 1, where: 
     """Validate a split and build it. `where` names the function in errors."""
     check_not_empty(rows, where)
     split = Split(rows, devices, slices, groups)
-    q, many = split.main, split.main + (1 if split.extra else 0)
-    if q == 0 and slices > 1:
-        raise ValueError(_slices_past_one_row_error(where, slices, rows, devices))
-    if q and slices > q:
-        raise ValueError(_slices_past_rows_error(where, slices, rows, devices, q, many))
+    if slices > max(split.main, 1):
+        raise ValueError(_slices_past_rows_error(where, split))
     return split
 
 
-def _slices_past_one_row_error(where: str, slices: int, rows: int, devices: int) -> str:
+def _slices_past_rows_error(where: str, split: Split) -> str:
+    q, many = split.main, split.main + (1 if split.extra else 0)
+    if q == 0:
+        gets, fix = "at most 1 row", "Use num_slices=1 for batches smaller than the device count."
+    else:
+        gets = f"{q} row(s)" + (f" (or {many})" if many != q else "")
+        fix = f"Use num_slices <= {q}, or a larger batch."
     return (
-        f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
-        f"{rows} rows on {devices} devices gives each device at most 1 row. "
-        "Use num_slices=1 for batches smaller than the device count."
-    )
-
-
-def _slices_past_rows_error(
-    where: str, slices: int, rows: int, devices: int, q: int, many: int
-) -> str:
-    return (
-        f"{where}: num_slices={slices} is larger than the rows a device gets: a batch of "
-        f"{rows} rows on {devices} devices gives each device {q} row(s)"
-        + (f" (or {many})" if many != q else "")
-        + f". Use num_slices <= {q}, or a larger batch."
+        f"{where}: num_slices={split.slices} is larger than the rows a device gets: a batch "
+        f"of {split.rows} rows on {split.devices} devices gives each device {gets}. {fix}"
     )
 
 
