@@ -1,4 +1,5 @@
-"""synk's modules import one another without a cycle, imports inside functions included.
+"""synk's modules are small and import one another without a cycle, imports inside
+functions included.
 
 A cycle that a deferred import (one inside a function, or under
 ``TYPE_CHECKING``) keeps from failing at import time still ties the modules in
@@ -138,3 +139,17 @@ def test_a_cycle_through_a_deferred_import_is_found(tmp_path):
     edges = graph(modules(package))
     assert knots(edges) == [["pkg.a", "pkg.b", "pkg.c"]]
     assert cycle(edges, ["pkg.a", "pkg.b", "pkg.c"]) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+
+
+MOST_LINES = 400  # a module past this holds more than one idea: split it along them
+
+
+def test_no_module_passes_400_lines():
+    found = modules(SYNK)
+    assert "synk._src.function" in found, f"no synk package at {SYNK}"
+    long = {
+        name: lines
+        for name, path in found.items()
+        if (lines := len(path.read_text().splitlines())) > MOST_LINES
+    }
+    assert not long, f"modules over {MOST_LINES} lines: {long}"
