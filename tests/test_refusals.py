@@ -87,6 +87,16 @@ def test_every_bad_option_is_named():
     assert "buckets=[0]; expected 'geometric'" in message
 
 
+def test_refusals_of_a_check_inside_another_are_listed_once_each():
+    with pytest.raises(ValueError) as info:
+        synk.function(never_called, reduce=("mean", "total"), num_slices=0)
+    message = str(info.value)
+    assert "3 problems" in message and message.count("problems") == 1
+    assert "  1. unknown reduce op 'mean'" in message
+    assert "  2. unknown reduce op 'total'" in message
+    assert "  3. num_slices=0" in message
+
+
 def test_a_call_that_does_not_fit_the_signature_is_refused_before_it_runs():
     def loss(w, x):
         raise AssertionError("ran")

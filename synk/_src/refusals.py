@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 R = TypeVar("R")
 
 _REFUSED = (TypeError, ValueError, IndexError)
+_PARTS = "_synk_refusals"  # the refusals that an error of several names
 
 
 class Refused(TypeError, ValueError, IndexError):
@@ -31,7 +32,7 @@ class Refusals:
         try:
             return fn(*args)
         except _REFUSED as e:
-            self.errors.append(e)
+            self.errors.extend(getattr(e, _PARTS, [e]))  # another check's refusals, each
             return None
 
     def add(self, error: Exception) -> None:
@@ -48,7 +49,9 @@ class Refusals:
         kind = kinds.pop() if len(kinds) == 1 else Refused
         prefix = f"{self.where}: "
         items = "\n".join(f"  {i}. {str(e).removeprefix(prefix)}" for i, e in enumerate(errors, 1))
-        raise kind(f"{prefix}{len(errors)} problems with this call; fix them all:\n{items}")
+        error = kind(f"{prefix}{len(errors)} problems with this call; fix them all:\n{items}")
+        setattr(error, _PARTS, list(errors))  # so that a check around this one lists them
+        raise error
 
 
 def listed(items: list[str]) -> str:
