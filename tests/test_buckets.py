@@ -246,7 +246,8 @@ def test_first_rows_with_a_known_count_are_its_rows():
 def test_first_rows_refusals_say_what_to_do():
     x, n = np.ones((4 * N, 2), np.float32), 3
     cases = [
-        (synk.function(lambda x: x.sum()), "cannot serve a function without explicit reductions"),
+        (synk.function(lambda x: x.sum()), r"without explicit reductions .* reduce='avg'"),
+        (synk.function(lambda x: synk.lax.psum(x.sum()), reduce="sum"), r"synk.lax .* Pass x"),
         (synk.function(lambda x: x * 2, reduce="gather"), r"reduce \['gather'\]"),
         (synk.function(lambda x: x.max(0), reduce="max"), r"reduce \['max'\]"),
     ]
@@ -332,3 +333,14 @@ def test_first_rows_refusals_name_every_argument_at_fault():
     assert "2 problems" in message
     assert "arguments `a` and `b` are not sliced" in message
     assert "plain batches (`y`)" in message
+
+
+def test_first_rows_off_axis_0_is_one_refusal_not_also_a_length():
+    g = synk.function(lambda a, x: (a.sum(0) * x).sum(), in_axes=(1, 0), reduce="sum")
+    a, x = np.ones((3, 64), np.float32), np.ones(64, np.float32)
+    f = synk.first_rows
+    with pytest.raises(ValueError) as info:
+        jax.jit(lambda a, x, n: g(f(a, n), f(x, n)))(a, x, 5)
+    message = str(info.value)
+    assert "`a` is sliced on axis 1" in message
+    assert "problems" not in message and "padded to one length" not in message

@@ -59,7 +59,8 @@ def test_environment_variable_sets_the_device_count():
         (
             {"SYNK_CPU_DEVICES": "2", "SYNK_TIMEOUT": "0"},
             "SYNK_TIMEOUT='0' is not a positive integer. Set it to the seconds after "
-            "which processes stop (e.g. SYNK_TIMEOUT=60), or unset it.",
+            "which the other processes stop when one has died (e.g. SYNK_TIMEOUT=60), or "
+            "unset it.",
         ),
     ],
 )

@@ -255,15 +255,18 @@ def test_options_of_the_per_device_path_need_an_explicit_reduce():
         synk.function(rms, num_slices=2, comm_dtype=jnp.bfloat16, buckets=(64,))
     assert str(e.value) == (
         "synk.function(rms): num_slices=2 runs each device's rows in pieces and combines "
-        "their outputs, and comm_dtype=bfloat16 compresses the explicit reductions, and "
+        "their outputs; comm_dtype=bfloat16 compresses the explicit reductions; "
         "buckets=(64,) shares one executable between batch lengths by running each "
-        "device's rows in pieces; these need outputs that combine over rows: give an "
+        "device's rows in pieces. Each needs outputs that combine over rows: give an "
         "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
         "function runs whole under XLA's partitioner: exact for any function, in its own "
         "dtypes, and compiled once per batch length."
     )
+    # With a bad option: both in one refusal.
+    with pytest.raises(ValueError, match=r"2 problems with these options(.|\n)*buckets=\(64,\)"):
+        synk.function(rms, num_slices=0, buckets=(64,))
     f = synk.function(rms, reduce="avg", num_slices=2)
-    with pytest.raises(ValueError, match=r"^[^\n]*num_slices=2 runs.*these need"):
+    with pytest.raises(ValueError, match=r"^[^\n]*num_slices=2 runs.*Each needs"):
         f.with_options(reduce=None, comm_dtype=jnp.float16)
     f = synk.function(lambda s, x: s.sum() + x.sum(), in_axes=("per_device", 0))
     ran = []

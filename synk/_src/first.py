@@ -176,7 +176,7 @@ def check(
     sliced = [d for d in marked if d.role is Role.SLICED]
     if off := [d for d in sliced if d.axis != 0 or d.view is not None]:
         refusals.add(ValueError(_not_on_axis_0_error(where, off)))
-    if len(lengths := {d.aval.shape[0] for d in marked}) > 1:
+    if len(lengths := {d.aval.shape[0] for d in sliced if d not in off}) > 1:
         refusals.add(ValueError(_padded_lengths_error(where, lengths)))
     refusals.raise_all()
 
@@ -242,16 +242,18 @@ def _unserved_error(
 ) -> str:
     """A function that `first_rows` batches cannot serve: without explicit
     reductions, with synk.lax collectives, or with outputs that need every row."""
+    instead = "pass x[:n] with a Python int n"
     if uses_lax:
         what = "a function that calls synk.lax collectives"
         why = "each device must run once on an equal share"
+        fix = "Pass x[:n] with a Python int n."
     elif refused:
         what = f"outputs with reduce {sorted(refused)}"
-        why = "their lengths, or their gradients' ties, depend on the rows; use 'avg', "
-        why += "'sum' or 'prod'"
+        why = "their lengths, or their gradients' ties, depend on the rows"
+        fix = f"Use 'avg', 'sum' or 'prod', or {instead}."
     else:
-        what = "a function without explicit reductions (e.g. reduce='avg')"
+        what = "a function without explicit reductions"
         why = "without reduce the whole function runs on the whole batch, whose length is "
         why += "the program's"
-    instead = "Or pass x[:n] with a Python int n."
-    return f"{where}: synk.first_rows cannot serve {what} inside a trace: {why}. {instead}"
+        fix = f"Give an explicit reduce (e.g. reduce='avg'), or {instead}."
+    return f"{where}: synk.first_rows cannot serve {what} inside a trace: {why}. {fix}"

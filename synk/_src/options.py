@@ -37,21 +37,22 @@ class Options:
         buckets: Buckets = GEOMETRIC,
     ) -> Options:
         """Validated options: every check of an option lives here (and in `reduce`).
-        Every bad option is refused at once, then every option of the per-device
+        Every bad option is refused at once, with every option of the per-device
         path that was set without an explicit reduce."""
-        refusals = Refusals(where)
+        refusals = Refusals(where, "these options")
         refusals.run(red.check_spec, reduce, where)
-        if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
+        slices_ok = not isinstance(num_slices, bool) and isinstance(num_slices, int)
+        if not (slices_ok and num_slices >= 1):
             refusals.add(ValueError(_bad_num_slices_error(where, num_slices)))
         comm_dtype = refusals.run(wire.parse_comm_dtype, comm_dtype, where)
         option = refusals.run(as_option, buckets, where)  # checked here, before any call
-        refusals.raise_all()
         if reduce is None:  # the options of the per-device path need one
-            shown = [f"num_slices={num_slices}"] if num_slices != 1 else []
+            shown = [f"num_slices={num_slices}"] if slices_ok and num_slices > 1 else []
             shown += [f"comm_dtype={comm_dtype}"] if comm_dtype is not None else []
             shown += [f"buckets={buckets!r}"] if option not in (None, GEOMETRIC) else []
             if shown:
-                raise ValueError(_needs_reduce_error(where, shown))
+                refusals.add(ValueError(_needs_reduce_error(where, shown)))
+        refusals.raise_all()
         return cls(reduce, num_slices, comm_dtype, option)
 
     @property
@@ -83,10 +84,10 @@ _PER_DEVICE_OPTIONS = {
 
 def _needs_reduce_error(where: str, shown: list[str]) -> str:
     """`shown`: each option of the per-device path that was set, as written (num_slices=2)."""
-    what = ", and ".join(f"{s} {_PER_DEVICE_OPTIONS[s.split('=')[0]]}" for s in shown)
-    this = "this needs" if len(shown) == 1 else "these need"
+    what = "; ".join(f"{s} {_PER_DEVICE_OPTIONS[s.split('=')[0]]}" for s in shown)
+    this = "This needs" if len(shown) == 1 else "Each needs"
     return (
-        f"{where}: {what}; {this} outputs that combine over rows: give an explicit reduce "
+        f"{where}: {what}. {this} outputs that combine over rows: give an explicit reduce "
         "(e.g. reduce='avg' for a mean over rows). Without reduce the function runs whole "
         "under XLA's partitioner: exact for any function, in its own dtypes, and compiled "
         "once per batch length."

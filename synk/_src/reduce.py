@@ -92,7 +92,9 @@ _SCALAR = _Unfit(
     "or 'sum'.",
 )
 _BOOLEANS = _Unfit(
-    "is boolean", "reductions need numbers", "Return a number (e.g. x.astype(int)) or use 'gather'."
+    "is boolean",
+    "reductions need numbers",
+    "Return a number (e.g. x.astype(jnp.int32)) or use reduce 'gather'.",
 )
 _INTEGER_MEAN = _Unfit(
     "has dtype {dtype}",
@@ -345,11 +347,8 @@ def parse_op(op: object, where: str, path: str = "", *, ops: Mapping[str, AnyOp]
 
 def _unknown_op_error(where: str, op: object, path: str, ops: Mapping[str, Op]) -> str:
     at = f" at reduce{path}" if path else ""
-    hint = (
-        "; give one op for every output, or a pytree prefix of the outputs with an op at each leaf."
-        if ops is OPS
-        else "."
-    )
+    hint = "; give one op for every output, or a pytree prefix of the outputs with an op at"
+    hint = f"{hint} each leaf." if ops is OPS else "."
     return (
         f"{where}: unknown reduce op {op!r}{at}. Expected one of "
         + ", ".join(repr(o) for o in ops)

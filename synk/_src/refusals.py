@@ -23,8 +23,8 @@ class Refused(TypeError, ValueError, IndexError):
 class Refusals:
     """The refusals of one check, over every leaf it looks at."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
+    def __init__(self, where: str, subject: str = "this call") -> None:
+        self.where, self.subject = where, subject  # subject: what the problems are with
         self.errors: list[Exception] = []
 
     def run(self, fn: Callable[..., R], *args: Any) -> R | None:
@@ -49,7 +49,8 @@ class Refusals:
         kind = kinds.pop() if len(kinds) == 1 else Refused
         prefix = f"{self.where}: "
         items = "\n".join(f"  {i}. {str(e).removeprefix(prefix)}" for i, e in enumerate(errors, 1))
-        error = kind(f"{prefix}{len(errors)} problems with this call; fix them all:\n{items}")
+        heading = f"{prefix}{len(errors)} problems with {self.subject}; fix them all:"
+        error = kind(f"{heading}\n{items}")
         setattr(error, _PARTS, list(errors))  # so that a check around this one lists them
         raise error
 

@@ -22,7 +22,8 @@ def cpu_devices() -> int | None:
 
 def timeout() -> int:
     """``SYNK_TIMEOUT``, 60 when unset."""
-    seconds = _positive_int("SYNK_TIMEOUT", "the seconds after which processes stop", 60)
+    meaning = "the seconds after which the other processes stop when one has died"
+    seconds = _positive_int("SYNK_TIMEOUT", meaning, 60)
     return 60 if seconds is None else seconds
 
 
