@@ -116,7 +116,7 @@ def test_a_value_without_one_entry_per_device_is_refused():
         synk.all_reduce({"w": np.ones((N + 1, 2))}, "avg")
     with pytest.raises(ValueError, match=r"unknown reduce op 'mean'"):
         synk.reduce(per_device_values(), "mean")
-    with pytest.raises(TypeError, match=r"dtype int32 and reduce 'avg'"):
+    with pytest.raises(TypeError, match=r"dtype int32, with reduce 'avg'"):
         synk.reduce(np.arange(N, dtype=np.int32), "avg")
 
 
