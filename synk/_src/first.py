@@ -176,7 +176,8 @@ def check(
     sliced = [d for d in marked if d.role is Role.SLICED]
     if off := [d for d in sliced if d.axis != 0 or d.view is not None]:
         refusals.add(ValueError(_not_on_axis_0_error(where, off)))
-    if len(lengths := {d.aval.shape[0] for d in sliced if d not in off}) > 1:
+    on_rows = [d for d in sliced if d.axis == 0 and d.view is None]
+    if len(lengths := {d.aval.shape[0] for d in on_rows}) > 1:
         refusals.add(ValueError(_padded_lengths_error(where, lengths)))
     refusals.raise_all()
 
