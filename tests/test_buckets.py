@@ -344,3 +344,10 @@ def test_first_rows_off_axis_0_is_one_refusal_not_also_a_length():
     message = str(info.value)
     assert "`a` is sliced on axis 1" in message
     assert "problems" not in message and "padded to one length" not in message
+
+
+def test_first_rows_of_different_padded_lengths_are_refused():
+    two = synk.function(lambda a, b: a.sum() + b.sum(), reduce="sum")
+    f = synk.first_rows
+    with pytest.raises(ValueError, match=r"padded to one length; found \[16, 32\]"):
+        jax.jit(lambda a, b, n: two(f(a, n), f(b, n)))(np.ones(16), np.ones(32), 3)
