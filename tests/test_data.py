@@ -365,6 +365,35 @@ def test_local_view_errors():
         sharded.local[1]
 
 
+def test_a_local_slice_from_the_end_takes_each_shards_own_last_rows():
+    x = np.arange(2 * N + 3, dtype=np.float32)  # shards of 3 rows on 3 devices, 2 on the rest
+    XS = synk.data(x, sharded=True)
+    f = synk.function(lambda a: a, reduce="gather")
+    starts, held = XS.layout.starts, XS.rows_per_device
+    last = [x[starts[d] + held[d] - 1] for d in range(N)]
+    np.testing.assert_array_equal(np.asarray(f(XS.local[-1:])), last)
+    np.testing.assert_array_equal(np.asarray(f(XS.local[-1:])), np.asarray(f(XS.local[[-1]])))
+    np.testing.assert_array_equal(np.asarray(f.serial(XS.local[-1:])), last)
+
+
+def test_a_narrow_negative_index_counts_from_the_end_of_long_data():
+    X = synk.data(np.arange(300, dtype=np.float32))
+    f = synk.function(lambda a: a, reduce="gather")
+    np.testing.assert_array_equal(np.asarray(f(X[np.array([-1, -128], np.int8)])), [299, 172])
+
+
+def test_a_tuple_index_is_refused_with_the_list_it_may_have_meant(X):
+    with pytest.raises(TypeError, match=r"^X\[1, 2\]: a tuple index; .* \(X\[\[1, 2\]\]\)"):
+        X[1, 2]
+
+
+def test_a_local_index_out_of_range_is_quoted_as_given():
+    XS = synk.data(np.ones(2 * N - 1, np.float32), sharded=True)  # the last device holds 1 row
+    with pytest.raises(IndexError, match=rf"device {N - 1} holds 1 row of its shard, but its "
+                                         r"index -2 is out of range: .* \[-1, 0\]"):  # fmt: skip
+        XS.local[[-2]]
+
+
 def test_a_view_must_be_sliced(X):
     f = synk.function(lambda a: a.sum(), in_axes=None, reduce="sum")
     with pytest.raises(ValueError, match=r"argument `a` is a synk.Data batch .* in_axes entry"):

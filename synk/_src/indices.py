@@ -12,12 +12,23 @@ from synk._src import compat
 def as_index_array(idx: ArrayLike, data: str, *, local: bool, devices: int) -> np.ndarray:
     """`idx` as an integer array, checked by `check_kind`; `data` names the indexed
     data (``X`` or ``X.local``)."""
+    if isinstance(idx, tuple):  # X[1, 2]: numpy would read an axis per entry
+        raise TypeError(_tuple_error(data, idx))
     array = np.asarray(idx)
     if array.size == 0 and array.dtype != np.bool_:  # np.asarray([]) is float64: no rows
         array = array.astype(np.int32)
     value = idx if array.ndim == 0 else None
     check_kind(array, data, local=local, devices=devices, value=value)
-    return array
+    return array.astype(np.int64)  # wide enough to wrap a negative int8 index past 127 rows
+
+
+def _tuple_error(data: str, idx: tuple[object, ...]) -> str:
+    rows = ", ".join(map(repr, idx))
+    return (
+        f"{data}[{rows}]: a tuple index; {data}[idx] picks rows only, where numpy would "
+        f"read one axis per entry. Pass the rows as a list ({data}[[{rows}]]), and index "
+        "the other axes inside the function."
+    )
 
 
 def check_kind(
@@ -153,16 +164,16 @@ def local_index(idx: slice | ArrayLike, rows_per_device: tuple[int, ...]) -> np.
         counts = {len(range(*idx.indices(int(h)))) for h in held}
         if len(counts) > 1:
             raise IndexError(_uneven_local_slice_error(idx, held, counts))
-        idx = np.arange(*idx.indices(int(held.min())))
-    array = as_index_array(idx, "X.local", local=True, devices=n)
-    if array.ndim == 1:
-        array = np.broadcast_to(array, (n, array.shape[0]))
-    array = np.where(array < 0, array + held[:, None], array)
+        # Each shard's own rows: X.local[-1:] is the last row of every shard.
+        return frozen(np.stack([np.arange(*idx.indices(int(h))) for h in held]))
+    given = as_index_array(idx, "X.local", local=True, devices=n)
+    if given.ndim == 1:
+        given = np.broadcast_to(given, (n, given.shape[0]))
+    array = np.where(given < 0, given + held[:, None], given)
     bad = (array < 0) | (array >= held[:, None])
     if bad.any():
         d, j = map(int, np.argwhere(bad)[0])
-        largest = int(np.asarray(idx).max())
-        raise IndexError(_local_out_of_range_error(d, int(held[d]), int(array[d, j]), largest))
+        raise IndexError(_local_out_of_range_error(d, int(held[d]), int(given[d, j])))
     return frozen(array)
 
 
@@ -172,18 +183,22 @@ def _uneven_local_slice_error(idx: slice, held: np.ndarray, counts: set[int]) ->
         f"X.local[{bounds}]: the shards hold {int(held.max())} or "
         f"{int(held.min())} rows, so this slice takes {max(counts)} rows of some "
         f"shards and {min(counts)} of others, and a local batch takes the same "
-        f"count from every device. Take at most {int(held.min())} rows of each "
+        f"count from every device. Take at most {_rows(int(held.min()))} of each "
         "shard (X.local[:k]), pass X.local[:] for every row, or use global "
         "indices (X[idx])."
     )
 
 
-def _local_out_of_range_error(d: int, held: int, index: int, largest: int) -> str:
+def _local_out_of_range_error(d: int, held: int, index: int) -> str:
     return (
-        f"X.local[idx]: device {d} holds {held} rows of its shard, but its index {index} is out of "
-        f"range (largest index given {largest}). Each device's indices must be below the rows it "
-        "holds."
+        f"X.local[idx]: device {d} holds {_rows(held)} of its shard, but its index {index} is "
+        f"out of range: each device's indices must be in [{-held}, {held - 1}], the rows it "
+        "holds, counted from either end."
     )
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def frozen(array: np.ndarray) -> np.ndarray:
