@@ -351,3 +351,23 @@ def test_first_rows_of_different_padded_lengths_are_refused():
     f = synk.first_rows
     with pytest.raises(ValueError, match=r"padded to one length; found \[16, 32\]"):
         jax.jit(lambda a, b, n: two(f(a, n), f(b, n)))(np.ones(16), np.ones(32), 3)
+
+
+def test_first_rows_counts_are_checked_on_every_call_of_a_compiled_bucket():
+    x = np.arange(64, dtype=np.float32)
+    sums = synk.function(lambda a, b: (a.sum(), b.sum()), reduce="sum")
+    f = synk.first_rows
+    same = jax.jit(lambda a, b, n: sums(f(a, n), f(b, n)))
+    assert_tree_close(same(x, x, 10), (x[:10].sum(), x[:10].sum()))
+    two = jax.jit(lambda a, b, n, m: sums(f(a, n), f(b, m)))  # the same shapes: the plan exists
+    with pytest.raises(ValueError, match="share one count"):
+        two(x, x, 10, 20)
+
+
+@pytest.mark.parametrize("n", [64, 65, 100, 1000])
+def test_a_traced_count_past_the_padded_rows_reads_them_all(n):
+    x = np.arange(64, dtype=np.float32)
+    total = synk.function(lambda a: a.sum(), reduce="sum")
+    mean = synk.function(lambda a: a.mean(), reduce="avg")
+    g = jax.jit(lambda x, n: (total(synk.first_rows(x, n)), mean(synk.first_rows(x, n))))
+    assert_tree_close(g(x, n), (x.sum(), x.mean()), rtol=1e-6)

@@ -286,6 +286,10 @@ def executable(
     n_out = len(body.out.ops)
 
     def outer(*flat: jax.Array) -> list[jax.Array | None]:
+        if body.count_leaf is not None:  # a traced n past the padded rows reads them all
+            rows = body.descs[min(body.whole)].aval.shape[0]
+            n = jnp.clip(flat[body.count_leaf].astype(jnp.int32), 0, rows)
+            flat = (*flat[: body.count_leaf], n, *flat[body.count_leaf + 1 :])
         local, _, _, _ = mapped(*flat)
         total = flat[-1] if body.count_leaf is None else flat[body.count_leaf]
         divisor = total.astype(jnp.int32) * body.batch.groups  # the global batch length

@@ -62,7 +62,8 @@ def first_rows(x: jax.Array | np.ndarray, n: Count) -> FirstRows:
       x: an array whose batch axis, axis 0, holds at least ``n`` rows (padded
         past them).
       n: the number of real rows: an int, or an integer scalar (traced inside
-        ``jax.jit``).
+        ``jax.jit``). A traced ``n`` cannot be checked: past ``x.shape[0]`` it
+        reads every row, and below 0 none, as ``x[:n]`` would for ``0 <= n``.
 
     Returns:
       A value to pass as a sliced argument of a `synk.Function` with explicit
@@ -169,7 +170,7 @@ def check(
     marked = [descs[i] for i in arrays]
     if broadcast := [d for d in marked if d.role is not Role.SLICED]:
         refusals.add(ValueError(_not_sliced_error(where, broadcast)))
-    if any(c is not counts[0] for c in counts):
+    if not one_count(counts):
         refusals.add(ValueError(_several_counts_error(where)))
     if plain := [d for i, d in enumerate(descs) if d.role is Role.SLICED and i not in arrays]:
         refusals.add(ValueError(_mixed_batches_error(where, plain)))
@@ -194,6 +195,17 @@ def _not_sliced_error(where: str, broadcast: list[Leaf]) -> str:
         f"{where}: synk.first_rows marks a batch, sliced along axis 0, but {found} not "
         f"sliced (in_axes entry None or 'per_device'): {fix}."
     )
+
+
+def one_count(counts: list[Any]) -> bool:
+    """Whether every first_rows batch of a call has the same count (the same value)."""
+    return all(c is counts[0] for c in counts)
+
+
+def check_counts(where: str, counts: list[Any]) -> None:
+    """`check`'s count rule, for every call of a plan that `check` passed once."""
+    if not one_count(counts):
+        raise ValueError(_several_counts_error(where))
 
 
 def _several_counts_error(where: str) -> str:

@@ -250,7 +250,13 @@ def _first_rows(
         sizes=sizes, count_leaf=counts[0], whole=frozenset(arrays),
     )  # fmt: skip
     jitted = buckets.executable(core, body, (), traced=True)
-    return jitted, placement.placer(core, descs, cap_split, layout), out
+    place = placement.placer(core, descs, cap_split, layout)
+
+    def place_counted(leaves: list[Any]) -> list[Any]:  # the same shapes, maybe other counts
+        first.check_counts(where, [leaves[c] for c in counts])
+        return place(leaves)
+
+    return jitted, place_counted, out
 
 
 def _traced_index(structure: partition.Structure) -> dict[int, int]:
