@@ -300,6 +300,12 @@ def test_bucket_lengths_may_be_numpy_integers():
     f = synk.function(lambda x: x.sum(), reduce="sum", buckets=tuple(np.arange(1, 3) * 64))
     assert f.options["buckets"] == (64, 128) and "buckets=(64, 128)" in repr(f)
     assert f.with_options(buckets=[np.int32(32)]).options["buckets"] == (32,)
+    g = synk.function(lambda x: x.sum(), reduce="sum", buckets=np.arange(1, 3) * 64)
+    assert g.options["buckets"] == (64, 128)  # a numpy array of lengths, as a tuple
+    h = synk.function(lambda x: x.sum(0), reduce="sum", num_slices=np.int64(2))
+    assert h.options["num_slices"] == 2 and "num_slices=2" in repr(h)
+    x = np.ones((4 * N * PROCESSES, 2), np.float32)
+    assert_tree_close(h(synk.process_share(x)), h.serial(x))
 
 
 def test_buckets_false_turns_buckets_off_as_none_does():

@@ -60,6 +60,14 @@ def test_set_value_same_and_new_shape_and_later_calls_see_it():
     assert np.asarray(f(X[:])).tolist() == [24.0, 24.0]
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint16])
+def test_set_value_of_integers_into_float_data(dtype):
+    X = synk.data(np.zeros(10, np.float32))
+    X.set_value(np.arange(10, dtype=dtype))
+    assert X.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(X), np.arange(10, dtype=np.float32))
+
+
 def test_set_value_with_an_unsafe_dtype_keeps_the_old_value():
     x = RNG.normal(size=(6, 2)).astype(np.float32)
     X = synk.data(x)

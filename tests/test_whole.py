@@ -258,9 +258,10 @@ def test_options_of_the_per_device_path_need_an_explicit_reduce():
         "their outputs; comm_dtype=bfloat16 compresses the explicit reductions; "
         "buckets=(64,) shares one executable between batch lengths by running each "
         "device's rows in pieces. Each needs outputs that combine over rows: give an "
-        "explicit reduce (e.g. reduce='avg' for a mean over rows). Without reduce the "
-        "function runs whole under XLA's partitioner: exact for any function, in its own "
-        "dtypes, and compiled once per batch length."
+        "explicit reduce (e.g. reduce='avg' for a mean over rows), or set num_slices=1, "
+        "comm_dtype=None, buckets=None. Without reduce the function runs whole under XLA's "
+        "partitioner: exact for any function, in its own dtypes, and compiled once per "
+        "batch length."
     )
     # With a bad option: both in one refusal.
     with pytest.raises(ValueError, match=r"2 problems with these options(.|\n)*buckets=\(64,\)"):

@@ -80,8 +80,10 @@ class Policy:
         """The parsed ``buckets`` option: 'geometric', a sequence of lengths, or None (off)."""
         if buckets is None or buckets is False:
             return None
-        if buckets == "geometric":
+        if isinstance(buckets, str) and buckets == GEOMETRIC:
             return cls()
+        if isinstance(buckets, np.ndarray) and buckets.ndim == 1:  # lengths made by numpy
+            buckets = list(buckets)
         ok = isinstance(buckets, Sequence) and not isinstance(buckets, str) and len(buckets) > 0
         ok = ok and all(
             isinstance(b, numbers.Integral) and not isinstance(b, bool | np.bool_) and b > 0

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import numbers
 from typing import Any, Literal
 
 import jax
+import numpy as np
 from jax.typing import DTypeLike
 
 from synk._src import reduce as red
@@ -41,8 +43,12 @@ class Options:
         path that was set without an explicit reduce."""
         refusals = Refusals(where, "these options")
         refusals.run(red.check_spec, reduce, where)
-        slices_ok = not isinstance(num_slices, bool) and isinstance(num_slices, int)
-        if not (slices_ok and num_slices >= 1):
+        slices_ok = isinstance(num_slices, numbers.Integral) and not isinstance(
+            num_slices, bool | np.bool_
+        )
+        if slices_ok and num_slices >= 1:
+            num_slices = int(num_slices)  # np.int64(2) as 2: the cache key and repr agree
+        else:
             refusals.add(ValueError(_bad_num_slices_error(where, num_slices)))
         comm_dtype = refusals.run(wire.parse_comm_dtype, comm_dtype, where)
         option = refusals.run(as_option, buckets, where)  # checked here, before any call
@@ -82,15 +88,19 @@ _PER_DEVICE_OPTIONS = {
 }
 
 
+_OFF = {"num_slices": "num_slices=1", "comm_dtype": "comm_dtype=None", "buckets": "buckets=None"}
+
+
 def _needs_reduce_error(where: str, shown: list[str]) -> str:
     """`shown`: each option of the per-device path that was set, as written (num_slices=2)."""
     what = "; ".join(f"{s} {_PER_DEVICE_OPTIONS[s.split('=')[0]]}" for s in shown)
     this = "This needs" if len(shown) == 1 else "Each needs"
+    off = ", ".join(_OFF[s.split("=")[0]] for s in shown)
     return (
         f"{where}: {what}. {this} outputs that combine over rows: give an explicit reduce "
-        "(e.g. reduce='avg' for a mean over rows). Without reduce the function runs whole "
-        "under XLA's partitioner: exact for any function, in its own dtypes, and compiled "
-        "once per batch length."
+        f"(e.g. reduce='avg' for a mean over rows), or set {off}. Without reduce the "
+        "function runs whole under XLA's partitioner: exact for any function, in its own "
+        "dtypes, and compiled once per batch length."
     )
 
 

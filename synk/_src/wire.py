@@ -114,12 +114,12 @@ def flip_negatives(bits: jax.Array) -> jax.Array:
 
 def check_fits(array: np.ndarray, dtype: np.dtype, where: str) -> None:
     """Refuse values that the device dtype (32 bits, x64 off) would wrap or make infinite."""
-    kind = array.dtype.kind
-    if kind in "iu":
+    kind, into = array.dtype.kind, np.dtype(dtype).kind
+    if kind in "iu" and into in "iu":  # integers into a float always fit its range
         info = np.iinfo(dtype)
         low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
         bad = high if high > info.max else low if low < info.min else None
-    elif kind in "fc" and array.size:
+    elif kind in "fc" and into in "fc" and array.size:
         finite = np.isfinite(array)
         big = np.abs(array[finite]).max() if finite.any() else 0
         bad = big if big > np.finfo(dtype).max else None
