@@ -4,8 +4,12 @@ A page's ```python blocks run in order, as a reader pastes them; a ```text
 block right after one (before any other code block) is what it prints.
 """
 
+import contextlib
 import doctest
+import io
+import linecache
 import re
+import sys
 from pathlib import Path
 
 _FENCE = re.compile(r"^(\s*)```(.*)$")
@@ -51,3 +55,20 @@ _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 def assert_prints(expected: str, got: str, where: str) -> None:
     if not _OUTPUT.check_output(expected, got, _FLAGS):
         raise AssertionError(f"{where} printed\n{got}\nwhere the page says\n{expected}")
+
+
+def run_page(path: Path) -> None:
+    """Run a page's Python blocks in order in one namespace, as a reader would paste them."""
+    namespace = {"__name__": f"page_{path.stem}"}
+    for code, expected, line in python_examples(path):
+        name = f"{path.name}:{line}"
+        linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # tracebacks
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, name, "exec"), namespace)
+        if expected is not None:
+            assert_prints(expected, out.getvalue(), f"the block at {name}")
+
+
+if __name__ == "__main__":  # one page, as its own script: python tests/pages.py docs/PAGE.md
+    run_page(Path(sys.argv[1]))

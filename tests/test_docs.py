@@ -6,22 +6,21 @@ one run of the notebooks as they are; one version everywhere.
 """
 
 import builtins
-import contextlib
 import doctest
 import importlib
 import importlib.resources
 import inspect
-import io
-import linecache
 import pkgutil
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import single_process
-from pages import assert_prints, python_examples
+from helpers import clean_env, single_process
+from pages import python_examples
 
 import synk
 import synk._src
@@ -254,19 +253,6 @@ def test_the_api_page_documents_every_public_name():
     assert not missing, f"docs/api.md has no autodoc entry for {sorted(missing)}"
 
 
-def run_page(path: Path) -> None:
-    """Run a page's Python blocks in order in one namespace, as a reader would paste them."""
-    namespace = {"__name__": f"page_{path.stem}"}
-    for code, expected, line in python_examples(path):
-        name = f"{path.relative_to(ROOT)}:{line}"
-        linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # tracebacks
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(code, name, "exec"), namespace)
-        if expected is not None:
-            assert_prints(expected, out.getvalue(), f"the block at {name}")
-
-
 PAGES_WITH_CODE = [p for p in [*PAGES, ROOT / "README.md"] if python_examples(p)]
 
 
@@ -277,9 +263,18 @@ def test_the_pages_have_code_to_run():
 
 @single_process("the pages are one-process scripts on 8 simulated devices")
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: p.name)
-def test_page_code_runs(page, monkeypatch):
-    monkeypatch.setenv("SYNK_CPU_DEVICES", "8")  # as the pages run: synk.init() finds 8
-    run_page(page)
+def test_page_code_runs(page):
+    """A page runs as a reader runs it: in a fresh Python, its blocks in order, each
+    printing what the page shows. A crash shows its Python stacks (faulthandler)."""
+    res = subprocess.run(
+        [sys.executable, "-X", "faulthandler", str(ROOT / "tests" / "pages.py"), str(page)],
+        env=clean_env(SYNK_CPU_DEVICES="8"),  # as the pages run: synk.init() finds 8
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, f"{page.name}: exit {res.returncode}\n{res.stderr[-6000:]}"
 
 
 def test_readme_links_resolve():
