@@ -255,18 +255,18 @@ def _unserved_error(
 ) -> str:
     """A function that `first_rows` batches cannot serve: without explicit
     reductions, with synk.lax collectives, or with outputs that need every row."""
-    instead = "pass x[:n] with a Python int n"
+    instead = "x[:n] with a Python int n"
     if uses_lax:
         what = "a function that calls synk.lax collectives"
         why = "each device must run once on an equal share"
-        fix = "Pass x[:n] with a Python int n."
+        fix = f"Pass {instead}."
     elif refused:
         what = f"outputs with reduce {sorted(refused)}"
         why = "their lengths, or their gradients' ties, depend on the rows"
-        fix = f"Use 'avg', 'sum' or 'prod', or {instead}."
+        fix = f"Use 'avg', 'sum' or 'prod', or pass {instead}."
     else:
         what = "a function without explicit reductions"
         why = "without reduce the whole function runs on the whole batch, whose length is "
         why += "the program's"
-        fix = f"Give an explicit reduce (e.g. reduce='avg'), or {instead}."
+        fix = f"Give an explicit reduce (e.g. reduce='avg'), or pass {instead}."
     return f"{where}: synk.first_rows cannot serve {what} inside a trace: {why}. {fix}"

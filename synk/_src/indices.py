@@ -19,7 +19,7 @@ def as_index_array(idx: ArrayLike, data: str, *, local: bool, devices: int) -> n
         array = array.astype(np.int32)
     value = idx if array.ndim == 0 else None
     check_kind(array, data, local=local, devices=devices, value=value)
-    return array.astype(np.int64)  # wide enough to wrap a negative int8 index past 127 rows
+    return array.astype(np.int64, copy=False)  # wraps a negative int8 index past 127 rows
 
 
 def _tuple_error(data: str, idx: tuple[object, ...]) -> str:
