@@ -10,19 +10,16 @@ import collections
 import jax
 
 # XLA's CPU collectives rendezvous every device of a call; with too many
-# calls queued the rendezvous times out and aborts the process (seen at ~60
-# calls in flight, and sooner when other jitted work, an optimiser update,
-# runs between our calls: only our calls are counted here; with 24 of ours a
-# loop of a synk gradient and a jitted update aborts, with 16 it completes,
-# also two such loops side by side). So at most 16 of ours run at once.
+# calls queued the rendezvous times out and aborts the process, the sooner
+# when the machine is busy and when other jitted work (an optimiser update)
+# runs between our calls, which are the only ones counted here.
 #
-# We hold one output of each call. Once 16 are held, those that finished
-# (or that the user deleted or donated since: blocking on a deleted buffer
-# raises) are let go; only if 12 or more are still running do we wait, for
+# We hold one output of each call. Once 8 are held, those that finished (or
+# that the user deleted or donated since: blocking on a deleted buffer
+# raises) are let go; only if 4 or more are still running do we wait, for
 # all but the newest 4 (calls run in order). A loop that waits for its
-# results itself never waits here, and waiting, which costs the calling
-# thread CPU on an oversubscribed machine, happens once per 12 calls at most.
-_MAX_IN_FLIGHT = 16
+# results itself never waits here.
+_MAX_IN_FLIGHT = 8
 _KEEP = 4
 _in_flight: collections.deque[jax.Array] = collections.deque()
 
